@@ -1,0 +1,146 @@
+"""GPU catalog: `hardware/*.yaml` -> `GpuSpec`. One file per GPU; see `hardware/README.md`."""
+
+import difflib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from planner.catalog._yaml import read_yaml_mapping, require
+from planner.catalog.paths import data_dirs
+from planner.errors import CatalogError
+
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """The server the GPU is usually rented in."""
+
+    gpus_per_node: int
+    """GPUs sharing one NVLink/PCIe domain."""
+    inter_node_bandwidth_gbps_per_gpu: float | None
+    """Network bandwidth per GPU between nodes, GB/s, one direction; None where no source gives it."""
+    host_ram_gib: float | None
+    """CPU memory of the whole node, GiB (what CPU offload must fit in); None where unknown."""
+    example: str = ""
+
+
+@dataclass(frozen=True)
+class PriceSpec:
+    """On-demand price, with the public list it came from."""
+
+    usd_per_gpu_hour: float | None
+    instance: str = ""
+    source: str = ""
+    date: str = ""
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One accelerator: memory, peak throughput per dtype, links, node and price."""
+
+    name: str
+    """Canonical name, e.g. `A100-80GB`."""
+    memory_gib: float
+    """Device memory as nvidia-smi reports it (GiB): the hard cap a plan must stay under."""
+    tflops: dict[str, float | None]
+    """Dense peak TFLOP/s per dtype (`fp32`, `tf32`, `bf16`, `fp16`, `fp8`); None where unsupported."""
+    hbm_bandwidth_gbps: float
+    nvlink_bandwidth_gbps: float
+    """Total bidirectional NVLink bandwidth per GPU (0 for PCIe-only parts)."""
+    pcie_bandwidth_gbps: float
+    """Bidirectional host-link bandwidth (what CPU offload transfers use)."""
+    node: NodeSpec
+    price: PriceSpec
+    aliases: tuple[str, ...] = ()
+    tdp_w: float | None = None
+    notes: str = ""
+    memory_overridden: bool = False
+    """True when `--gpu-memory-gib` replaced the catalog capacity."""
+
+    def peak_tflops(self, dtype: str) -> float | None:
+        return self.tflops.get(dtype)
+
+
+def _number(data: dict[str, Any], key: str, path: Path, allow_none: bool = False) -> float | None:
+    value = data.get(key)
+    if value is None and allow_none:
+        return None
+    value = require(data, key, (int, float), path)
+    if value < 0:
+        raise CatalogError(f"{path}: '{key}' must not be negative", "fix the value")
+    return float(value)
+
+
+def _gpu_from_file(path: Path) -> GpuSpec:
+    data = read_yaml_mapping(path)
+    tflops_raw = require(data, "tflops", dict, path)
+    tflops = {dtype: _number(tflops_raw, dtype, path, allow_none=True) for dtype in DTYPES}
+    node_raw = require(data, "node", dict, path)
+    price_raw = data.get("price") or {}
+    memory = _number(data, "memory_gib", path)
+    if not memory:
+        raise CatalogError(f"{path}: memory_gib must be positive", "fix the value")
+    return GpuSpec(
+        name=str(require(data, "name", str, path)),
+        memory_gib=memory,
+        tflops=tflops,
+        hbm_bandwidth_gbps=_number(data, "hbm_bandwidth_gbps", path),
+        nvlink_bandwidth_gbps=_number(data, "nvlink_bandwidth_gbps", path),
+        pcie_bandwidth_gbps=_number(data, "pcie_bandwidth_gbps", path),
+        node=NodeSpec(
+            gpus_per_node=int(_number(node_raw, "gpus_per_node", path)),
+            inter_node_bandwidth_gbps_per_gpu=_number(node_raw, "inter_node_bandwidth_gbps_per_gpu", path,
+                                                      allow_none=True),
+            host_ram_gib=_number(node_raw, "host_ram_gib", path, allow_none=True),
+            example=str(node_raw.get("example") or ""),
+        ),
+        price=PriceSpec(
+            usd_per_gpu_hour=_number(price_raw, "usd_per_gpu_hour", path, allow_none=True),
+            instance=str(price_raw.get("instance") or ""),
+            source=str(price_raw.get("source") or ""),
+            date=str(price_raw.get("date") or ""),
+        ),
+        aliases=tuple(str(a) for a in data.get("aliases") or ()),
+        tdp_w=_number(data, "tdp_w", path, allow_none=True),
+        notes=str(data.get("notes") or ""),
+    )
+
+
+@cache
+def _catalog(dirs: tuple[Path, ...]) -> dict[str, GpuSpec]:
+    by_key: dict[str, GpuSpec] = {}
+    for folder in reversed(dirs):
+        for path in sorted(folder.glob("*.yaml")):
+            spec = _gpu_from_file(path)
+            for key in (spec.name, *spec.aliases):
+                by_key[key.lower()] = spec
+    return by_key
+
+
+def _current_catalog() -> dict[str, GpuSpec]:
+    return _catalog(tuple(data_dirs("hardware")))
+
+
+def list_gpus() -> list[GpuSpec]:
+    """All catalog GPUs, sorted by name, each once."""
+    unique = {spec.name: spec for spec in _current_catalog().values()}
+    return [unique[name] for name in sorted(unique)]
+
+
+def load_gpu(name: str) -> GpuSpec:
+    """Resolve `--gpu` (name or alias, case-insensitive) or a path to a GPU YAML file."""
+    text = str(name).strip()
+    path = Path(text).expanduser()
+    if text.endswith((".yaml", ".yml")):
+        if not path.is_file():
+            raise CatalogError(f"GPU file {text} does not exist", "check the path")
+        return _gpu_from_file(path)
+    catalog = _current_catalog()
+    spec = catalog.get(text.lower())
+    if spec is None:
+        close = difflib.get_close_matches(text.lower(), list(catalog), n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `planner gpus` for the catalog"
+        raise CatalogError(f"unknown GPU '{text}'", hint)
+    return spec

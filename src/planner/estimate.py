@@ -1,0 +1,51 @@
+"""One plan in, the full answer out: the resolved plan, the model and GPU, and the memory estimate.
+
+The CLI, validation and search all go through `estimate_plan`, so a plan listed by `solve` and the
+same plan fed to `estimate` give the same numbers by construction.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from planner import __version__
+from planner.architecture import embedding_params, total_params
+from planner.catalog import GpuSpec, ModelSpec
+from planner.memory import DEFAULT_SAFETY_MARGIN, MemoryEstimate, estimate_memory
+from planner.plan import Plan, PlanRequest, resolve
+
+
+@dataclass(frozen=True)
+class Estimate:
+    model: ModelSpec
+    gpu: GpuSpec
+    plan: Plan
+    memory: MemoryEstimate
+
+    def to_dict(self) -> dict[str, Any]:
+        arch = self.model.architecture
+        return {
+            "planner_version": __version__,
+            "model": {
+                "name": self.model.name,
+                "resolved_from": self.model.resolved_from,
+                "family": self.model.family,
+                "source": self.model.source,
+                "params": total_params(arch),
+                "embedding_params": embedding_params(arch),
+                "architecture": {k: getattr(arch, k) for k in arch.__dataclass_fields__},
+            },
+            "gpu": {
+                "name": self.gpu.name,
+                "memory_gib": self.gpu.memory_gib,
+                "memory_overridden": self.gpu.memory_overridden,
+                "gpus_per_node": self.plan.gpus_per_node,
+            },
+            "plan": self.plan.to_dict(),
+            "memory": self.memory.to_dict(),
+        }
+
+
+def estimate_plan(request: PlanRequest, safety_margin: float = DEFAULT_SAFETY_MARGIN) -> Estimate:
+    """Resolve a request against the catalogs and run the models on it."""
+    model, gpu, plan = resolve(request)
+    return Estimate(model, gpu, plan, estimate_memory(model, gpu, plan, safety_margin))

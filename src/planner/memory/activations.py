@@ -1,0 +1,248 @@
+"""Activation memory: what the backward pass keeps alive, per token of one micro-batch on one GPU.
+
+This is the one place activation memory is computed. Each term is derived by walking the real layer's
+forward and asking which tensors autograd saves for backward (inputs of matmuls, inputs/outputs of
+elementwise ops, kernel statistics), in the implementation family the engine runs:
+
+* `hf`: Hugging Face / PyTorch eager modules (DeepSpeed, FSDP). RMSNorm upcasts to fp32 and saves the
+  fp32 input; SDPA/flash attention saves q, k, v (after `repeat_kv`), the output and the log-sum-exp;
+  the SwiGLU MLP saves gate, act(gate), up and their product.
+* `autocast`: the same code run under `torch.autocast` over fp32 weights (DDP / FSDP with ZeRO 0): the
+  residual stream stays fp32 and every linear casts its input to bf16 separately.
+* `megatron`: Megatron-Core with TransformerEngine: fused LayerNorm+Linear saves input and normalised
+  output; flash attention with native GQA; fused SwiGLU saves the fc1 output.
+
+Check: for Llama-2-7B (h=4096, f=11008) in bf16 the `hf` walk gives 24h + 8f = 45.5 bytes per
+(token x h) per layer, equal to the fake-tensor MemTracker slope in ../shared/notes/memory-model.md
+§1.4; Korthikanti et al. (2022) give 34 for the GPT-3 layer. The `autocast` walk gives 55.5 against a
+traced 59.5 (7% low; the tracer of `planner calibrate` refines it).
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from planner.catalog.models import Architecture
+from planner.plan import Plan
+
+Family = Literal["hf", "autocast", "megatron"]
+
+INPUT_IDS_AND_LABELS_BYTES = 16
+"""int64 token ids and labels per token (Megatron counts the ids as 8*s*b in
+theoretical_memory_usage.py; labels add the same)."""
+
+LSE_BYTES_PER_HEAD = 4
+"""Flash attention keeps one fp32 log-sum-exp per query head and token for its backward."""
+
+MASK_BYTES = 1
+"""A dropout mask is stored as one byte (bool) per element (Korthikanti et al. 2022, Table 1 notes)."""
+
+CHUNKED_LOSS_CHUNKS = 8
+"""torchtune's CEWithChunkedOutputLoss splits the logits into 8 chunks (num_output_chunks=8)."""
+
+
+def implementation_family(plan: Plan) -> Family:
+    """Which model code the engine runs, which decides what autograd saves."""
+    if plan.engine == "megatron":
+        return "megatron"
+    if plan.engine == "fsdp" and plan.zero == 0 and plan.precision in ("bf16", "fp16", "fp8"):
+        return "autocast"
+    return "hf"
+
+
+def compute_bytes(plan: Plan) -> int:
+    """Bytes per activation element: 4 in fp32 training, else 2 (bf16/fp16; FP8 recipes keep bf16
+    activations between matmuls)."""
+    return 4 if plan.precision == "fp32" else 2
+
+
+def residual_bytes(plan: Plan) -> int:
+    """Bytes per element of the residual stream: fp32 under autocast over fp32 weights."""
+    return 4 if implementation_family(plan) == "autocast" else compute_bytes(plan)
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """Bytes saved for backward by one transformer block, per token, on one GPU (TP/SP already applied).
+    Each field is one group of saved tensors."""
+
+    norms: float
+    """Both norms: their inputs/statistics and the normalised output the next linear saves."""
+    qkv: float
+    """Query, key and value as the attention kernel saves them."""
+    attention_core: float
+    """Flash: the log-sum-exp. Eager: the softmax probabilities (and dropout mask/output), s per head."""
+    attention_output: float
+    """Input of the output projection."""
+    mlp: float
+    """The MLP's inner tensors (SwiGLU: gate, act, up, product; GELU: pre- and post-activation)."""
+    dropout_masks: float
+    """Masks of the dropouts after attention and MLP (models with hidden dropout only)."""
+
+    @property
+    def total(self) -> float:
+        return (self.norms + self.qkv + self.attention_core + self.attention_output + self.mlp
+                + self.dropout_masks)
+
+
+def _norm_bytes(arch: Architecture, family: Family, a: int, consumers: int) -> float:
+    """One norm plus the copy of its output that the following linear(s) save, per token.
+
+    hf RMSNorm (LlamaRMSNorm): fp32 input (4h, saved by pow), the normalised tensor in the input dtype
+    (saved by the weight multiply) and the weighted output (saved by the linear): 4h + 2*a*h.
+    hf LayerNorm (native kernel): input + output, plus fp32 mean and rstd (8 bytes).
+    autocast: input and normalised tensor in fp32 (8h) and one bf16 cast per consuming linear.
+    megatron: TE LayerNormLinear saves the input and the normalised output (+ fp32 statistics)."""
+    h = arch.hidden_size
+    if family == "megatron":
+        return 2 * a * h + 8
+    if family == "autocast":
+        return 8 * h + consumers * 2 * h
+    if arch.norm == "rmsnorm":
+        return 4 * h + 2 * a * h
+    return 2 * a * h + 8
+
+
+def _attention_probs_bytes(arch: Architecture, family: Family, a: int, seq_len: int) -> float:
+    """Eager attention per token: softmax probabilities over seq_len keys for every head.
+
+    hf: softmax in fp32 then cast back (4 + a bytes; in fp32 training the cast is a no-op: 4).
+    megatron: fused scale-mask-softmax keeps the probabilities in the compute dtype (a bytes).
+    With attention dropout: a 1-byte mask and the dropped-out probabilities (a bytes) on top
+    (Korthikanti's 5*a*s/h term for fp16 with dropout)."""
+    if family == "megatron":
+        per_score = a
+    else:
+        per_score = 4 + (0 if a == 4 else 2)
+    if arch.attention_dropout > 0:
+        per_score += MASK_BYTES + (2 if a == 2 else 4)
+    return arch.num_attention_heads * seq_len * per_score
+
+
+def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
+    """Saved bytes per token for one block with no recomputation (checkpointing `none`)."""
+    family = implementation_family(plan)
+    a = compute_bytes(plan)
+    h, f = arch.hidden_size, arch.ffn_hidden_size
+    q, kv = arch.q_width, arch.kv_width
+    tp = plan.tp
+    sp_divisor = tp if plan.sequence_parallel else 1
+
+    attn_consumers = 1 if arch.fused_qkv else 3
+    mlp_consumers = 2 if arch.mlp == "swiglu" else 1
+    norms = (_norm_bytes(arch, family, a, attn_consumers) + _norm_bytes(arch, family, a, mlp_consumers)) / sp_divisor
+
+    # hf/autocast: transformers' SDPA path and torchtitan expand k/v to every query head (repeat_kv)
+    # before the kernel, so the saved k and v are q-sized; TransformerEngine handles GQA natively.
+    kv_saved = kv if family == "megatron" else q
+    qkv = a * (q + 2 * kv_saved) / tp
+
+    if plan.flash_attention:
+        attention_core = LSE_BYTES_PER_HEAD * arch.num_attention_heads / tp
+    else:
+        attention_core = _attention_probs_bytes(arch, family, a, plan.seq_len) / tp
+    attention_output = a * q / tp
+
+    if arch.mlp == "swiglu":
+        # hf: gate out (silu input), silu out, up out, product (down_proj input) = 4 f-wide tensors.
+        # megatron: fused bias-SwiGLU saves the 2f-wide fc1 output; fc2 saves the f-wide product.
+        mlp = (3 if family == "megatron" else 4) * a * f / tp
+    else:
+        mlp = 2 * a * f / tp  # GELU input (fc1 out) and GELU output (fc2 in)
+    dropout_masks = (2 * MASK_BYTES * h / sp_divisor) if arch.hidden_dropout > 0 else 0.0
+    return LayerActivations(norms, qkv, attention_core, attention_output, mlp, dropout_masks)
+
+
+def checkpoint_input_bytes(arch: Architecture, plan: Plan) -> float:
+    """Full recomputation keeps only each block's input (the residual stream), per token; sharded over
+    TP with sequence parallelism (Korthikanti et al. 2022: 2*s*b*h per layer in fp16)."""
+    sp_divisor = plan.tp if plan.sequence_parallel else 1
+    return residual_bytes(plan) * arch.hidden_size / sp_divisor
+
+
+def selective_saved_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes one block keeps under selective recomputation.
+
+    megatron (`--recompute-granularity selective`, core attention): everything except the eager
+    attention probabilities; with flash attention nothing is dropped (Korthikanti's 34*s*b*h case).
+    hf/autocast (torchtitan's op-level SAC policy, `_save_list` in torchtitan's activation
+    checkpointing): the block input, the outputs of every other matmul (wq, wv, w1, w2 of the seven in
+    order wq, wk, wv, wo, w1, w3, w2) and the SDPA output with its log-sum-exp."""
+    full = layer_activations(arch, plan)
+    if implementation_family(plan) == "megatron":
+        return full.total - (0.0 if plan.flash_attention else full.attention_core - _lse(arch, plan))
+    a = compute_bytes(plan)
+    tp = plan.tp
+    sp_divisor = tp if plan.sequence_parallel else 1
+    h, f, q, kv = arch.hidden_size, arch.ffn_hidden_size, arch.q_width, arch.kv_width
+    saved_matmuls = a * (q + kv + f) / tp + a * h / sp_divisor  # wq, wv, w1 (column) and w2 (row) outputs
+    return checkpoint_input_bytes(arch, plan) + saved_matmuls + full.attention_output + _lse(arch, plan)
+
+
+def _lse(arch: Architecture, plan: Plan) -> float:
+    return LSE_BYTES_PER_HEAD * arch.num_attention_heads / plan.tp
+
+
+def saved_bytes_per_layer(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes one block keeps between its forward and its backward, per checkpointing mode."""
+    if plan.checkpointing == "full":
+        return checkpoint_input_bytes(arch, plan)
+    if plan.checkpointing == "selective":
+        return selective_saved_bytes(arch, plan)
+    return layer_activations(arch, plan).total
+
+
+def recompute_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes of the one block being recomputed during backward (checkpointed modes only):
+    it holds its whole no-recompute set until its backward finishes."""
+    if plan.checkpointing == "none":
+        return 0.0
+    return layer_activations(arch, plan).total
+
+
+def backward_workspace_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token gradients alive inside one block's backward: the gradients of the MLP's inner tensors
+    (SwiGLU: the product's gradient and those of act(gate) and up, 3 f-wide tensors; GELU: 2) and of
+    the residual stream entering and leaving the block (2 h-wide)."""
+    a = compute_bytes(plan)
+    inner = (3 if arch.mlp == "swiglu" else 2) * a * arch.ffn_hidden_size / plan.tp
+    sp_divisor = plan.tp if plan.sequence_parallel else 1
+    return inner + 2 * residual_bytes(plan) * arch.hidden_size / sp_divisor
+
+
+def context_parallel_buffer_bytes(arch: Architecture, plan: Plan) -> float:
+    """Ring attention double-buffers the key/value block it receives from its neighbour: 2 x (k + v)
+    per local token (TransformerEngine's AttnFuncWithCP)."""
+    if plan.cp == 1:
+        return 0.0
+    return 2 * 2 * compute_bytes(plan) * arch.kv_width / plan.tp
+
+
+def final_norm_bytes(arch: Architecture, plan: Plan) -> float:
+    """The final norm before the LM head, with the head's saved input, per token (last stage)."""
+    family = implementation_family(plan)
+    sp_divisor = plan.tp if plan.sequence_parallel else 1
+    return _norm_bytes(arch, family, compute_bytes(plan), 1) / sp_divisor
+
+
+def logits_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes of logits and cross-entropy at their peak (last pipeline stage).
+
+    standard, hf: the model returns the bf16 logits (a*V, kept until backward) and the loss upcasts them
+    to fp32 for log-softmax, whose fp32 output and gradient are alive together in backward (8*V): about
+    10*V in bf16. Measured: torchtune's chunked loss saved 8.3*V per token, Liger's fused loss about
+    8*V, a fake-tensor MemTracker run counted 8.0*V of fp32 temporaries beside the bf16 logits
+    (../shared/notes/memory-model.md §3).
+    standard, megatron: vocab-parallel cross-entropy upcasts once (4*V) and computes the gradient in
+    place; the bf16 logits (a*V) live beside it at the cast: 6*V in bf16, divided by TP.
+    chunked: the bf16 logits stay whole, fp32 work happens one chunk (1/8) at a time.
+    fused: logits never exist beyond a chunk (Liger sizes chunks so one chunk is about B*T*h values),
+    leaving the precomputed input gradient (a*h) and the chunk (about 6*h) per token."""
+    a = compute_bytes(plan)
+    vocab = arch.vocab_size / plan.tp
+    if plan.loss == "fused":
+        return (a + 6) * arch.hidden_size
+    fp32_work = 4 * vocab if implementation_family(plan) == "megatron" else 8 * vocab
+    logits = a * vocab
+    if plan.loss == "chunked":
+        return logits + fp32_work / CHUNKED_LOSS_CHUNKS
+    return logits + fp32_work

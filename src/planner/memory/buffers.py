@@ -1,0 +1,64 @@
+"""Engine buffers that are not per-parameter state: communication buckets, gathered (unsharded)
+parameters under ZeRO-3/FSDP, autocast weight copies and pipeline send/receive buffers.
+
+Sizes follow the engines' defaults as read in their source (docs/research/engine-memory-facts.md);
+the launch-config writers emit the same values, so what is modelled is what is launched.
+"""
+
+from planner.memory.stages import StageShard
+from planner.plan import Plan
+
+DEEPSPEED_REDUCE_BUCKET_ELEMENTS = 500_000_000
+"""`reduce_bucket_size` default (runtime/zero/config.py): the gradient bucket ("ipg buffer"), allocated
+in the model dtype. ZeRO-1/2 allocate it at the first gradient hook of each backward (two when
+overlap_comm, which defaults to off below stage 3); ZeRO-3 keeps one for the whole run."""
+
+DEEPSPEED_PREFETCH_BUCKET_ELEMENTS = 50_000_000
+"""`stage3_prefetch_bucket_size` default: parameters ZeRO-3 gathers ahead of use."""
+
+
+def compute_param_bytes(plan: Plan) -> int:
+    """Bytes per element of parameters as the forward uses them (bf16 unless training in fp32)."""
+    return 4 if plan.precision == "fp32" else 2
+
+
+def deepspeed_bucket_bytes(plan: Plan) -> tuple[float, float]:
+    """(bytes alive always, bytes alive during backward only) of DeepSpeed's gradient buckets."""
+    if plan.engine != "deepspeed" or plan.zero == 0:
+        return 0.0, 0.0
+    bucket = DEEPSPEED_REDUCE_BUCKET_ELEMENTS * compute_param_bytes(plan)
+    if plan.zero == 3:
+        return bucket, 0.0
+    return 0.0, bucket
+
+
+def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
+    """Unsharded parameters (and their unsharded gradients) alive around the forward/backward seam.
+
+    DeepSpeed ZeRO-3 (gathers leaf modules, e.g. each nn.Linear): the largest one gathered with its full-size gradient before reduction
+    (DeepSpeed's own estimator counts 4 bytes x largest layer for these) plus the prefetch bucket.
+    FSDP FULL_SHARD (FSDP2 semantics): the unit being processed (unsharded bf16 params and gradients,
+    and the fp32 reduce-scatter input held until the next unit's backward) plus the prefetched block
+    with its all-gather buffer. torchtitan wraps every block, the embedding, and norm + LM head.
+    FSDP SHARD_GRAD_OP: every unit of the stage stays unsharded from forward to backward, plus one
+    unit's gradients and reduce buffer. Parameter offload gathers the same units from host memory."""
+    c = compute_param_bytes(plan)
+    if plan.engine == "deepspeed" and plan.zero == 3:
+        return 2 * c * stage.largest_tensor_params + c * DEEPSPEED_PREFETCH_BUCKET_ELEMENTS
+    if plan.engine != "fsdp" or plan.zero < 2:
+        return 0.0
+    reduce_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8") else c
+    unit = stage.largest_unit_params
+    working_unit = unit * (2 * c + reduce_bytes)
+    if plan.zero == 3:
+        return working_unit + 2 * c * stage.layer_params
+    return stage.params * c + unit * (c + reduce_bytes)
+
+
+def autocast_weight_copy_bytes(stage: StageShard, plan: Plan) -> float:
+    """torch.autocast casts fp32 weights to bf16 once per forward and keeps the copies for backward
+    (2 bytes per parameter between forward and backward; measured +2.2 GiB at 1.07B parameters,
+    ../shared/notes/memory-model.md §3). Applies to DDP with autocast (FSDP engine, ZeRO-0)."""
+    if plan.engine == "fsdp" and plan.zero == 0 and plan.precision in ("bf16", "fp16", "fp8"):
+        return 2.0 * stage.params
+    return 0.0

@@ -1,0 +1,170 @@
+"""Model states: weights, gradients, master weights, optimizer states and the step's temporaries.
+
+Bytes per parameter depend on the engine's bookkeeping, not on one global "16 bytes": the table in
+`state_layout` follows the engines' source (facts and line references in
+docs/research/engine-memory-facts.md):
+
+| engine / precision            | weights  | grads        | master | optimizer | step temporaries |
+|-------------------------------|----------|--------------|--------|-----------|------------------|
+| DeepSpeed bf16/fp16, ZeRO-0   | 2        | 2            | 4      | 8         | 4 (flat fp32 grads, FP16_Optimizer) |
+| DeepSpeed ZeRO-1              | 2        | 2            | 4/D    | 8/D       | 6/D (bf16 flat + fp32 grad partition) |
+| DeepSpeed ZeRO-2              | 2        | 2/D          | 4/D    | 8/D       | 6/D |
+| DeepSpeed ZeRO-3              | 2/D      | 2/D          | 4/D    | 8/D       | 6 x min(N/D, sub_group 1e9) |
+| FSDP2 bf16 (ZeRO-2/3)         | 4/D fp32 sharded param = master | 4/D | - | 8/D | 0 (fused AdamW) |
+| DDP + autocast (FSDP ZeRO-0)  | 4        | 4 + 4 (DDP buckets) | - | 8   | 0 (fused AdamW) |
+| Megatron bf16, no dist-opt    | 2        | 4 (fp32 main_grad) | 4 | 8     | 0 (fused Adam) |
+| Megatron distributed optimizer| 2        | 4            | 4/D    | 8/D       | 0 |
+| pure bf16 (any engine)        | 2        | 2            | DeepSpeed keeps a bf16 master (2) | 4 | as above |
+| fp32 (any engine)             | 4        | 4            | -      | 8         | as above |
+
+D is the shard degree (data-parallel x context-parallel ranks). Optimizer bytes are for AdamW with
+fp32 states; `optimizer_bytes_per_param` gives the others.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from planner.architecture import embedding_tensors, head_tensors, layer_tensors
+from planner.catalog.models import Architecture
+from planner.plan import Plan
+
+Lifetime = Literal["persistent", "gradient", "step"]
+"""`persistent`: allocated once and alive in every phase. `gradient`: created during backward and freed by
+`zero_grad(set_to_none=True)` after the step, so absent in the first micro-batch's forward. `step`: only
+inside optimizer.step()."""
+
+BNB_BLOCKSIZE = 256
+"""bitsandbytes 8-bit optimizers keep one fp32 absmax per 256 values of each state
+(Optimizer2State.init_state)."""
+
+DEEPSPEED_SUB_GROUP_SIZE = 1_000_000_000
+"""ZeRO-3 steps the optimizer one sub-group (<= 1e9 elements of this rank's partition) at a time
+(DeepSpeedZeroConfig.sub_group_size default)."""
+
+FP8_WEIGHT_CACHE_BYTES = 1
+"""FP8 recipes (TransformerEngine, torchao float8) keep an FP8 copy of each weight between micro-batches:
+one byte per parameter. Net effect seen by FlagPerf on Llama-3-8B TP2: +3 GiB (74 vs 71 GiB); this
+term gives +3.5 GiB there."""
+
+
+@dataclass(frozen=True)
+class StateTerm:
+    """One kind of per-parameter state: its bytes per parameter, whether it is sharded over the
+    data-parallel group, when it exists, and whether CPU offload moves it to host memory."""
+
+    name: str
+    bytes_per_param: float
+    sharded: bool
+    lifetime: Lifetime = "persistent"
+    offloaded: bool = False
+
+
+def state_dtype_bytes(plan: Plan) -> int:
+    """Bytes per element of optimizer states: bf16 in pure-bf16 training, fp32 otherwise."""
+    return 2 if plan.precision == "pure-bf16" else 4
+
+
+def optimizer_bytes_per_param(arch: Architecture, plan: Plan) -> float:
+    """Optimizer state bytes per parameter.
+
+    adamw: two moments (exp_avg, exp_avg_sq). adamw-8bit: two uint8 moments plus the fp32 block
+    absmax (bitsandbytes). sgd: one momentum buffer. adafactor (transformers' default, no first moment):
+    a row and a column second-moment vector per matrix, a full one per vector, averaged over the model."""
+    state = state_dtype_bytes(plan)
+    if plan.optimizer == "adamw":
+        return 2 * state
+    if plan.optimizer == "adamw-8bit":
+        return 2 * (1 + 4 / BNB_BLOCKSIZE)
+    if plan.optimizer == "sgd":
+        return state
+    tensors = (*layer_tensors(arch) * arch.num_layers, *embedding_tensors(arch), *head_tensors(arch))
+    total = sum(t.numel for t in tensors)
+    factored = sum(4 * (t.rows + t.cols) if t.is_matrix else 4 * t.numel for t in tensors)
+    return factored / total
+
+
+def _master_bytes(plan: Plan) -> int:
+    """A separate high-precision copy of the weights: fp32 in mixed precision; DeepSpeed's
+    bf16_master_weights_and_grads keeps a bf16 one in pure-bf16; none in fp32 training."""
+    if plan.precision == "fp32":
+        return 0
+    if plan.precision == "pure-bf16":
+        return 2 if plan.engine == "deepspeed" else 0
+    return 4
+
+
+def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
+    """The per-parameter state terms of the plan's engine, precision, optimizer, ZeRO stage and offload."""
+    opt = optimizer_bytes_per_param(arch, plan)
+    low = 4 if plan.precision == "fp32" else 2  # weights/grads in the compute dtype
+    master = _master_bytes(plan)
+    zero = plan.zero
+    offload_opt = plan.offload != "none"
+    offload_params = plan.offload == "optimizer+params"
+    terms: list[StateTerm] = []
+
+    if plan.engine == "deepspeed":
+        terms.append(StateTerm("weights", low, sharded=zero >= 3, offloaded=offload_params))
+        # ZeRO-3 allocates its flat gradient partition at init; ZeRO-0/1/2 gradients live from backward to
+        # the step. ZeRO-2/3 stream reduced gradients to the host when the optimizer is offloaded.
+        terms.append(StateTerm("gradients", low, sharded=zero >= 2, lifetime="persistent" if zero == 3 else "gradient",
+                               offloaded=offload_opt and zero >= 2))
+        if master:
+            terms.append(StateTerm("master_weights", master, sharded=zero >= 1, offloaded=offload_opt))
+        terms.append(StateTerm("optimizer_states", opt, sharded=zero >= 1, offloaded=offload_opt))
+        terms.append(StateTerm("optimizer_step_temporaries", _deepspeed_step_bytes(plan, low, master),
+                               sharded=zero >= 1, lifetime="step", offloaded=offload_opt))
+    elif plan.engine == "fsdp":
+        sharded = zero >= 2
+        if zero == 0 and plan.precision in ("bf16", "fp16", "fp8"):
+            # DDP under autocast: fp32 weights and grads, plus DDP's flat gradient buckets (a second copy
+            # of every gradient unless gradient_as_bucket_view=True).
+            terms += [StateTerm("weights", 4, sharded=False),
+                      StateTerm("gradients", 4, sharded=False, lifetime="gradient")]
+            if plan.shard_degree > 1:
+                terms.append(StateTerm("ddp_gradient_buckets", 4, sharded=False))
+        else:
+            # FSDP2 keeps the sharded parameter in its original dtype (fp32 in mixed precision; it is
+            # also the master copy) and casts to bf16 per unit on all-gather.
+            weight_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8", "fp32") else low
+            terms += [StateTerm("weights", weight_bytes, sharded=sharded, offloaded=offload_params),
+                      StateTerm("gradients", weight_bytes, sharded=sharded, lifetime="gradient",
+                                offloaded=offload_params)]
+            if zero == 0 and plan.shard_degree > 1:
+                terms.append(StateTerm("ddp_gradient_buckets", weight_bytes, sharded=False))
+        terms.append(StateTerm("optimizer_states", opt, sharded=sharded, offloaded=offload_params))
+    else:  # megatron
+        grad_bytes = 4 if plan.precision != "pure-bf16" else 2  # fp32 main_grad buffer, never sharded
+        terms += [StateTerm("weights", low, sharded=False), StateTerm("gradients", grad_bytes, sharded=False)]
+        if master:
+            terms.append(StateTerm("master_weights", master, sharded=zero >= 1, offloaded=offload_opt))
+        terms.append(StateTerm("optimizer_states", opt, sharded=zero >= 1, offloaded=offload_opt))
+
+    if plan.precision == "fp8":
+        terms.append(StateTerm("fp8_weight_copies", FP8_WEIGHT_CACHE_BYTES, sharded=False))
+    return terms
+
+
+def _deepspeed_step_bytes(plan: Plan, low: int, master: int) -> float:
+    """What DeepSpeed allocates inside step(), per parameter of the partition.
+
+    ZeRO-1/2/3 flatten the gradient partition (low-precision copy) and cast it to the master dtype,
+    both alive at the cast (stage_1_and_2.py step; stage3.py _prepare_fp32_grad_for_sub_group); the cast
+    is a no-op when the dtypes match. ZeRO-0 in mixed precision (FP16_Optimizer) builds one flat fp32
+    gradient for all parameters; in fp32 the wrapped optimizer steps on the gradients directly."""
+    if plan.zero == 0:
+        return 4 if plan.precision != "fp32" else 0
+    return low + (master if master not in (0, low) else 0)
+
+
+def state_term_bytes(term: StateTerm, params: int, shard_degree: int) -> float:
+    """Bytes of one state term for `params` parameters on this rank."""
+    per_param = term.bytes_per_param / (shard_degree if term.sharded else 1)
+    return params * per_param
+
+
+def deepspeed_step_cap_bytes(term: StateTerm, plan: Plan) -> float | None:
+    """ZeRO-3 runs the step one sub-group at a time, so its temporaries are capped at one sub-group."""
+    if plan.engine == "deepspeed" and plan.zero == 3 and term.name == "optimizer_step_temporaries":
+        return term.bytes_per_param * DEEPSPEED_SUB_GROUP_SIZE
+    return None

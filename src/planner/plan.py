@@ -1,0 +1,292 @@
+"""A training plan: how one job is laid out over GPUs, and the checks that it can exist.
+
+`PlanRequest` holds what the user asked for, keyed exactly like the `planner estimate` flags (without
+dashes), so that the CLI, validation cases and search all speak one language. `resolve_plan` checks
+it against the model and GPU and returns the frozen `Plan` the models compute on.
+"""
+
+from dataclasses import asdict, dataclass, fields, replace
+from math import gcd
+from typing import Any, Literal, get_args
+
+from planner.catalog import GpuSpec, ModelSpec, load_gpu, load_model
+from planner.errors import PlanError
+
+Checkpointing = Literal["none", "selective", "full"]
+Precision = Literal["bf16", "fp16", "fp32", "pure-bf16", "fp8"]
+Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
+Offload = Literal["none", "optimizer", "optimizer+params"]
+Engine = Literal["deepspeed", "fsdp", "megatron"]
+Loss = Literal["standard", "chunked", "fused"]
+
+CHECKPOINTING: tuple[str, ...] = get_args(Checkpointing)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+OFFLOADS: tuple[str, ...] = get_args(Offload)
+ENGINES: tuple[str, ...] = get_args(Engine)
+LOSSES: tuple[str, ...] = get_args(Loss)
+
+_MAX_GPUS = 1_000_000
+_MAX_SEQ_LEN = 16 * 1024 * 1024
+_MAX_BATCH = 10_000_000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One fully resolved training plan. Degrees multiply to the GPU count: dp * tp * pp * cp = gpus."""
+
+    gpus: int
+    """GPUs the job uses."""
+    gpus_per_node: int
+    """GPUs per server; groups that span servers communicate over the network."""
+    tp: int
+    """Tensor-parallel degree (Megatron-style column/row split, with sequence parallelism)."""
+    pp: int
+    """Pipeline-parallel stages (1F1B schedule). When pp does not divide the layers, the first
+    `layers % pp` stages take one block more (torchtitan and Megatron allow uneven splits)."""
+    cp: int
+    """Context-parallel degree: the sequence is split over cp GPUs (ring attention)."""
+    dp: int
+    """Data-parallel replicas = gpus / (tp * pp * cp)."""
+    zero: int
+    """ZeRO stage 0-3: 0 replicates everything; 1 shards optimizer states (Megatron's distributed
+    optimizer); 2 also gradients (FSDP SHARD_GRAD_OP); 3 also parameters (FSDP FULL_SHARD)."""
+    micro_batch: int
+    """Sequences per GPU per forward/backward pass."""
+    grad_accum: int
+    """Micro-batches per optimizer step per data-parallel replica (= pipeline micro-batches)."""
+    global_batch: int
+    """Sequences per optimizer step = micro_batch * grad_accum * dp."""
+    seq_len: int
+    """Tokens per sequence."""
+    checkpointing: Checkpointing
+    """Activation checkpointing: `none`; `selective` (Megatron: recompute core attention; FSDP/torch:
+    torchtitan's op-level policy); `full` (recompute every transformer block)."""
+    precision: Precision
+    """`bf16`/`fp16`: mixed precision with fp32 master weights; `fp32`; `pure-bf16`: weights, grads and
+    optimizer states all bf16; `fp8`: bf16 mixed precision with FP8 matmuls (TransformerEngine/float8)."""
+    optimizer: Optimizer
+    offload: Offload
+    """CPU offload: `optimizer` (states + step on CPU) or `optimizer+params` (ZeRO-3/FSDP params too)."""
+    engine: Engine
+    """Training stack whose memory bookkeeping applies: DeepSpeed (Hugging Face model code), PyTorch FSDP
+    (FSDP2 / torchtitan; ZeRO 0 = DDP with autocast) or Megatron-LM (TransformerEngine layers)."""
+    flash_attention: bool
+    """Attention kernel that does not store the s x s score matrix (FlashAttention / SDPA flash)."""
+    loss: Loss
+    """`standard` cross-entropy over materialised logits, `chunked` (torchtune-style 8 chunks) or
+    `fused` (linear + cross-entropy fused, e.g. Liger; logits never materialised)."""
+    sequence_parallel: bool = False
+    """Shard the norm/dropout regions over the TP ranks (Korthikanti et al. 2022); only with tp > 1."""
+
+    @property
+    def nodes(self) -> int:
+        return -(-self.gpus // self.gpus_per_node)
+
+    @property
+    def shard_degree(self) -> int:
+        """Ranks that hold identical weights and so share ZeRO/FSDP shards: the data-parallel group
+        including context-parallel ranks (Megatron's dp x cp group; torchtitan shards over dp_shard x cp)."""
+        return self.dp * self.cp
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        """Tokens one GPU processes per micro-batch (sequence split over cp)."""
+        return self.micro_batch * self.seq_len // self.cp
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["nodes"] = self.nodes
+        return out
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the user asked for. Keys are the `planner estimate` flag names without dashes; None means
+    "use the default" (documented per field)."""
+
+    model: str
+    gpu: str = "A100-80GB"
+    gpu_memory_gib: float | None = None
+    """Override the catalog capacity (e.g. for a MIG slice or a card with a different memory size)."""
+    gpus: int = 1
+    gpus_per_node: int | None = None
+    """None: the catalog node size of the GPU, capped at `gpus`."""
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    zero: int = 0
+    micro_batch: int = 1
+    global_batch: int | None = None
+    """Sequences per optimizer step; None: one micro-batch per data-parallel replica (grad_accum 1)."""
+    seq_len: int = 2048
+    checkpointing: str = "none"
+    precision: str = "bf16"
+    optimizer: str = "adamw"
+    offload: str = "none"
+    engine: str = "deepspeed"
+    flash_attention: bool = True
+    loss: str = "standard"
+    sequence_parallel: bool | None = None
+    """None: on whenever tp > 1 for Megatron and FSDP (torchtitan's TP plan always uses it; the launch
+    configs pass --sequence-parallel), off for DeepSpeed AutoTP, which has none."""
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
+        """Build from a mapping with exactly these keys (validation cases, search rows)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PlanError(f"unknown plan key(s): {', '.join(unknown)}", f"valid keys: {', '.join(sorted(known))}")
+        if "model" not in data:
+            raise PlanError("a plan needs a model", "add `model: <name or config.json>`")
+        return cls(**{k: v for k, v in data.items() if v is not None})
+
+
+def _positive_int(value: Any, name: str, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise PlanError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}", "pass an integer")
+    value = int(value)
+    if value < 1:
+        raise PlanError(f"--{name.replace('_', '-')} must be at least 1, got {value}", "pass a positive value")
+    if value > upper:
+        raise PlanError(f"--{name.replace('_', '-')} = {value} is beyond what this tool models ({upper:,})",
+                        "check the number")
+    return value
+
+
+def _choice(value: Any, name: str, options: tuple[str, ...]) -> str:
+    if value not in options:
+        raise PlanError(f"--{name.replace('_', '-')} must be one of {', '.join(options)}, got {value!r}",
+                        "pick one of those")
+    return value
+
+
+def resolve(request: PlanRequest) -> tuple[ModelSpec, GpuSpec, Plan]:
+    """Load model and GPU from the catalogs and check the plan; every failure is one PlanError line."""
+    model = load_model(request.model)
+    gpu = load_gpu(request.gpu)
+    if request.gpu_memory_gib is not None:
+        memory = request.gpu_memory_gib
+        if isinstance(memory, bool) or not isinstance(memory, int | float) or not 0 < memory <= 4096:
+            raise PlanError(f"--gpu-memory-gib must be between 0 and 4096, got {memory!r}", "pass GiB, e.g. 80")
+        gpu = replace(gpu, memory_gib=float(memory), memory_overridden=True)
+    return model, gpu, make_plan(request, model, gpu)
+
+
+def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
+    """Check a request against the model and GPU and derive dp and grad_accum."""
+    arch = model.architecture
+    gpus = _positive_int(request.gpus, "gpus", _MAX_GPUS)
+    tp = _positive_int(request.tp, "tp", 4096)
+    pp = _positive_int(request.pp, "pp", 4096)
+    cp = _positive_int(request.cp, "cp", 4096)
+    micro_batch = _positive_int(request.micro_batch, "micro_batch", _MAX_BATCH)
+    seq_len = _positive_int(request.seq_len, "seq_len", _MAX_SEQ_LEN)
+    per_node_default = min(gpus, gpu.node.gpus_per_node)
+    gpus_per_node = _positive_int(request.gpus_per_node or per_node_default, "gpus_per_node", 1024)
+    gpus_per_node = min(gpus_per_node, gpus)
+    if isinstance(request.zero, bool) or request.zero not in (0, 1, 2, 3):
+        raise PlanError(f"--zero must be 0, 1, 2 or 3, got {request.zero!r}", "pick a ZeRO stage")
+    checkpointing = _choice(request.checkpointing, "checkpointing", CHECKPOINTING)
+    precision = _choice(request.precision, "precision", PRECISIONS)
+    optimizer = _choice(request.optimizer, "optimizer", OPTIMIZERS)
+    offload = _choice(request.offload, "offload", OFFLOADS)
+    engine = _choice(request.engine, "engine", ENGINES)
+    loss = _choice(request.loss, "loss", LOSSES)
+    if not isinstance(request.flash_attention, bool):
+        raise PlanError(f"flash_attention must be true or false, got {request.flash_attention!r}", "fix it")
+
+    model_parallel = tp * pp * cp
+    if gpus % model_parallel:
+        raise PlanError(f"tp*pp*cp = {tp}*{pp}*{cp} = {model_parallel} does not divide --gpus {gpus}",
+                        f"use a GPU count that is a multiple of {model_parallel}")
+    dp = gpus // model_parallel
+    if arch.num_attention_heads % tp or arch.num_kv_heads % tp:
+        raise PlanError(f"--tp {tp} must divide the {arch.num_attention_heads} attention heads and "
+                        f"{arch.num_kv_heads} key/value heads of {model.name}",
+                        f"use a TP degree from {_divisors(gcd(arch.num_attention_heads, arch.num_kv_heads))}")
+    if pp > arch.num_layers:
+        raise PlanError(f"--pp {pp} exceeds the {arch.num_layers} layers of {model.name}",
+                        f"use a PP degree of at most {arch.num_layers}")
+    if seq_len % cp:
+        raise PlanError(f"--cp {cp} must divide --seq-len {seq_len}", "pick a sequence length that splits evenly")
+    if cp > 1 and not request.flash_attention:
+        raise PlanError("context parallelism needs flash attention (ring attention on blockwise kernels)",
+                        "drop --no-flash-attention or use --cp 1")
+    if arch.position_embedding == "learned" and seq_len > arch.max_position_embeddings:
+        raise PlanError(f"--seq-len {seq_len} exceeds the {arch.max_position_embeddings} learned positions "
+                        f"of {model.name}", f"use --seq-len {arch.max_position_embeddings} or less")
+
+    global_batch = request.global_batch if request.global_batch is not None else micro_batch * dp
+    global_batch = _positive_int(global_batch, "global_batch", _MAX_BATCH * 1000)
+    if global_batch % (micro_batch * dp):
+        raise PlanError(f"--global-batch {global_batch} is not a multiple of micro_batch * dp = "
+                        f"{micro_batch} * {dp} = {micro_batch * dp}",
+                        f"use a global batch of {_nearest_multiple(global_batch, micro_batch * dp)} "
+                        "or change the micro-batch")
+    grad_accum = global_batch // (micro_batch * dp)
+
+    sequence_parallel = request.sequence_parallel
+    if sequence_parallel is None:
+        sequence_parallel = tp > 1 and engine != "deepspeed"
+    elif not isinstance(sequence_parallel, bool):
+        raise PlanError(f"sequence_parallel must be true or false, got {sequence_parallel!r}", "fix it")
+    if sequence_parallel and engine == "deepspeed":
+        raise PlanError("DeepSpeed AutoTP has no sequence parallelism", "drop --sequence-parallel")
+    sequence_parallel = sequence_parallel and tp > 1
+
+    _check_engine(engine, request.zero, tp, pp, cp, checkpointing, offload)
+    _check_precision_on_gpu(precision, gpu)
+    return Plan(gpus=gpus, gpus_per_node=gpus_per_node, tp=tp, pp=pp, cp=cp, dp=dp, zero=request.zero,
+                micro_batch=micro_batch, grad_accum=grad_accum, global_batch=global_batch, seq_len=seq_len,
+                checkpointing=checkpointing, precision=precision, optimizer=optimizer, offload=offload,
+                engine=engine, flash_attention=request.flash_attention, loss=loss,
+                sequence_parallel=sequence_parallel)
+
+
+def _check_engine(engine: str, zero: int, tp: int, pp: int, cp: int, checkpointing: str, offload: str) -> None:
+    """What each engine can run, as of DeepSpeed 0.16, PyTorch 2.5+ (torchtitan) and Megatron-Core 0.9+."""
+    if engine == "deepspeed":
+        if pp > 1:
+            raise PlanError("DeepSpeed pipeline parallelism needs a PipelineModule model and is not modelled",
+                            "use --engine megatron or --engine fsdp for --pp > 1")
+        if cp > 1:
+            raise PlanError("context parallelism is not modelled for DeepSpeed", "use --engine megatron or fsdp")
+        if tp > 1 and zero == 3:
+            raise PlanError("DeepSpeed AutoTP training supports ZeRO stages 0-2 only", "use --zero 2 or --tp 1")
+        if checkpointing == "selective":
+            raise PlanError("Hugging Face models under DeepSpeed checkpoint whole layers only",
+                            "use --checkpointing full or none")
+    elif engine == "fsdp":
+        if zero == 1:
+            raise PlanError("FSDP has no optimizer-only sharding (ZeRO-1)",
+                            "use --zero 2 (SHARD_GRAD_OP), --zero 3 (FULL_SHARD) or --engine deepspeed")
+        if offload == "optimizer":
+            raise PlanError("FSDP's CPU offload moves parameters, gradients and the optimizer together",
+                            "use --offload optimizer+params with --zero 3")
+    elif engine == "megatron" and zero > 1:
+        raise PlanError("Megatron-LM's distributed optimizer is ZeRO-1",
+                        "use --zero 1 (or 0) with --engine megatron, or --engine fsdp/deepspeed for ZeRO-2/3")
+    if offload == "optimizer" and zero == 0:
+        raise PlanError("optimizer offload needs ZeRO-1 or higher (DeepSpeed ZeRO-Offload, Megatron's "
+                        "distributed optimizer)", "add --zero 1, 2 or 3")
+    if offload == "optimizer+params" and (zero != 3 or engine == "megatron"):
+        raise PlanError("parameter offload needs ZeRO-3 (DeepSpeed) or FULL_SHARD (FSDP)",
+                        "use --zero 3 with --engine deepspeed or fsdp")
+
+
+def _check_precision_on_gpu(precision: str, gpu: GpuSpec) -> None:
+    needs = {"bf16": "bf16", "pure-bf16": "bf16", "fp8": "fp8", "fp16": "fp16"}.get(precision)
+    if needs and not gpu.peak_tflops(needs):
+        alt = "fp16" if precision in ("bf16", "pure-bf16") else "bf16"
+        raise PlanError(f"{gpu.name} has no {needs} tensor cores for --precision {precision}",
+                        f"use --precision {alt} or another GPU")
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def _nearest_multiple(value: int, step: int) -> int:
+    return max(step, round(value / step) * step)

@@ -1,0 +1,1 @@
+"""Checks of the models against measured runs (`planner validate memory CASES.yaml`)."""

@@ -1,0 +1,150 @@
+"""Memory validation: predicted vs measured peak memory of real training runs.
+
+A cases file maps case ids to cases. A case's keys are the `planner estimate` flag names without
+dashes, plus `measured: {metric, peak_gib, outcome}` and optional `source` / `notes`::
+
+    cases:
+      flagperf-llama2-7b-ds-z3-s4096:
+        source: github.com/FlagOpen/FlagPerf training/nvidia/llama2_7b-deepspeed/README.md
+        model: llama-2-7b
+        gpu: A800-80GB
+        gpus: 8
+        zero: 3
+        seq_len: 4096
+        measured: {metric: nvidia-smi, peak_gib: 57.0, outcome: fits}
+
+Allocated/active measurements are compared with `allocated_peak_gib`; reserved and nvidia-smi ones
+with `peak_gib`. A model path in a case is read relative to the cases file.
+"""
+
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from planner.catalog._yaml import read_yaml_mapping
+from planner.errors import CatalogError, PlannerError
+from planner.estimate import Estimate, estimate_plan
+from planner.plan import PlanRequest
+
+Metric = Literal["allocated", "active", "reserved", "nvidia-smi"]
+METRICS: tuple[str, ...] = ("allocated", "active", "reserved", "nvidia-smi")
+_META_KEYS = {"source", "notes", "measured"}
+
+
+@dataclass(frozen=True)
+class Measured:
+    metric: Metric
+    peak_gib: float | None
+    outcome: Literal["fits", "oom"]
+
+
+@dataclass(frozen=True)
+class MemoryCase:
+    id: str
+    request: PlanRequest
+    measured: Measured
+    source: str = ""
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: MemoryCase
+    estimate: Estimate
+    predicted_gib: float
+    """The prediction comparable with the measurement's metric."""
+
+    @property
+    def error_pct(self) -> float | None:
+        """(predicted - measured) / measured, in percent; None for OOM cases."""
+        measured = self.case.measured.peak_gib
+        if measured is None:
+            return None
+        return 100.0 * (self.predicted_gib - measured) / measured
+
+    @property
+    def unsafe(self) -> bool:
+        """The tool would call the plan feasible although it ran out of memory (or exceeded the card)."""
+        m = self.case.measured
+        above_capacity = m.peak_gib is not None and m.peak_gib > self.estimate.memory.capacity_gib
+        return self.estimate.memory.fits and (m.outcome == "oom" or above_capacity)
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    results: list[CaseResult]
+
+    @property
+    def errors_pct(self) -> list[float]:
+        return [r.error_pct for r in self.results if r.error_pct is not None]
+
+    @property
+    def median_abs_error_pct(self) -> float:
+        return statistics.median(abs(e) for e in self.errors_pct)
+
+    @property
+    def max_under_prediction_pct(self) -> float:
+        """The most negative error (0 when nothing is under-predicted)."""
+        return min([0.0, *self.errors_pct])
+
+    @property
+    def unsafe_count(self) -> int:
+        return sum(r.unsafe for r in self.results)
+
+
+def _measured(raw: Any, case_id: str, path: Path) -> Measured:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{path}: case {case_id} needs `measured: {{metric, peak_gib, outcome}}`", "add it")
+    metric = raw.get("metric")
+    if metric not in METRICS:
+        raise CatalogError(f"{path}: case {case_id}: metric must be one of {', '.join(METRICS)}", "fix it")
+    outcome = raw.get("outcome", "fits")
+    if outcome not in ("fits", "oom"):
+        raise CatalogError(f"{path}: case {case_id}: outcome must be fits or oom", "fix it")
+    peak = raw.get("peak_gib")
+    if outcome == "fits" and not isinstance(peak, int | float):
+        raise CatalogError(f"{path}: case {case_id}: a run that fits needs a numeric peak_gib", "add it")
+    return Measured(metric=metric, peak_gib=float(peak) if peak is not None else None, outcome=outcome)
+
+
+def load_memory_cases(path: Path) -> list[MemoryCase]:
+    """Read a cases file; model paths are taken relative to it."""
+    data = read_yaml_mapping(path)
+    cases = data.get("cases")
+    if not isinstance(cases, dict) or not cases:
+        raise CatalogError(f"{path}: expected a non-empty `cases:` mapping of id -> case", "see the docstring")
+    out = []
+    for case_id, raw in cases.items():
+        if not isinstance(raw, dict):
+            raise CatalogError(f"{path}: case {case_id} must be a mapping", "fix it")
+        plan_keys = {k: v for k, v in raw.items() if k not in _META_KEYS}
+        model = plan_keys.get("model")
+        if isinstance(model, str) and model.endswith((".yaml", ".yml", ".json")):
+            plan_keys["model"] = str((path.parent / model).resolve())
+        try:
+            request = PlanRequest.from_mapping(plan_keys)
+        except PlannerError as exc:
+            raise CatalogError(f"{path}: case {case_id}: {exc.message}") from None
+        out.append(MemoryCase(id=str(case_id), request=request, measured=_measured(raw.get("measured"), case_id, path),
+                              source=str(raw.get("source", "")), notes=str(raw.get("notes", ""))))
+    return out
+
+
+def validate_case(case: MemoryCase) -> CaseResult:
+    try:
+        estimate = estimate_plan(case.request)
+    except PlannerError as exc:
+        raise type(exc)(f"case {case.id}: {exc.problem}", exc.fix) from None
+    memory = estimate.memory
+    comparable = memory.allocated_peak_gib if case.measured.metric in ("allocated", "active") else memory.peak_gib
+    return CaseResult(case=case, estimate=estimate, predicted_gib=comparable)
+
+
+def validate_memory(cases: list[MemoryCase]) -> ValidationSummary:
+    return ValidationSummary([validate_case(c) for c in cases])
+
+
+def with_request(case: MemoryCase, **changes: Any) -> MemoryCase:
+    """A copy of the case with plan fields changed (for sensitivity checks)."""
+    return replace(case, request=replace(case.request, **changes))
