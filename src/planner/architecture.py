@@ -53,13 +53,17 @@ def layer_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
     q, kv = arch.q_width, arch.kv_width
     t: list[ParamTensor] = []
     t += _norm("input_norm", arch, "layer")
-    t += [_matrix("q_proj", q, h, "column", "layer"),
-          _matrix("k_proj", kv, h, "column", "layer"),
-          _matrix("v_proj", kv, h, "column", "layer")]
+    t += [
+        _matrix("q_proj", q, h, "column", "layer"),
+        _matrix("k_proj", kv, h, "column", "layer"),
+        _matrix("v_proj", kv, h, "column", "layer"),
+    ]
     if arch.qkv_bias:
-        t += [_vector("q_proj.bias", q, "column", "layer"),
-              _vector("k_proj.bias", kv, "column", "layer"),
-              _vector("v_proj.bias", kv, "column", "layer")]
+        t += [
+            _vector("q_proj.bias", q, "column", "layer"),
+            _vector("k_proj.bias", kv, "column", "layer"),
+            _vector("v_proj.bias", kv, "column", "layer"),
+        ]
     t.append(_matrix("o_proj", h, q, "row", "layer"))
     if arch.attn_out_bias:
         t.append(_vector("o_proj.bias", h, "replicated", "layer"))
@@ -80,8 +84,7 @@ def embedding_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
     """The input embedding (and learned position table, if any)."""
     t = [_matrix("embed_tokens", arch.vocab_size, arch.hidden_size, "vocab", "embedding")]
     if arch.position_embedding == "learned":
-        t.append(_matrix("embed_positions", arch.max_position_embeddings, arch.hidden_size,
-                         "replicated", "embedding"))
+        t.append(_matrix("embed_positions", arch.max_position_embeddings, arch.hidden_size, "replicated", "embedding"))
     return tuple(t)
 
 
@@ -107,8 +110,7 @@ def params_per_layer(arch: Architecture, tp: int = 1) -> int:
 def total_params(arch: Architecture) -> int:
     """The parameter count of the whole model, tied head counted once (what `model.num_parameters()`
     reports in Hugging Face transformers)."""
-    return (params_per_layer(arch) * arch.num_layers + numel(embedding_tensors(arch))
-            + numel(head_tensors(arch)))
+    return params_per_layer(arch) * arch.num_layers + numel(embedding_tensors(arch)) + numel(head_tensors(arch))
 
 
 def embedding_params(arch: Architecture) -> int:

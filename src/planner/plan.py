@@ -78,6 +78,9 @@ class Plan:
     `fused` (linear + cross-entropy fused, e.g. Liger; logits never materialised)."""
     sequence_parallel: bool = False
     """Shard the norm/dropout regions over the TP ranks (Korthikanti et al. 2022); only with tp > 1."""
+    compile: bool = False
+    """torch.compile the blocks: the partitioner saves matmul and attention outputs and recomputes
+    pointwise ops (norms, activations, RoPE) in backward. Not applicable to Megatron (TE kernels)."""
 
     @property
     def nodes(self) -> int:
@@ -130,6 +133,7 @@ class PlanRequest:
     sequence_parallel: bool | None = None
     """None: on whenever tp > 1 for Megatron and FSDP (torchtitan's TP plan always uses it; the launch
     configs pass --sequence-parallel), off for DeepSpeed AutoTP, which has none."""
+    compile: bool = False
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
@@ -150,15 +154,17 @@ def _positive_int(value: Any, name: str, upper: int) -> int:
     if value < 1:
         raise PlanError(f"--{name.replace('_', '-')} must be at least 1, got {value}", "pass a positive value")
     if value > upper:
-        raise PlanError(f"--{name.replace('_', '-')} = {value} is beyond what this tool models ({upper:,})",
-                        "check the number")
+        raise PlanError(
+            f"--{name.replace('_', '-')} = {value} is beyond what this tool models ({upper:,})", "check the number"
+        )
     return value
 
 
 def _choice(value: Any, name: str, options: tuple[str, ...]) -> str:
     if value not in options:
-        raise PlanError(f"--{name.replace('_', '-')} must be one of {', '.join(options)}, got {value!r}",
-                        "pick one of those")
+        raise PlanError(
+            f"--{name.replace('_', '-')} must be one of {', '.join(options)}, got {value!r}", "pick one of those"
+        )
     return value
 
 
@@ -194,37 +200,56 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
     offload = _choice(request.offload, "offload", OFFLOADS)
     engine = _choice(request.engine, "engine", ENGINES)
     loss = _choice(request.loss, "loss", LOSSES)
-    if not isinstance(request.flash_attention, bool):
-        raise PlanError(f"flash_attention must be true or false, got {request.flash_attention!r}", "fix it")
+    for flag in ("flash_attention", "compile"):
+        if not isinstance(getattr(request, flag), bool):
+            raise PlanError(f"{flag} must be true or false, got {getattr(request, flag)!r}", "fix it")
+    if request.compile and engine == "megatron":
+        raise PlanError("Megatron-LM runs TransformerEngine kernels, not torch.compile", "drop --compile")
+    if precision == "fp8" and engine == "deepspeed":
+        raise PlanError(
+            "FP8 training is modelled for Megatron (TransformerEngine) and FSDP (torchao float8)",
+            "use --engine megatron or fsdp, or --precision bf16",
+        )
 
     model_parallel = tp * pp * cp
     if gpus % model_parallel:
-        raise PlanError(f"tp*pp*cp = {tp}*{pp}*{cp} = {model_parallel} does not divide --gpus {gpus}",
-                        f"use a GPU count that is a multiple of {model_parallel}")
+        raise PlanError(
+            f"tp*pp*cp = {tp}*{pp}*{cp} = {model_parallel} does not divide --gpus {gpus}",
+            f"use a GPU count that is a multiple of {model_parallel}",
+        )
     dp = gpus // model_parallel
     if arch.num_attention_heads % tp or arch.num_kv_heads % tp:
-        raise PlanError(f"--tp {tp} must divide the {arch.num_attention_heads} attention heads and "
-                        f"{arch.num_kv_heads} key/value heads of {model.name}",
-                        f"use a TP degree from {_divisors(gcd(arch.num_attention_heads, arch.num_kv_heads))}")
+        raise PlanError(
+            f"--tp {tp} must divide the {arch.num_attention_heads} attention heads and "
+            f"{arch.num_kv_heads} key/value heads of {model.name}",
+            f"use a TP degree from {_divisors(gcd(arch.num_attention_heads, arch.num_kv_heads))}",
+        )
     if pp > arch.num_layers:
-        raise PlanError(f"--pp {pp} exceeds the {arch.num_layers} layers of {model.name}",
-                        f"use a PP degree of at most {arch.num_layers}")
+        raise PlanError(
+            f"--pp {pp} exceeds the {arch.num_layers} layers of {model.name}",
+            f"use a PP degree of at most {arch.num_layers}",
+        )
     if seq_len % cp:
         raise PlanError(f"--cp {cp} must divide --seq-len {seq_len}", "pick a sequence length that splits evenly")
     if cp > 1 and not request.flash_attention:
-        raise PlanError("context parallelism needs flash attention (ring attention on blockwise kernels)",
-                        "drop --no-flash-attention or use --cp 1")
+        raise PlanError(
+            "context parallelism needs flash attention (ring attention on blockwise kernels)",
+            "drop --no-flash-attention or use --cp 1",
+        )
     if arch.position_embedding == "learned" and seq_len > arch.max_position_embeddings:
-        raise PlanError(f"--seq-len {seq_len} exceeds the {arch.max_position_embeddings} learned positions "
-                        f"of {model.name}", f"use --seq-len {arch.max_position_embeddings} or less")
+        raise PlanError(
+            f"--seq-len {seq_len} exceeds the {arch.max_position_embeddings} learned positions of {model.name}",
+            f"use --seq-len {arch.max_position_embeddings} or less",
+        )
 
     global_batch = request.global_batch if request.global_batch is not None else micro_batch * dp
     global_batch = _positive_int(global_batch, "global_batch", _MAX_BATCH * 1000)
     if global_batch % (micro_batch * dp):
-        raise PlanError(f"--global-batch {global_batch} is not a multiple of micro_batch * dp = "
-                        f"{micro_batch} * {dp} = {micro_batch * dp}",
-                        f"use a global batch of {_nearest_multiple(global_batch, micro_batch * dp)} "
-                        "or change the micro-batch")
+        raise PlanError(
+            f"--global-batch {global_batch} is not a multiple of micro_batch * dp = "
+            f"{micro_batch} * {dp} = {micro_batch * dp}",
+            f"use a global batch of {_nearest_multiple(global_batch, micro_batch * dp)} or change the micro-batch",
+        )
     grad_accum = global_batch // (micro_batch * dp)
 
     sequence_parallel = request.sequence_parallel
@@ -238,50 +263,82 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
 
     _check_engine(engine, request.zero, tp, pp, cp, checkpointing, offload)
     _check_precision_on_gpu(precision, gpu)
-    return Plan(gpus=gpus, gpus_per_node=gpus_per_node, tp=tp, pp=pp, cp=cp, dp=dp, zero=request.zero,
-                micro_batch=micro_batch, grad_accum=grad_accum, global_batch=global_batch, seq_len=seq_len,
-                checkpointing=checkpointing, precision=precision, optimizer=optimizer, offload=offload,
-                engine=engine, flash_attention=request.flash_attention, loss=loss,
-                sequence_parallel=sequence_parallel)
+    return Plan(
+        gpus=gpus,
+        gpus_per_node=gpus_per_node,
+        tp=tp,
+        pp=pp,
+        cp=cp,
+        dp=dp,
+        zero=request.zero,
+        micro_batch=micro_batch,
+        grad_accum=grad_accum,
+        global_batch=global_batch,
+        seq_len=seq_len,
+        checkpointing=checkpointing,
+        precision=precision,
+        optimizer=optimizer,
+        offload=offload,
+        engine=engine,
+        flash_attention=request.flash_attention,
+        loss=loss,
+        sequence_parallel=sequence_parallel,
+        compile=request.compile,
+    )
 
 
 def _check_engine(engine: str, zero: int, tp: int, pp: int, cp: int, checkpointing: str, offload: str) -> None:
     """What each engine can run, as of DeepSpeed 0.16, PyTorch 2.5+ (torchtitan) and Megatron-Core 0.9+."""
     if engine == "deepspeed":
         if pp > 1:
-            raise PlanError("DeepSpeed pipeline parallelism needs a PipelineModule model and is not modelled",
-                            "use --engine megatron or --engine fsdp for --pp > 1")
+            raise PlanError(
+                "DeepSpeed pipeline parallelism needs a PipelineModule model and is not modelled",
+                "use --engine megatron or --engine fsdp for --pp > 1",
+            )
         if cp > 1:
             raise PlanError("context parallelism is not modelled for DeepSpeed", "use --engine megatron or fsdp")
         if tp > 1 and zero == 3:
             raise PlanError("DeepSpeed AutoTP training supports ZeRO stages 0-2 only", "use --zero 2 or --tp 1")
         if checkpointing == "selective":
-            raise PlanError("Hugging Face models under DeepSpeed checkpoint whole layers only",
-                            "use --checkpointing full or none")
+            raise PlanError(
+                "Hugging Face models under DeepSpeed checkpoint whole layers only", "use --checkpointing full or none"
+            )
     elif engine == "fsdp":
         if zero == 1:
-            raise PlanError("FSDP has no optimizer-only sharding (ZeRO-1)",
-                            "use --zero 2 (SHARD_GRAD_OP), --zero 3 (FULL_SHARD) or --engine deepspeed")
+            raise PlanError(
+                "FSDP has no optimizer-only sharding (ZeRO-1)",
+                "use --zero 2 (SHARD_GRAD_OP), --zero 3 (FULL_SHARD) or --engine deepspeed",
+            )
         if offload == "optimizer":
-            raise PlanError("FSDP's CPU offload moves parameters, gradients and the optimizer together",
-                            "use --offload optimizer+params with --zero 3")
+            raise PlanError(
+                "FSDP's CPU offload moves parameters, gradients and the optimizer together",
+                "use --offload optimizer+params with --zero 3",
+            )
     elif engine == "megatron" and zero > 1:
-        raise PlanError("Megatron-LM's distributed optimizer is ZeRO-1",
-                        "use --zero 1 (or 0) with --engine megatron, or --engine fsdp/deepspeed for ZeRO-2/3")
+        raise PlanError(
+            "Megatron-LM's distributed optimizer is ZeRO-1",
+            "use --zero 1 (or 0) with --engine megatron, or --engine fsdp/deepspeed for ZeRO-2/3",
+        )
     if offload == "optimizer" and zero == 0:
-        raise PlanError("optimizer offload needs ZeRO-1 or higher (DeepSpeed ZeRO-Offload, Megatron's "
-                        "distributed optimizer)", "add --zero 1, 2 or 3")
+        raise PlanError(
+            "optimizer offload needs ZeRO-1 or higher (DeepSpeed ZeRO-Offload, Megatron's distributed optimizer)",
+            "add --zero 1, 2 or 3",
+        )
     if offload == "optimizer+params" and (zero != 3 or engine == "megatron"):
-        raise PlanError("parameter offload needs ZeRO-3 (DeepSpeed) or FULL_SHARD (FSDP)",
-                        "use --zero 3 with --engine deepspeed or fsdp")
+        raise PlanError(
+            "parameter offload needs ZeRO-3 (DeepSpeed) or FULL_SHARD (FSDP)",
+            "use --zero 3 with --engine deepspeed or fsdp",
+        )
 
 
 def _check_precision_on_gpu(precision: str, gpu: GpuSpec) -> None:
     needs = {"bf16": "bf16", "pure-bf16": "bf16", "fp8": "fp8", "fp16": "fp16"}.get(precision)
     if needs and not gpu.peak_tflops(needs):
         alt = "fp16" if precision in ("bf16", "pure-bf16") else "bf16"
-        raise PlanError(f"{gpu.name} has no {needs} tensor cores for --precision {precision}",
-                        f"use --precision {alt} or another GPU")
+        raise PlanError(
+            f"{gpu.name} has no {needs} tensor cores for --precision {precision}",
+            f"use --precision {alt} or another GPU",
+        )
 
 
 def _divisors(n: int) -> str:

@@ -34,3 +34,16 @@ def require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], path:
         want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise CatalogError(f"{path}: '{key}' must be {want}, got {value!r}", "fix the value")
     return value
+
+
+def suggestions(text: str, catalog: dict, cutoff: float) -> list[str]:
+    """Up to three canonical names close to `text` (keys are lower-case names and aliases)."""
+    import difflib
+
+    close = difflib.get_close_matches(text.lower(), list(catalog), n=6, cutoff=cutoff)
+    names: list[str] = []
+    for key in close:
+        name = catalog[key].name
+        if name not in names:
+            names.append(name)
+    return names[:3]

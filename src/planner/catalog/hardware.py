@@ -1,12 +1,12 @@
 """GPU catalog: `hardware/*.yaml` -> `GpuSpec`. One file per GPU; see `hardware/README.md`."""
 
-import difflib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from planner.catalog._yaml import read_yaml_mapping, require
+from planner.catalog._yaml import suggestions as _suggestions
 from planner.catalog.paths import data_dirs
 from planner.errors import CatalogError
 
@@ -91,8 +91,9 @@ def _gpu_from_file(path: Path) -> GpuSpec:
         pcie_bandwidth_gbps=_number(data, "pcie_bandwidth_gbps", path),
         node=NodeSpec(
             gpus_per_node=int(_number(node_raw, "gpus_per_node", path)),
-            inter_node_bandwidth_gbps_per_gpu=_number(node_raw, "inter_node_bandwidth_gbps_per_gpu", path,
-                                                      allow_none=True),
+            inter_node_bandwidth_gbps_per_gpu=_number(
+                node_raw, "inter_node_bandwidth_gbps_per_gpu", path, allow_none=True
+            ),
             host_ram_gib=_number(node_raw, "host_ram_gib", path, allow_none=True),
             example=str(node_raw.get("example") or ""),
         ),
@@ -140,7 +141,7 @@ def load_gpu(name: str) -> GpuSpec:
     catalog = _current_catalog()
     spec = catalog.get(text.lower())
     if spec is None:
-        close = difflib.get_close_matches(text.lower(), list(catalog), n=3, cutoff=0.4)
+        close = _suggestions(text, catalog, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else "see `planner gpus` for the catalog"
         raise CatalogError(f"unknown GPU '{text}'", hint)
     return spec

@@ -28,8 +28,10 @@ def _llama_like(cfg: dict[str, Any], path: Path, qkv_bias: bool) -> Architecture
     heads = _get(cfg, path, "num_attention_heads")
     act = _get(cfg, path, "hidden_act", default="silu")
     if act not in ("silu", "swish"):
-        raise CatalogError(f"{path}: hidden_act {act!r} is not the SwiGLU (silu) MLP this type uses",
-                           "write a model YAML for this architecture")
+        raise CatalogError(
+            f"{path}: hidden_act {act!r} is not the SwiGLU (silu) MLP this type uses",
+            "write a model YAML for this architecture",
+        )
     return Architecture(
         num_layers=_get(cfg, path, "num_hidden_layers"),
         hidden_size=_get(cfg, path, "hidden_size"),
@@ -179,8 +181,16 @@ def model_from_hf_config(path: Path) -> ModelSpec:
 
 
 def _check_types(arch: Architecture, path: Path) -> None:
-    for name in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "ffn_hidden_size",
-                 "vocab_size", "max_position_embeddings", "head_dim"):
+    for name in (
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_kv_heads",
+        "ffn_hidden_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "head_dim",
+    ):
         value = getattr(arch, name)
         if not isinstance(value, int) or isinstance(value, bool):
             raise CatalogError(f"{path}: '{name}' must be an integer, got {value!r}", "fix the config.json")

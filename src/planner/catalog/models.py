@@ -11,7 +11,6 @@ A catalog file holds one model::
 Every architecture key is documented on `Architecture`.
 """
 
-import difflib
 import json
 from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cache
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from planner.catalog._yaml import read_yaml_mapping, require
+from planner.catalog._yaml import suggestions as _suggestions
 from planner.catalog.paths import data_dirs
 from planner.errors import CatalogError
 
@@ -117,8 +117,9 @@ def _architecture_from_mapping(raw: dict[str, Any], path: Path) -> Architecture:
     known = {f.name for f in fields(Architecture)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise CatalogError(f"{path}: unknown architecture key(s) {', '.join(unknown)}",
-                           f"valid keys: {', '.join(sorted(known))}")
+        raise CatalogError(
+            f"{path}: unknown architecture key(s) {', '.join(unknown)}", f"valid keys: {', '.join(sorted(known))}"
+        )
     values: dict[str, Any] = {}
     for f in fields(Architecture):
         if f.name not in raw:
@@ -131,16 +132,15 @@ def _architecture_from_mapping(raw: dict[str, Any], path: Path) -> Architecture:
                 raise CatalogError(f"{path}: 'sliding_window' must be a positive integer or null", "fix it")
         elif f.type in (int, "int"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise CatalogError(f"{path}: '{f.name}' must be a non-negative integer, got {value!r}",
-                                   "fix the value")
+                raise CatalogError(f"{path}: '{f.name}' must be a non-negative integer, got {value!r}", "fix the value")
         elif f.type in (float, "float"):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise CatalogError(f"{path}: '{f.name}' must be a probability in [0, 1), got {value!r}",
-                                   "fix the value")
+                raise CatalogError(
+                    f"{path}: '{f.name}' must be a probability in [0, 1), got {value!r}", "fix the value"
+                )
             value = float(value)
-        elif f.type in (bool, "bool"):
-            if not isinstance(value, bool):
-                raise CatalogError(f"{path}: '{f.name}' must be true or false, got {value!r}", "fix it")
+        elif f.type in (bool, "bool") and not isinstance(value, bool):
+            raise CatalogError(f"{path}: '{f.name}' must be true or false, got {value!r}", "fix it")
         values[f.name] = value
     arch = Architecture(**values)
     check_architecture(arch, str(path))
@@ -149,8 +149,15 @@ def _architecture_from_mapping(raw: dict[str, Any], path: Path) -> Architecture:
 
 def check_architecture(arch: Architecture, where: str) -> None:
     """Reject architectures that cannot exist (zero sizes, heads not dividing, unknown kinds)."""
-    for name in ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads",
-                 "ffn_hidden_size", "vocab_size", "max_position_embeddings"):
+    for name in (
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "num_kv_heads",
+        "ffn_hidden_size",
+        "vocab_size",
+        "max_position_embeddings",
+    ):
         if getattr(arch, name) <= 0:
             raise CatalogError(f"{where}: '{name}' must be positive", "fix the value")
     if arch.norm not in ("rmsnorm", "layernorm"):
@@ -158,14 +165,18 @@ def check_architecture(arch: Architecture, where: str) -> None:
     if arch.mlp not in ("swiglu", "gelu"):
         raise CatalogError(f"{where}: mlp must be swiglu or gelu, got {arch.mlp!r}", "fix it")
     if arch.position_embedding not in ("rope", "learned", "alibi"):
-        raise CatalogError(f"{where}: position_embedding must be rope, learned or alibi, "
-                           f"got {arch.position_embedding!r}", "fix it")
+        raise CatalogError(
+            f"{where}: position_embedding must be rope, learned or alibi, got {arch.position_embedding!r}", "fix it"
+        )
     if arch.num_attention_heads % arch.num_kv_heads:
-        raise CatalogError(f"{where}: num_kv_heads ({arch.num_kv_heads}) must divide num_attention_heads "
-                           f"({arch.num_attention_heads})", "fix the head counts")
+        raise CatalogError(
+            f"{where}: num_kv_heads ({arch.num_kv_heads}) must divide num_attention_heads ({arch.num_attention_heads})",
+            "fix the head counts",
+        )
     if not arch.head_dim and arch.hidden_size % arch.num_attention_heads:
-        raise CatalogError(f"{where}: hidden_size must be divisible by num_attention_heads "
-                           "unless head_dim is given", "set head_dim")
+        raise CatalogError(
+            f"{where}: hidden_size must be divisible by num_attention_heads unless head_dim is given", "set head_dim"
+        )
 
 
 def _model_from_file(path: Path) -> ModelSpec:
@@ -223,7 +234,7 @@ def load_model(name_or_path: str) -> ModelSpec:
     catalog = _current_catalog()
     spec = catalog.get(text.lower())
     if spec is None:
-        close = difflib.get_close_matches(text.lower(), list(catalog), n=3, cutoff=0.5)
+        close = _suggestions(text, catalog, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see `planner models` for the catalog"
         raise CatalogError(f"unknown model '{text}'", f"{hint} A path to a config.json also works")
     if text.lower() != spec.name.lower():
@@ -236,8 +247,10 @@ def read_json_mapping(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise CatalogError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})",
-                           "fix the file or download the model's config.json again") from None
+        raise CatalogError(
+            f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})",
+            "fix the file or download the model's config.json again",
+        ) from None
     if not isinstance(data, dict):
         raise CatalogError(f"{path} must hold a JSON object", "pass a Hugging Face config.json")
     return data

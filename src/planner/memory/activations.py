@@ -80,26 +80,34 @@ class LayerActivations:
 
     @property
     def total(self) -> float:
-        return (self.norms + self.qkv + self.attention_core + self.attention_output + self.mlp
-                + self.dropout_masks)
+        return self.norms + self.qkv + self.attention_core + self.attention_output + self.mlp + self.dropout_masks
 
 
-def _norm_bytes(arch: Architecture, family: Family, a: int, consumers: int) -> float:
+def _norm_bytes(arch: Architecture, plan: Plan, consumers: int) -> float:
     """One norm plus the copy of its output that the following linear(s) save, per token.
 
     hf RMSNorm (LlamaRMSNorm): fp32 input (4h, saved by pow), the normalised tensor in the input dtype
     (saved by the weight multiply) and the weighted output (saved by the linear): 4h + 2*a*h.
     hf LayerNorm (native kernel): input + output, plus fp32 mean and rstd (8 bytes).
     autocast: input and normalised tensor in fp32 (8h) and one bf16 cast per consuming linear.
-    megatron: TE LayerNormLinear saves the input and the normalised output (+ fp32 statistics)."""
+    megatron: TE LayerNormLinear saves the input and the normalised output (+ fp32 statistics).
+
+    Tensor parallelism with sequence parallelism shards the norm over the TP ranks. TransformerEngine
+    saves the sharded output and all-gathers again in backward; PyTorch's DTensor TP (torchtitan) saves
+    the all-gathered input of each column-parallel linear, which is not divided by TP."""
+    family = implementation_family(plan)
+    a = compute_bytes(plan)
     h = arch.hidden_size
+    sp = plan.tp if plan.sequence_parallel else 1
     if family == "megatron":
-        return 2 * a * h + 8
+        return (2 * a * h + 8) / sp
     if family == "autocast":
-        return 8 * h + consumers * 2 * h
-    if arch.norm == "rmsnorm":
-        return 4 * h + 2 * a * h
-    return 2 * a * h + 8
+        norm, linear_input = 8 * h, consumers * 2 * h
+    elif arch.norm == "rmsnorm":
+        norm, linear_input = 4 * h + a * h, a * h
+    else:
+        norm, linear_input = a * h + 8, a * h
+    return norm / sp + linear_input
 
 
 def _attention_probs_bytes(arch: Architecture, family: Family, a: int, seq_len: int) -> float:
@@ -109,47 +117,72 @@ def _attention_probs_bytes(arch: Architecture, family: Family, a: int, seq_len: 
     megatron: fused scale-mask-softmax keeps the probabilities in the compute dtype (a bytes).
     With attention dropout: a 1-byte mask and the dropped-out probabilities (a bytes) on top
     (Korthikanti's 5*a*s/h term for fp16 with dropout)."""
-    if family == "megatron":
-        per_score = a
-    else:
-        per_score = 4 + (0 if a == 4 else 2)
+    per_score = a if family == "megatron" else 4 + (0 if a == 4 else 2)
     if arch.attention_dropout > 0:
         per_score += MASK_BYTES + (2 if a == 2 else 4)
     return arch.num_attention_heads * seq_len * per_score
 
 
+def _attention_core_bytes(arch: Architecture, plan: Plan) -> float:
+    if plan.flash_attention:
+        return LSE_BYTES_PER_HEAD * arch.num_attention_heads / plan.tp
+    family = implementation_family(plan)
+    return _attention_probs_bytes(arch, family, compute_bytes(plan), plan.seq_len) / plan.tp
+
+
 def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     """Saved bytes per token for one block with no recomputation (checkpointing `none`)."""
+    if plan.compile:
+        return compiled_layer_activations(arch, plan)
     family = implementation_family(plan)
     a = compute_bytes(plan)
     h, f = arch.hidden_size, arch.ffn_hidden_size
     q, kv = arch.q_width, arch.kv_width
     tp = plan.tp
-    sp_divisor = tp if plan.sequence_parallel else 1
+    sp = tp if plan.sequence_parallel else 1
 
     attn_consumers = 1 if arch.fused_qkv else 3
     mlp_consumers = 2 if arch.mlp == "swiglu" else 1
-    norms = (_norm_bytes(arch, family, a, attn_consumers) + _norm_bytes(arch, family, a, mlp_consumers)) / sp_divisor
-
+    norms = _norm_bytes(arch, plan, attn_consumers) + _norm_bytes(arch, plan, mlp_consumers)
     # hf/autocast: transformers' SDPA path and torchtitan expand k/v to every query head (repeat_kv)
     # before the kernel, so the saved k and v are q-sized; TransformerEngine handles GQA natively.
     kv_saved = kv if family == "megatron" else q
     qkv = a * (q + 2 * kv_saved) / tp
-
-    if plan.flash_attention:
-        attention_core = LSE_BYTES_PER_HEAD * arch.num_attention_heads / tp
-    else:
-        attention_core = _attention_probs_bytes(arch, family, a, plan.seq_len) / tp
     attention_output = a * q / tp
+    # SwiGLU, hf: gate out (silu input), silu out, up out, product (down_proj input) = 4 f-wide tensors;
+    # megatron: fused bias-SwiGLU saves the 2f-wide fc1 output and fc2 the f-wide product.
+    # GELU: its input (fc1 out) and output (fc2 in).
+    mlp_tensors = (3 if family == "megatron" else 4) if arch.mlp == "swiglu" else 2
+    mlp = mlp_tensors * a * f / tp
+    dropout_masks = (2 * MASK_BYTES * h / sp) if arch.hidden_dropout > 0 else 0.0
+    return LayerActivations(norms, qkv, _attention_core_bytes(arch, plan), attention_output, mlp, dropout_masks)
 
-    if arch.mlp == "swiglu":
-        # hf: gate out (silu input), silu out, up out, product (down_proj input) = 4 f-wide tensors.
-        # megatron: fused bias-SwiGLU saves the 2f-wide fc1 output; fc2 saves the f-wide product.
-        mlp = (3 if family == "megatron" else 4) * a * f / tp
-    else:
-        mlp = 2 * a * f / tp  # GELU input (fc1 out) and GELU output (fc2 in)
-    dropout_masks = (2 * MASK_BYTES * h / sp_divisor) if arch.hidden_dropout > 0 else 0.0
-    return LayerActivations(norms, qkv, attention_core, attention_output, mlp, dropout_masks)
+
+def compiled_layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
+    """Saved bytes per token for one torch.compile'd block (hf/autocast families).
+
+    AOTAutograd's min-cut partitioner keeps what is expensive to recompute and recomputes pointwise
+    work: each norm keeps only its input (the residual stream) and statistics; the attention keeps the
+    projected q, k, v before RoPE and head expansion, its output and log-sum-exp; the MLP keeps the two
+    up-projections (act(gate) and the product are recomputed). Check: torchtune's Llama-3.2-3B row
+    (compile, no AC, 2 x 4096 tokens) measures 42.9 GiB active; eager accounting would predict ~57."""
+    a = compute_bytes(plan)
+    res = residual_bytes(plan)
+    h, f = arch.hidden_size, arch.ffn_hidden_size
+    q, kv = arch.q_width, arch.kv_width
+    tp = plan.tp
+    sp = tp if plan.sequence_parallel else 1
+    up_projections = 2 if arch.mlp == "swiglu" else 1
+    norms = 2 * (res * h + 4) / sp
+    dropout_masks = (2 * MASK_BYTES * h / sp) if arch.hidden_dropout > 0 else 0.0
+    return LayerActivations(
+        norms=norms,
+        qkv=a * (q + 2 * kv) / tp,
+        attention_core=_attention_core_bytes(arch, plan),
+        attention_output=a * q / tp,
+        mlp=up_projections * a * f / tp,
+        dropout_masks=dropout_masks,
+    )
 
 
 def checkpoint_input_bytes(arch: Architecture, plan: Plan) -> float:
@@ -172,9 +205,9 @@ def selective_saved_bytes(arch: Architecture, plan: Plan) -> float:
         return full.total - (0.0 if plan.flash_attention else full.attention_core - _lse(arch, plan))
     a = compute_bytes(plan)
     tp = plan.tp
-    sp_divisor = tp if plan.sequence_parallel else 1
+    sp = tp if plan.sequence_parallel else 1
     h, f, q, kv = arch.hidden_size, arch.ffn_hidden_size, arch.q_width, arch.kv_width
-    saved_matmuls = a * (q + kv + f) / tp + a * h / sp_divisor  # wq, wv, w1 (column) and w2 (row) outputs
+    saved_matmuls = a * (q + kv + f) / tp + a * h / sp  # wq, wv, w1 (column) and w2 (row) outputs
     return checkpoint_input_bytes(arch, plan) + saved_matmuls + full.attention_output + _lse(arch, plan)
 
 
@@ -219,30 +252,31 @@ def context_parallel_buffer_bytes(arch: Architecture, plan: Plan) -> float:
 
 def final_norm_bytes(arch: Architecture, plan: Plan) -> float:
     """The final norm before the LM head, with the head's saved input, per token (last stage)."""
-    family = implementation_family(plan)
-    sp_divisor = plan.tp if plan.sequence_parallel else 1
-    return _norm_bytes(arch, family, compute_bytes(plan), 1) / sp_divisor
+    return _norm_bytes(arch, plan, 1)
 
 
 def logits_bytes(arch: Architecture, plan: Plan) -> float:
-    """Per-token bytes of logits and cross-entropy at their peak (last pipeline stage).
+    """Per-token bytes of logits and cross-entropy at their peak (last pipeline stage), divided by TP
+    (vocab-parallel loss: Megatron's vocab_parallel_cross_entropy, torchtitan's loss_parallel).
 
-    standard, hf: the model returns the bf16 logits (a*V, kept until backward) and the loss upcasts them
-    to fp32 for log-softmax, whose fp32 output and gradient are alive together in backward (8*V): about
-    10*V in bf16. Measured: torchtune's chunked loss saved 8.3*V per token, Liger's fused loss about
-    8*V, a fake-tensor MemTracker run counted 8.0*V of fp32 temporaries beside the bf16 logits
-    (../shared/notes/memory-model.md §3).
-    standard, megatron: vocab-parallel cross-entropy upcasts once (4*V) and computes the gradient in
-    place; the bf16 logits (a*V) live beside it at the cast: 6*V in bf16, divided by TP.
-    chunked: the bf16 logits stay whole, fp32 work happens one chunk (1/8) at a time.
+    standard, hf: the loss upcasts the bf16 logits (a*V) to fp32 (4*V) for log-softmax, which saves its
+      fp32 output (4*V): a*V + 8*V in forward. In backward the saved output, its incoming gradient from
+      nll_loss and the gradient it produces are alive together: 12*V, the larger of the two.
+    standard, megatron: compute_language_model_loss casts to fp32 (4*V) and the vocab-parallel loss
+      subtracts the max into a new fp32 tensor (4*V) beside the bf16 logits: a*V + 8*V in forward; the
+      backward works in place on the saved softmax.
+    Measured: torchtune's chunked loss saved 8.3*V per token, Liger's fused loss about 8*V, a fake-tensor
+      MemTracker run counted 8.0*V of fp32 temporaries beside the bf16 logits
+      (../shared/notes/memory-model.md §3).
+    chunked: the bf16 logits stay whole, the fp32 work happens one chunk (1/8) at a time.
     fused: logits never exist beyond a chunk (Liger sizes chunks so one chunk is about B*T*h values),
-    leaving the precomputed input gradient (a*h) and the chunk (about 6*h) per token."""
+      leaving the precomputed input gradient (a*h) and the chunk (about 6*h) per token."""
     a = compute_bytes(plan)
-    vocab = arch.vocab_size / plan.tp
     if plan.loss == "fused":
         return (a + 6) * arch.hidden_size
-    fp32_work = 4 * vocab if implementation_family(plan) == "megatron" else 8 * vocab
-    logits = a * vocab
+    vocab = arch.vocab_size / plan.tp
     if plan.loss == "chunked":
-        return logits + fp32_work / CHUNKED_LOSS_CHUNKS
-    return logits + fp32_work
+        return a * vocab + 12 * vocab / CHUNKED_LOSS_CHUNKS
+    forward = a * vocab + 8 * vocab
+    backward = 12 * vocab if implementation_family(plan) != "megatron" else 0.0
+    return max(forward, backward)

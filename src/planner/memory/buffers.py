@@ -13,8 +13,12 @@ DEEPSPEED_REDUCE_BUCKET_ELEMENTS = 500_000_000
 in the model dtype. ZeRO-1/2 allocate it at the first gradient hook of each backward (two when
 overlap_comm, which defaults to off below stage 3); ZeRO-3 keeps one for the whole run."""
 
-DEEPSPEED_PREFETCH_BUCKET_ELEMENTS = 50_000_000
-"""`stage3_prefetch_bucket_size` default: parameters ZeRO-3 gathers ahead of use."""
+DEEPSPEED_MAX_LIVE_PARAMETERS = 1_000_000_000
+"""`stage3_max_live_parameters` default: gathered parameters ZeRO-3 keeps alive at most."""
+
+DEEPSPEED_MAX_REUSE_DISTANCE = 1_000_000_000
+"""`stage3_max_reuse_distance` default: a gathered parameter whose next use is fewer elements away
+is not released (PartitionedParameterCoordinator)."""
 
 
 def compute_param_bytes(plan: Plan) -> int:
@@ -35,8 +39,11 @@ def deepspeed_bucket_bytes(plan: Plan) -> tuple[float, float]:
 def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
     """Unsharded parameters (and their unsharded gradients) alive around the forward/backward seam.
 
-    DeepSpeed ZeRO-3 (gathers leaf modules, e.g. each nn.Linear): the largest one gathered with its full-size gradient before reduction
-    (DeepSpeed's own estimator counts 4 bytes x largest layer for these) plus the prefetch bucket.
+    DeepSpeed ZeRO-3: at the forward-to-backward turn the last blocks' parameters are reused within
+    `stage3_max_reuse_distance` (their next use comes back after about twice their own size), so half
+    that distance plus the largest module stays gathered, capped by `stage3_max_live_parameters`; the
+    largest module's full-size gradient exists before it is reduced (DeepSpeed's own estimator counts
+    4 bytes x largest layer for parameter and gradient).
     FSDP FULL_SHARD (FSDP2 semantics): the unit being processed (unsharded bf16 params and gradients,
     and the fp32 reduce-scatter input held until the next unit's backward) plus the prefetched block
     with its all-gather buffer. torchtitan wraps every block, the embedding, and norm + LM head.
@@ -44,7 +51,10 @@ def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
     unit's gradients and reduce buffer. Parameter offload gathers the same units from host memory."""
     c = compute_param_bytes(plan)
     if plan.engine == "deepspeed" and plan.zero == 3:
-        return 2 * c * stage.largest_tensor_params + c * DEEPSPEED_PREFETCH_BUCKET_ELEMENTS
+        kept = min(
+            DEEPSPEED_MAX_LIVE_PARAMETERS, DEEPSPEED_MAX_REUSE_DISTANCE / 2 + stage.largest_tensor_params, stage.params
+        )
+        return c * (kept + stage.largest_tensor_params)
     if plan.engine != "fsdp" or plan.zero < 2:
         return 0.0
     reduce_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8") else c

@@ -19,8 +19,12 @@ from dataclasses import dataclass, field
 
 from planner.catalog import GpuSpec, ModelSpec
 from planner.memory import activations as act
-from planner.memory.buffers import autocast_weight_copy_bytes, deepspeed_bucket_bytes, gathered_parameter_bytes
-from planner.memory.runtime import ALLOCATOR_FRAGMENTATION, CUDA_CONTEXT_GIB, nccl_communicators
+from planner.memory.buffers import (
+    autocast_weight_copy_bytes,
+    deepspeed_bucket_bytes,
+    gathered_parameter_bytes,
+)
+from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads, nccl_communicators
 from planner.memory.stages import StageShard, stage_shards
 from planner.memory.states import (
     StateTerm,
@@ -36,10 +40,24 @@ DEFAULT_SAFETY_MARGIN = 0.05
 see (data-dependent lengths, library versions). Overridable per call."""
 
 TERMS = (
-    "weights", "master_weights", "gradients", "ddp_gradient_buckets", "optimizer_states",
-    "fp8_weight_copies", "optimizer_step_temporaries", "activations", "logits_and_loss",
-    "recompute_and_backward", "gathered_parameters", "communication_buckets", "autocast_weight_copies",
-    "pipeline_buffers", "allocator_fragmentation", "cuda_context", "nccl_communicators",
+    "weights",
+    "master_weights",
+    "gradients",
+    "unsharded_gradient_accumulators",
+    "ddp_gradient_buckets",
+    "optimizer_states",
+    "fp8_weight_copies",
+    "optimizer_step_temporaries",
+    "activations",
+    "logits_and_loss",
+    "recompute_and_backward",
+    "gathered_parameters",
+    "communication_buckets",
+    "autocast_weight_copies",
+    "pipeline_buffers",
+    "allocator_fragmentation",
+    "cuda_context",
+    "nccl_communicators",
 )
 """Every breakdown key, in display order. The JSON always carries all of them (zeros included)."""
 
@@ -153,8 +171,11 @@ def _stage_memory(model: ModelSpec, plan: Plan, stage: StageShard) -> StageMemor
     saved += in_flight * act.INPUT_IDS_AND_LABELS_BYTES / 2 * edge_tokens * tokens
     if stage.is_last:
         saved += act.final_norm_bytes(arch, plan) * tokens
-    block_backward = (act.recompute_bytes(arch, plan) + act.backward_workspace_bytes(arch, plan)
-                      + act.context_parallel_buffer_bytes(arch, plan)) * tokens
+    block_backward = (
+        act.recompute_bytes(arch, plan)
+        + act.backward_workspace_bytes(arch, plan)
+        + act.context_parallel_buffer_bytes(arch, plan)
+    ) * tokens
     logits = act.logits_bytes(arch, plan) * tokens if stage.is_last else 0.0
 
     always_buckets, backward_buckets = deepspeed_bucket_bytes(plan)
@@ -194,8 +215,13 @@ def _host_offload_bytes(model: ModelSpec, plan: Plan, stage: StageShard) -> floa
     return total
 
 
-def estimate_memory(model: ModelSpec, gpu: GpuSpec, plan: Plan,
-                    safety_margin: float = DEFAULT_SAFETY_MARGIN) -> MemoryEstimate:
+def estimate_memory(
+    model: ModelSpec,
+    gpu: GpuSpec,
+    plan: Plan,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    overheads: RuntimeOverheads = DEFAULT_OVERHEADS,
+) -> MemoryEstimate:
     """Per-GPU peak memory of `plan` for `model` on `gpu`, with the term breakdown at the peak."""
     stages = stage_shards(model.architecture, plan)
     per_stage = [_stage_memory(model, plan, s) for s in stages]
@@ -203,17 +229,17 @@ def estimate_memory(model: ModelSpec, gpu: GpuSpec, plan: Plan,
     heaviest = max(per_stage, key=lambda m: (m.peak_bytes, -m.stage))
     phase = heaviest.peak_phase
     allocated = heaviest.peak_bytes
-    fragmentation = allocated * ALLOCATOR_FRAGMENTATION
-    nccl_gib = sum(nccl_communicators(plan).values())
+    fragmentation = allocated * overheads.allocator_fragmentation
+    nccl_gib = sum(nccl_communicators(plan, overheads).values())
     breakdown = {term: 0.0 for term in TERMS}
     for term, size in heaviest.phases[phase].items():
         breakdown[term] += size / GIB
     breakdown["allocator_fragmentation"] = fragmentation / GIB
-    breakdown["cuda_context"] = CUDA_CONTEXT_GIB
+    breakdown["cuda_context"] = overheads.cuda_context_gib
     breakdown["nccl_communicators"] = nccl_gib
     allocated_gib = allocated / GIB
     reserved_gib = allocated_gib + fragmentation / GIB
-    peak_gib = reserved_gib + CUDA_CONTEXT_GIB + nccl_gib
+    peak_gib = reserved_gib + overheads.cuda_context_gib + nccl_gib
     usable = gpu.memory_gib * (1 - safety_margin)
 
     host_per_gpu = max(_host_offload_bytes(model, plan, s) for s in stages)

@@ -1,40 +1,54 @@
 """Memory outside PyTorch's allocated tensors: allocator fragmentation, CUDA context, NCCL.
 
-These are the few global constants of the memory model. Each has a physical meaning and a source; the
-fragmentation factor is fitted once on the measured runs (see planner.validate and README)."""
+These are the few global constants of the memory model, grouped in `RuntimeOverheads`. Each has a
+physical meaning and a range from public sources; within those ranges they are fitted once on the
+measured runs by `scripts/fit_memory_overheads.py` (values and fit report in the README)."""
+
+from dataclasses import dataclass
 
 from planner.plan import Plan
 
-CUDA_CONTEXT_GIB = 0.5
-"""CUDA context, loaded kernel modules (cuBLAS, cuDNN, attention, NCCL kernels) and cuBLAS workspaces.
-0.27 GiB for the bare context with lazy loading (pytorch PR #86509), 0.62 GiB eager; ~0.3-0.4 GB per
-PyTorch maintainers; each cuBLAS handle/stream adds a 32 MiB workspace on Hopper."""
 
-NCCL_GIB_PER_GROUP = 0.67
-"""NCCL buffers of one communicator with more than two ranks: 688 MiB after a first all-reduce on
-4xA100 NVLink (NVIDIA/nccl #964); consistent with 4 MiB SIMPLE + 4.7 MiB LL128 + 0.5 MiB LL buffers per
-channel and peer over 2 ring peers and up to 32 channels."""
+@dataclass(frozen=True)
+class RuntimeOverheads:
+    """Per-process memory the tensor accounting cannot see."""
 
-NCCL_GIB_PER_PAIR = 0.53
-"""NCCL buffers of a two-rank communicator (544 MiB measured, NVIDIA/nccl #964); PyTorch creates one per
-pipeline send/receive peer."""
+    cuda_context_gib: float = 0.5
+    """CUDA context, loaded kernel modules (cuBLAS, cuDNN, attention, NCCL kernels) and cuBLAS
+    workspaces. 0.27 GiB for the bare context with lazy loading (pytorch PR #86509), 0.62 GiB eager,
+    1.31 GiB on CUDA 11.2 (transformers' model_memory_anatomy); each cuBLAS handle and stream adds a
+    32 MiB workspace on Hopper."""
+    nccl_gib_per_group: float = 1.48
+    """NCCL buffers of one communicator carrying bulk traffic (more than two ranks): 688 MiB after a
+    first all-reduce on 4xA100 NVLink (NVIDIA/nccl #964), about 1.6 GB on another system (#864); NCCL
+    maintainers: memory grows with the channel count, which grows with link bandwidth (#986).
+    Source range 0.64-1.5 GiB; the value is fitted within it."""
+    nccl_gib_per_pair: float = 0.53
+    """A two-rank communicator: 544 MiB measured (NVIDIA/nccl #964); PyTorch makes one per pipeline
+    send/receive peer."""
+    allocator_fragmentation: float = 0.12
+    """Reserved-but-unused fraction of PyTorch's caching allocator at the peak: reserved = allocated x
+    (1 + this). Reported: 2.4% (75.3 GiB allocated, compressed-tensors PR #587) to 35-50% (axolotl PR
+    #2183, torchtune #1185) and 2.1x in an RL trainer (cosmos-rl PR #388); fitted."""
 
-ALLOCATOR_FRAGMENTATION = 0.10
-"""Reserved-but-unused fraction of PyTorch's caching allocator at the peak: reserved = allocated x (1 +
-this). Start value from ../shared/notes/memory-model.md §6 (1.10 on the dynamic part); fitted on the
-measured runs by `benchmarks/fit_memory_constants.py`."""
+
+DEFAULT_OVERHEADS = RuntimeOverheads()
 
 
-def nccl_communicators(plan: Plan) -> dict[str, float]:
+def nccl_communicators(plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS) -> dict[str, float]:
     """GiB of NCCL buffers per process group this rank communicates in (a group of one needs none)."""
+
+    def size(ranks: int) -> float:
+        return overheads.nccl_gib_per_pair if ranks == 2 else overheads.nccl_gib_per_group
+
     groups: dict[str, float] = {}
     if plan.shard_degree > 1:
-        groups["data_parallel"] = NCCL_GIB_PER_PAIR if plan.shard_degree == 2 else NCCL_GIB_PER_GROUP
+        groups["data_parallel"] = size(plan.shard_degree)
     if plan.tp > 1:
-        groups["tensor_parallel"] = NCCL_GIB_PER_PAIR if plan.tp == 2 else NCCL_GIB_PER_GROUP
+        groups["tensor_parallel"] = size(plan.tp)
     if plan.cp > 1:
-        groups["context_parallel"] = NCCL_GIB_PER_PAIR if plan.cp == 2 else NCCL_GIB_PER_GROUP
+        groups["context_parallel"] = size(plan.cp)
     if plan.pp > 1:
         # Interior stages talk to two neighbours; the busiest rank is what matters.
-        groups["pipeline"] = NCCL_GIB_PER_PAIR * (2 if plan.pp > 2 else 1)
+        groups["pipeline"] = overheads.nccl_gib_per_pair * (2 if plan.pp > 2 else 1)
     return groups

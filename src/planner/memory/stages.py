@@ -58,15 +58,17 @@ def stage_shards(arch: Architecture, plan: Plan) -> list[StageShard]:
     for stage in range(plan.pp):
         first, last = stage == 0, stage == plan.pp - 1
         held = (*layer_t, *(embedding_t if first else ()), *(head_t if last else ()))
-        shards.append(StageShard(
-            stage=stage,
-            is_first=first,
-            is_last=last,
-            num_layers=layers_on_stage(arch.num_layers, plan.pp, stage),
-            layer_params=numel(layer_t, plan.tp),
-            embedding_params=numel(embedding_t, plan.tp) if first else 0,
-            head_params=numel(head_t, plan.tp) if last else 0,
-            largest_tensor_params=max(numel([t], plan.tp) for t in held),
-            in_flight_micro_batches=min(plan.pp - stage, plan.grad_accum),
-        ))
+        shards.append(
+            StageShard(
+                stage=stage,
+                is_first=first,
+                is_last=last,
+                num_layers=layers_on_stage(arch.num_layers, plan.pp, stage),
+                layer_params=numel(layer_t, plan.tp),
+                embedding_params=numel(embedding_t, plan.tp) if first else 0,
+                head_params=numel(head_t, plan.tp) if last else 0,
+                largest_tensor_params=max(numel([t], plan.tp) for t in held),
+                in_flight_micro_batches=min(plan.pp - stage, plan.grad_accum),
+            )
+        )
     return shards

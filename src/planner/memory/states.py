@@ -42,9 +42,9 @@ DEEPSPEED_SUB_GROUP_SIZE = 1_000_000_000
 (DeepSpeedZeroConfig.sub_group_size default)."""
 
 FP8_WEIGHT_CACHE_BYTES = 1
-"""FP8 recipes (TransformerEngine, torchao float8) keep an FP8 copy of each weight between micro-batches:
-one byte per parameter. Net effect seen by FlagPerf on Llama-3-8B TP2: +3 GiB (74 vs 71 GiB); this
-term gives +3.5 GiB there."""
+"""TransformerEngine keeps an FP8 copy of each weight between micro-batches (its weight cache): one byte
+per parameter. Net effect seen by FlagPerf on Llama-3-8B TP2: +3 GiB (74 vs 71 GiB); this term gives
++3.5 GiB there. torchao's float8 (the FSDP engine) casts weights on the fly and keeps no copy."""
 
 
 @dataclass(frozen=True)
@@ -107,32 +107,55 @@ def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
         terms.append(StateTerm("weights", low, sharded=zero >= 3, offloaded=offload_params))
         # ZeRO-3 allocates its flat gradient partition at init; ZeRO-0/1/2 gradients live from backward to
         # the step. ZeRO-2/3 stream reduced gradients to the host when the optimizer is offloaded.
-        terms.append(StateTerm("gradients", low, sharded=zero >= 2, lifetime="persistent" if zero == 3 else "gradient",
-                               offloaded=offload_opt and zero >= 2))
+        terms.append(
+            StateTerm(
+                "gradients",
+                low,
+                sharded=zero >= 2,
+                lifetime="persistent" if zero == 3 else "gradient",
+                offloaded=offload_opt and zero >= 2,
+            )
+        )
         if master:
             terms.append(StateTerm("master_weights", master, sharded=zero >= 1, offloaded=offload_opt))
         terms.append(StateTerm("optimizer_states", opt, sharded=zero >= 1, offloaded=offload_opt))
-        terms.append(StateTerm("optimizer_step_temporaries", _deepspeed_step_bytes(plan, low, master),
-                               sharded=zero >= 1, lifetime="step", offloaded=offload_opt))
+        terms.append(
+            StateTerm(
+                "optimizer_step_temporaries",
+                _deepspeed_step_bytes(plan, low, master),
+                sharded=zero >= 1,
+                lifetime="step",
+                offloaded=offload_opt,
+            )
+        )
     elif plan.engine == "fsdp":
         sharded = zero >= 2
         if zero == 0 and plan.precision in ("bf16", "fp16", "fp8"):
             # DDP under autocast: fp32 weights and grads, plus DDP's flat gradient buckets (a second copy
             # of every gradient unless gradient_as_bucket_view=True).
-            terms += [StateTerm("weights", 4, sharded=False),
-                      StateTerm("gradients", 4, sharded=False, lifetime="gradient")]
+            terms += [
+                StateTerm("weights", 4, sharded=False),
+                StateTerm("gradients", 4, sharded=False, lifetime="gradient"),
+            ]
             if plan.shard_degree > 1:
                 terms.append(StateTerm("ddp_gradient_buckets", 4, sharded=False))
         else:
             # FSDP2 keeps the sharded parameter in its original dtype (fp32 in mixed precision; it is
             # also the master copy) and casts to bf16 per unit on all-gather.
             weight_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8", "fp32") else low
-            terms += [StateTerm("weights", weight_bytes, sharded=sharded, offloaded=offload_params),
-                      StateTerm("gradients", weight_bytes, sharded=sharded, lifetime="gradient",
-                                offloaded=offload_params)]
+            terms += [
+                StateTerm("weights", weight_bytes, sharded=sharded, offloaded=offload_params),
+                StateTerm("gradients", weight_bytes, sharded=sharded, lifetime="gradient", offloaded=offload_params),
+            ]
             if zero == 0 and plan.shard_degree > 1:
                 terms.append(StateTerm("ddp_gradient_buckets", weight_bytes, sharded=False))
         terms.append(StateTerm("optimizer_states", opt, sharded=sharded, offloaded=offload_params))
+        if sharded and plan.pp > 1 and plan.grad_accum > 1:
+            # torch.distributed.pipelining turns off FSDP gradient sync for all but the last micro-batch
+            # (set_requires_gradient_sync(False)): gradients accumulate unsharded in the reduce dtype.
+            terms.append(
+                StateTerm("unsharded_gradient_accumulators", 4 if low == 2 else low, sharded=False, lifetime="gradient")
+            )
     else:  # megatron
         grad_bytes = 4 if plan.precision != "pure-bf16" else 2  # fp32 main_grad buffer, never sharded
         terms += [StateTerm("weights", low, sharded=False), StateTerm("gradients", grad_bytes, sharded=False)]
@@ -140,7 +163,7 @@ def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
             terms.append(StateTerm("master_weights", master, sharded=zero >= 1, offloaded=offload_opt))
         terms.append(StateTerm("optimizer_states", opt, sharded=zero >= 1, offloaded=offload_opt))
 
-    if plan.precision == "fp8":
+    if plan.precision == "fp8" and plan.engine == "megatron":
         terms.append(StateTerm("fp8_weight_copies", FP8_WEIGHT_CACHE_BYTES, sharded=False))
     return terms
 

@@ -126,8 +126,15 @@ def load_memory_cases(path: Path) -> list[MemoryCase]:
             request = PlanRequest.from_mapping(plan_keys)
         except PlannerError as exc:
             raise CatalogError(f"{path}: case {case_id}: {exc.message}") from None
-        out.append(MemoryCase(id=str(case_id), request=request, measured=_measured(raw.get("measured"), case_id, path),
-                              source=str(raw.get("source", "")), notes=str(raw.get("notes", ""))))
+        out.append(
+            MemoryCase(
+                id=str(case_id),
+                request=request,
+                measured=_measured(raw.get("measured"), case_id, path),
+                source=str(raw.get("source", "")),
+                notes=str(raw.get("notes", "")),
+            )
+        )
     return out
 
 

@@ -1,0 +1,136 @@
+"""The `planner` command line: parses flags, calls the library, prints. No logic of its own."""
+
+import sys
+from pathlib import Path
+
+import click
+
+from planner import __version__
+from planner.catalog import list_gpus, list_models
+from planner.errors import PlannerError
+from planner.estimate import estimate_plan
+from planner.memory import DEFAULT_SAFETY_MARGIN
+from planner.plan import CHECKPOINTING, ENGINES, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS, PlanRequest
+from planner.report.estimate import render_json, render_table
+from planner.report.validation import render_validation_json, render_validation_table
+from planner.validate.memory import load_memory_cases, validate_memory
+
+
+class _PlannerGroup(click.Group):
+    """Turns every PlannerError into one line on stderr and its exit code (2, or 3 for no feasible plan)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PlannerError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_PlannerGroup)
+@click.version_option(__version__, prog_name="planner")
+def main() -> None:
+    """Plan LLM training jobs: which layouts fit in GPU memory, and what they cost."""
+
+
+_FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Human table or one JSON object.",
+)
+
+
+@main.command()
+@click.option(
+    "--model",
+    required=True,
+    help="Catalog name or alias (7b, 13b, 70b = Llama-2), model YAML, or a Hugging Face config.json.",
+)
+@click.option("--gpu", default="A100-80GB", show_default=True, help="GPU name from the hardware catalog.")
+@click.option("--gpu-memory-gib", type=float, default=None, help="Override the GPU's memory capacity.")
+@click.option("--gpus", type=int, default=1, show_default=True, help="GPUs the job uses.")
+@click.option("--gpus-per-node", type=int, default=None, help="Default: the GPU's catalog node size.")
+@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree.")
+@click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel stages (1F1B).")
+@click.option("--cp", type=int, default=1, show_default=True, help="Context-parallel degree.")
+@click.option(
+    "--zero",
+    type=click.IntRange(0, 3),
+    default=0,
+    show_default=True,
+    help="ZeRO stage (FSDP: 2 = SHARD_GRAD_OP, 3 = FULL_SHARD, 0 = DDP).",
+)
+@click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per GPU per pass.")
+@click.option(
+    "--global-batch",
+    type=int,
+    default=None,
+    help="Sequences per optimizer step (default: micro-batch x dp, i.e. no accumulation).",
+)
+@click.option("--seq-len", type=int, default=2048, show_default=True, help="Tokens per sequence.")
+@click.option("--checkpointing", type=click.Choice(CHECKPOINTING), default="none", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True)
+@click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True)
+@click.option("--engine", type=click.Choice(ENGINES), default="deepspeed", show_default=True)
+@click.option("--flash-attention/--no-flash-attention", default=True, show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default="standard", show_default=True)
+@click.option(
+    "--sequence-parallel/--no-sequence-parallel", default=None, help="Default: on with --tp > 1 for Megatron and FSDP."
+)
+@click.option(
+    "--compile/--no-compile",
+    "compile_",
+    default=False,
+    show_default=True,
+    help="torch.compile the blocks (FSDP/DeepSpeed).",
+)
+@click.option(
+    "--safety-margin",
+    type=click.FloatRange(0, 0.5),
+    default=DEFAULT_SAFETY_MARGIN,
+    show_default=True,
+    help="Fraction of GPU memory to keep free.",
+)
+@_FORMAT
+def estimate(fmt: str, safety_margin: float, compile_: bool, **flags) -> None:
+    """Memory (and, later, speed and cost) of one training plan."""
+    request = PlanRequest(compile=compile_, **flags)
+    result = estimate_plan(request, safety_margin=safety_margin)
+    click.echo(render_json(result) if fmt == "json" else render_table(result), nl=False)
+
+
+@main.group()
+def validate() -> None:
+    """Compare the models with measured runs."""
+
+
+@validate.command("memory")
+@click.argument("cases", type=click.Path(path_type=Path, dir_okay=False))
+@_FORMAT
+def validate_memory_cmd(cases: Path, fmt: str) -> None:
+    """Predicted vs measured peak memory for every case in CASES (YAML)."""
+    summary = validate_memory(load_memory_cases(cases))
+    click.echo(render_validation_json(summary) if fmt == "json" else render_validation_table(summary), nl=False)
+
+
+@main.command()
+def models() -> None:
+    """List the model catalog."""
+    from planner.architecture import total_params
+
+    for spec in list_models():
+        aliases = f"  (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
+        click.echo(f"{spec.name:18s} {total_params(spec.architecture) / 1e9:7.2f}B{aliases}")
+
+
+@main.command()
+def gpus() -> None:
+    """List the GPU catalog."""
+    for gpu in list_gpus():
+        price = f"${gpu.price.usd_per_gpu_hour:.2f}/GPU-h" if gpu.price.usd_per_gpu_hour is not None else "no price"
+        bf16 = gpu.tflops.get("bf16") or gpu.tflops.get("fp16")
+        click.echo(f"{gpu.name:12s} {gpu.memory_gib:7.2f} GiB  {bf16:7.1f} TFLOP/s (bf16/fp16)  {price}")

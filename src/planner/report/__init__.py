@@ -1,0 +1,1 @@
+"""Human-readable and machine-readable renderings of estimates, validations and search results."""

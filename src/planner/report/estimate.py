@@ -1,0 +1,102 @@
+"""Render one estimate as a terminal table (rich) or JSON."""
+
+import json
+from io import StringIO
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from planner.architecture import total_params
+from planner.estimate import Estimate
+from planner.memory import TERMS
+
+TERM_LABELS = {
+    "weights": "weights",
+    "master_weights": "master weights (fp32)",
+    "gradients": "gradients",
+    "unsharded_gradient_accumulators": "unsharded gradient accumulators (PP)",
+    "ddp_gradient_buckets": "DDP gradient buckets",
+    "optimizer_states": "optimizer states",
+    "fp8_weight_copies": "FP8 weight copies",
+    "optimizer_step_temporaries": "optimizer-step temporaries",
+    "activations": "activations (saved for backward)",
+    "logits_and_loss": "logits + cross-entropy",
+    "recompute_and_backward": "block recompute + backward workspace",
+    "gathered_parameters": "gathered (unsharded) parameters",
+    "communication_buckets": "communication buckets",
+    "autocast_weight_copies": "autocast bf16 weight copies",
+    "pipeline_buffers": "pipeline send/recv buffers",
+    "allocator_fragmentation": "allocator fragmentation (reserved - allocated)",
+    "cuda_context": "CUDA context + kernels",
+    "nccl_communicators": "NCCL communicators",
+}
+PHASE_LABELS = {
+    "loss": "forward/backward seam at the loss",
+    "backward": "backward through the blocks",
+    "optimizer_step": "optimizer step",
+}
+
+
+def render_json(estimate: Estimate) -> str:
+    return json.dumps(estimate.to_dict(), indent=2) + "\n"
+
+
+def _model_line(estimate: Estimate) -> str:
+    model = estimate.model
+    alias = f" (alias '{model.resolved_from}' resolves to {model.name})" if model.resolved_from else ""
+    return f"{model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters"
+
+
+def _plan_lines(estimate: Estimate) -> list[str]:
+    p = estimate.plan
+    gpu = estimate.gpu
+    capacity_note = " (capacity overridden)" if gpu.memory_overridden else ""
+    return [
+        f"{p.gpus} x {gpu.name}{capacity_note} on {p.nodes} node(s) of {p.gpus_per_node}",
+        f"dp {p.dp} x tp {p.tp} x pp {p.pp} x cp {p.cp}; {p.engine}, ZeRO-{p.zero}"
+        + (", sequence parallel" if p.sequence_parallel else ""),
+        f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum} x dp {p.dp} = global batch {p.global_batch}"
+        f" sequences of {p.seq_len} tokens",
+        f"checkpointing {p.checkpointing}, precision {p.precision}, optimizer {p.optimizer}, offload {p.offload}",
+        f"flash attention {'on' if p.flash_attention else 'off'}, loss {p.loss}"
+        + (", torch.compile" if p.compile else ""),
+    ]
+
+
+def render_table(estimate: Estimate, width: int = 100) -> str:
+    memory = estimate.memory
+    out = StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False)
+    console.print(f"model  {_model_line(estimate)}")
+    for i, line in enumerate(_plan_lines(estimate)):
+        console.print(("plan   " if i == 0 else "       ") + line)
+    stage = f", pipeline stage {memory.peak_stage}" if estimate.plan.pp > 1 else ""
+    console.print(f"\nMemory per GPU at the peak ({PHASE_LABELS[memory.peak_phase]}{stage}):")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("term")
+    table.add_column("GiB", justify="right")
+    for term in TERMS:
+        value = memory.breakdown_gib[term]
+        if value:
+            table.add_row(TERM_LABELS[term], f"{value:.2f}")
+    table.add_section()
+    table.add_row("peak per GPU (what nvidia-smi shows)", f"{memory.peak_gib:.2f}")
+    table.add_row("  torch max_memory_allocated", f"{memory.allocated_peak_gib:.2f}")
+    table.add_row("  torch max_memory_reserved", f"{memory.reserved_peak_gib:.2f}")
+    table.add_row("capacity", f"{memory.capacity_gib:.2f}")
+    table.add_row(f"usable (keeping {memory.safety_margin:.0%} free)", f"{memory.usable_gib:.2f}")
+    table.add_row("headroom (capacity - peak)", f"{memory.headroom_gib:.2f}")
+    console.print(table)
+    phases = " | ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in memory.phases_gib.items())
+    console.print(f"allocated GiB by phase: {phases}")
+    if len(memory.stage_peaks_gib) > 1:
+        stages = ", ".join(f"{v:.1f}" for v in memory.stage_peaks_gib)
+        console.print(f"allocated GiB by pipeline stage: {stages}")
+    if estimate.plan.offload != "none":
+        capacity = memory.host_ram_capacity_gib
+        cap = f" of {capacity:.0f} GiB" if capacity is not None else " (node RAM unknown)"
+        console.print(f"host RAM for offloaded states: {memory.host_ram_gib_per_node:.1f} GiB per node{cap}")
+    verdict = "FITS" if memory.fits else "DOES NOT FIT"
+    console.print(f"verdict: {verdict} ({memory.peak_gib:.1f} of {memory.usable_gib:.1f} usable GiB)")
+    return out.getvalue()

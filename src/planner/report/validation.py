@@ -1,0 +1,74 @@
+"""Render a memory validation: per case predicted vs measured, then the summary figures."""
+
+import json
+from io import StringIO
+
+from rich.console import Console
+from rich.table import Table
+
+from planner.validate.memory import ValidationSummary
+
+
+def render_validation_table(summary: ValidationSummary, width: int = 140) -> str:
+    out = StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False)
+    table = Table(show_edge=False)
+    for name, justify in (
+        ("case", "left"),
+        ("metric", "left"),
+        ("measured GiB", "right"),
+        ("predicted GiB", "right"),
+        ("error %", "right"),
+        ("outcome", "left"),
+        ("predicted", "left"),
+        ("peak phase", "left"),
+    ):
+        table.add_column(name, justify=justify)
+    for r in summary.results:
+        m = r.case.measured
+        error = r.error_pct
+        table.add_row(
+            r.case.id,
+            m.metric,
+            f"{m.peak_gib:.2f}" if m.peak_gib is not None else "-",
+            f"{r.predicted_gib:.2f}",
+            f"{error:+.1f}" if error is not None else "-",
+            m.outcome,
+            ("fits" if r.estimate.memory.fits else "does not fit") + ("  UNSAFE" if r.unsafe else ""),
+            r.estimate.memory.peak_phase,
+        )
+    console.print(table)
+    console.print(f"cases: {len(summary.results)} ({len(summary.errors_pct)} with a measured peak)")
+    console.print(f"median |error|: {summary.median_abs_error_pct:.1f}%")
+    console.print(f"max under-prediction: {summary.max_under_prediction_pct:.1f}%")
+    console.print(f"unsafe (predicted fits, really OOM or above capacity): {summary.unsafe_count}")
+    return out.getvalue()
+
+
+def render_validation_json(summary: ValidationSummary) -> str:
+    cases = [
+        {
+            "id": r.case.id,
+            "source": r.case.source,
+            "metric": r.case.measured.metric,
+            "measured_gib": r.case.measured.peak_gib,
+            "outcome": r.case.measured.outcome,
+            "predicted_gib": round(r.predicted_gib, 3),
+            "error_pct": round(r.error_pct, 2) if r.error_pct is not None else None,
+            "predicted_fits": r.estimate.memory.fits,
+            "unsafe": r.unsafe,
+        }
+        for r in summary.results
+    ]
+    return (
+        json.dumps(
+            {
+                "cases": cases,
+                "median_abs_error_pct": round(summary.median_abs_error_pct, 2),
+                "max_under_prediction_pct": round(summary.max_under_prediction_pct, 2),
+                "unsafe_count": summary.unsafe_count,
+            },
+            indent=2,
+        )
+        + "\n"
+    )

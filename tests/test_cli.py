@@ -1,0 +1,105 @@
+"""The command line: JSON schema, golden table, and one-line errors with exit code 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from planner.cli import main
+
+GOLDEN = Path(__file__).parent / "golden"
+SEED = [
+    "estimate",
+    "--model",
+    "7b",
+    "--gpu",
+    "A100",
+    "--gpus",
+    "8",
+    "--zero",
+    "3",
+    "--micro-batch",
+    "4",
+    "--global-batch",
+    "32",
+    "--seq-len",
+    "2048",
+    "--checkpointing",
+    "full",
+]
+
+
+def run(args):
+    return CliRunner().invoke(main, args)
+
+
+def test_estimate_json_schema():
+    result = run([*SEED, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["model"]["params"] == 6_738_415_616
+    assert data["model"]["resolved_from"] == "7b"
+    assert data["gpu"]["memory_gib"] == 80.0
+    plan = data["plan"]
+    assert (plan["dp"], plan["grad_accum"], plan["zero"], plan["global_batch"]) == (8, 1, 3, 32)
+    memory = data["memory"]
+    for key in ("peak_gib", "allocated_peak_gib", "capacity_gib", "usable_gib", "fits", "peak_phase", "breakdown_gib"):
+        assert key in memory
+    assert memory["fits"] is True
+    assert sum(memory["breakdown_gib"].values()) == pytest.approx(memory["peak_gib"], abs=0.01)
+
+
+def test_estimate_table_golden():
+    result = run(SEED)
+    assert result.exit_code == 0
+    expected = (GOLDEN / "estimate_7b_zero3_full.txt").read_text()
+    assert result.output == expected
+
+
+def test_estimate_is_deterministic():
+    assert run([*SEED, "--format", "json"]).output == run([*SEED, "--format", "json"]).output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "llama-9b"], "error: unknown model 'llama-9b'"),
+        (["--model", "7b", "--gpu", "B300"], "error: unknown GPU 'B300'"),
+        (["--model", "7b", "--gpus", "8", "--tp", "3"], "does not divide --gpus 8"),
+        (
+            ["--model", "70b", "--gpus", "8", "--tp", "8", "--pp", "1", "--micro-batch", "3", "--global-batch", "10"],
+            "not a multiple",
+        ),
+        (["--model", "7b", "--micro-batch", "-1"], "at least 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(args, message):
+    result = run(["estimate", *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_malformed_config_json(tmp_path):
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    result = run(["estimate", "--model", str(bad)])
+    assert result.exit_code == 2 and "is not valid JSON" in result.output
+
+
+def test_validate_memory_command(data_dir):
+    result = run(["validate", "memory", str(data_dir / "memory_cases.yaml")])
+    assert result.exit_code == 0
+    assert "median |error|" in result.output and "unsafe" in result.output
+
+
+def test_validate_missing_file(tmp_path):
+    result = run(["validate", "memory", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2 and "cannot read" in result.output
+
+
+def test_models_and_gpus_lists():
+    assert "llama-2-13b" in run(["models"]).output
+    assert "H100-80GB" in run(["gpus"]).output
