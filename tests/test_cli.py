@@ -103,3 +103,22 @@ def test_validate_missing_file(tmp_path):
 def test_models_and_gpus_lists():
     assert "llama-2-13b" in run(["models"]).output
     assert "H100-80GB" in run(["gpus"]).output
+
+
+def test_estimate_json_has_performance_and_cost():
+    result = run([*SEED, "--tokens", "1B", "--format", "json"])
+    data = json.loads(result.output)
+    perf, cost = data["performance"], data["cost"]
+    for key in ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "mfu", "hfu", "tflops_per_gpu", "breakdown_s"):
+        assert key in perf
+    assert perf["tokens_per_s"] == pytest.approx(perf["tokens_per_s_per_gpu"] * 8, rel=1e-4)
+    assert cost["tokens"] == 1e9
+    assert cost["hours"] == pytest.approx(1e9 / perf["tokens_per_s"] / 3600, rel=1e-3)
+    assert cost["total_usd"] == pytest.approx(cost["hours"] * cost["usd_per_hour"], rel=1e-3)
+
+
+def test_price_override_and_bad_tokens():
+    data = json.loads(run([*SEED, "--price-per-gpu-hour", "2", "--format", "json"]).output)
+    assert data["cost"]["usd_per_hour"] == 16.0
+    bad = run([*SEED, "--tokens", "lots"])
+    assert bad.exit_code == 2 and "cannot read --tokens 'lots'" in bad.output

@@ -33,7 +33,7 @@ def test_no_unsafe_case(summary):
 
 def test_every_oom_row_is_predicted_not_to_fit(summary):
     ooms = [r for r in summary.results if r.case.measured.outcome == "oom"]
-    assert len(ooms) == 3 and all(not r.estimate.memory.fits for r in ooms)
+    assert len(ooms) == 3 and all(not r.memory.fits for r in ooms)
 
 
 def test_every_measured_row_is_a_case_or_skipped_with_a_reason():

@@ -12,8 +12,15 @@ from planner.estimate import estimate_plan
 from planner.memory import DEFAULT_SAFETY_MARGIN
 from planner.plan import CHECKPOINTING, ENGINES, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS, PlanRequest
 from planner.report.estimate import render_json, render_table
-from planner.report.validation import render_validation_json, render_validation_table
+from planner.report.validation import (
+    render_throughput_json,
+    render_throughput_table,
+    render_validation_json,
+    render_validation_table,
+)
+from planner.units import parse_count
 from planner.validate.memory import load_memory_cases, validate_memory
+from planner.validate.throughput import load_throughput_cases, validate_throughput
 
 
 class _PlannerGroup(click.Group):
@@ -95,11 +102,16 @@ _FORMAT = click.option(
     show_default=True,
     help="Fraction of GPU memory to keep free.",
 )
+@click.option("--tokens", default=None, help="Total training tokens (e.g. 1e9, 1B, 500M) for hours and dollars.")
+@click.option("--price-per-gpu-hour", type=float, default=None, help="Override the catalog's on-demand price (USD).")
 @_FORMAT
-def estimate(fmt: str, safety_margin: float, compile_: bool, **flags) -> None:
-    """Memory (and, later, speed and cost) of one training plan."""
+def estimate(
+    fmt: str, safety_margin: float, compile_: bool, tokens: str | None, price_per_gpu_hour: float | None, **flags
+) -> None:
+    """Memory, speed and cost of one training plan."""
     request = PlanRequest(compile=compile_, **flags)
-    result = estimate_plan(request, safety_margin=safety_margin)
+    total = parse_count(tokens, "--tokens") if tokens is not None else None
+    result = estimate_plan(request, safety_margin=safety_margin, tokens=total, price_per_gpu_hour=price_per_gpu_hour)
     click.echo(render_json(result) if fmt == "json" else render_table(result), nl=False)
 
 
@@ -115,6 +127,15 @@ def validate_memory_cmd(cases: Path, fmt: str) -> None:
     """Predicted vs measured peak memory for every case in CASES (YAML)."""
     summary = validate_memory(load_memory_cases(cases))
     click.echo(render_validation_json(summary) if fmt == "json" else render_validation_table(summary), nl=False)
+
+
+@validate.command("throughput")
+@click.argument("cases", type=click.Path(path_type=Path, dir_okay=False))
+@_FORMAT
+def validate_throughput_cmd(cases: Path, fmt: str) -> None:
+    """Predicted vs measured tokens/s per GPU for every case in CASES (YAML)."""
+    summary = validate_throughput(load_throughput_cases(cases))
+    click.echo(render_throughput_json(summary) if fmt == "json" else render_throughput_table(summary), nl=False)
 
 
 @main.command()

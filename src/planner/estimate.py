@@ -11,6 +11,7 @@ from planner import __version__
 from planner.architecture import embedding_params, total_params
 from planner.catalog import GpuSpec, ModelSpec
 from planner.memory import DEFAULT_SAFETY_MARGIN, MemoryEstimate, estimate_memory
+from planner.performance import CostEstimate, PerformanceEstimate, estimate_cost, estimate_performance
 from planner.plan import Plan, PlanRequest, resolve
 
 
@@ -20,6 +21,8 @@ class Estimate:
     gpu: GpuSpec
     plan: Plan
     memory: MemoryEstimate
+    performance: PerformanceEstimate
+    cost: CostEstimate
 
     def to_dict(self) -> dict[str, Any]:
         arch = self.model.architecture
@@ -42,10 +45,33 @@ class Estimate:
             },
             "plan": self.plan.to_dict(),
             "memory": self.memory.to_dict(),
+            "performance": self.performance.to_dict(),
+            "cost": self.cost.to_dict(),
         }
 
 
-def estimate_plan(request: PlanRequest, safety_margin: float = DEFAULT_SAFETY_MARGIN) -> Estimate:
-    """Resolve a request against the catalogs and run the models on it."""
+def estimate_plan(
+    request: PlanRequest,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    tokens: float | None = None,
+    price_per_gpu_hour: float | None = None,
+) -> Estimate:
+    """Resolve a request against the catalogs and run the models on it. `tokens` is the run's total
+    training tokens (for hours and dollars); `price_per_gpu_hour` overrides the catalog price."""
     model, gpu, plan = resolve(request)
-    return Estimate(model, gpu, plan, estimate_memory(model, gpu, plan, safety_margin))
+    return evaluate(model, gpu, plan, safety_margin, tokens, price_per_gpu_hour)
+
+
+def evaluate(
+    model: ModelSpec,
+    gpu: GpuSpec,
+    plan: Plan,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+    tokens: float | None = None,
+    price_per_gpu_hour: float | None = None,
+) -> Estimate:
+    """Run the memory, performance and cost models on an already resolved plan."""
+    memory = estimate_memory(model, gpu, plan, safety_margin)
+    performance = estimate_performance(model, gpu, plan)
+    cost = estimate_cost(gpu, plan, performance.tokens_per_s, tokens, price_per_gpu_hour)
+    return Estimate(model, gpu, plan, memory, performance, cost)

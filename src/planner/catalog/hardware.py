@@ -37,6 +37,21 @@ class PriceSpec:
 
 
 @dataclass(frozen=True)
+class ComputeEfficiency:
+    """Achieved fraction of the dense peak for a training step's matmuls:
+    max * T / (T + half_tokens) * w / (w + half_width), with T the tokens one GPU processes per
+    micro-batch and w the hidden size per tensor-parallel shard (small GEMMs run below peak)."""
+
+    max: float
+    """The fraction large GEMMs reach, including the step's non-matmul kernels."""
+    half_tokens: float
+    """Tokens per micro-batch at which the token factor is one half."""
+    half_width: float
+    """Hidden size per TP shard at which the width factor is one half."""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class GpuSpec:
     """One accelerator: memory, peak throughput per dtype, links, node and price."""
 
@@ -58,6 +73,8 @@ class GpuSpec:
     notes: str = ""
     memory_overridden: bool = False
     """True when `--gpu-memory-gib` replaced the catalog capacity."""
+    compute_efficiency: ComputeEfficiency | None = None
+    """Fitted matmul efficiency (see scripts/fit_throughput.py); None until fitted for this GPU."""
 
     def peak_tflops(self, dtype: str) -> float | None:
         return self.tflops.get(dtype)
@@ -106,7 +123,24 @@ def _gpu_from_file(path: Path) -> GpuSpec:
         aliases=tuple(str(a) for a in data.get("aliases") or ()),
         tdp_w=_number(data, "tdp_w", path, allow_none=True),
         notes=str(data.get("notes") or ""),
+        compute_efficiency=_efficiency(data.get("compute_efficiency"), path),
     )
+
+
+def _efficiency(raw: Any, path: Path) -> ComputeEfficiency | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{path}: compute_efficiency must be a mapping", "see hardware/README.md")
+    value = ComputeEfficiency(
+        max=_number(raw, "max", path),
+        half_tokens=_number(raw, "half_tokens", path),
+        half_width=_number(raw, "half_width", path),
+        source=str(raw.get("source") or ""),
+    )
+    if not 0 < value.max <= 1:
+        raise CatalogError(f"{path}: compute_efficiency.max must be in (0, 1]", "fix the value")
+    return value
 
 
 @cache

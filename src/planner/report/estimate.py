@@ -99,4 +99,48 @@ def render_table(estimate: Estimate, width: int = 100) -> str:
         console.print(f"host RAM for offloaded states: {memory.host_ram_gib_per_node:.1f} GiB per node{cap}")
     verdict = "FITS" if memory.fits else "DOES NOT FIT"
     console.print(f"verdict: {verdict} ({memory.peak_gib:.1f} of {memory.usable_gib:.1f} usable GiB)")
+    _print_performance(console, estimate)
     return out.getvalue()
+
+
+PERF_LABELS = {
+    "compute": "compute (all micro-batches)",
+    "tensor_parallel_comm": "tensor-parallel communication",
+    "context_parallel_comm": "context-parallel communication (not hidden)",
+    "pipeline_p2p": "pipeline send/receive",
+    "pipeline_bubble": "pipeline bubble",
+    "data_parallel_comm": "data-parallel communication (not hidden)",
+    "optimizer_step": "optimizer update",
+    "offload": "CPU offload (transfers + host optimizer)",
+}
+
+
+def _print_performance(console: Console, estimate: Estimate) -> None:
+    perf, cost = estimate.performance, estimate.cost
+    console.print(f"\nSpeed (compute efficiency {perf.compute_efficiency:.0%} of peak):")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("step time")
+    table.add_column("s", justify="right")
+    table.add_column("share", justify="right")
+    for key, value in perf.breakdown_s.items():
+        if value:
+            table.add_row(PERF_LABELS[key], f"{value:.3f}", f"{value / perf.step_time_s:.0%}")
+    table.add_section()
+    table.add_row("step", f"{perf.step_time_s:.3f}", "100%")
+    console.print(table)
+    console.print(
+        f"throughput: {perf.tokens_per_s:,.0f} tokens/s ({perf.tokens_per_s_per_gpu:,.0f} per GPU), "
+        f"{perf.tflops_per_gpu:.0f} model TFLOP/s per GPU, MFU {perf.mfu:.1%}, HFU {perf.hfu:.1%}"
+    )
+    for note in perf.notes:
+        console.print(f"note: {note}")
+    if cost.usd_per_gpu_hour is None:
+        console.print(f"cost: {cost.price_source}")
+        return
+    line = (
+        f"cost: ${cost.usd_per_gpu_hour:.2f}/GPU-hour, ${cost.usd_per_hour:,.2f}/hour, "
+        f"${cost.usd_per_million_tokens:.3f} per million tokens"
+    )
+    if cost.hours is not None:
+        line += f"; {cost.tokens:,.0f} tokens take {cost.hours:,.1f} hours and ${cost.total_usd:,.0f}"
+    console.print(line)

@@ -2,11 +2,14 @@
 
 import json
 from io import StringIO
+from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from planner.validate.memory import ValidationSummary
+from planner.validate.throughput import ThroughputSummary
 
 
 def render_validation_table(summary: ValidationSummary, width: int = 140) -> str:
@@ -34,8 +37,8 @@ def render_validation_table(summary: ValidationSummary, width: int = 140) -> str
             f"{r.predicted_gib:.2f}",
             f"{error:+.1f}" if error is not None else "-",
             m.outcome,
-            ("fits" if r.estimate.memory.fits else "does not fit") + ("  UNSAFE" if r.unsafe else ""),
-            r.estimate.memory.peak_phase,
+            ("fits" if r.memory.fits else "does not fit") + ("  UNSAFE" if r.unsafe else ""),
+            r.memory.peak_phase,
         )
     console.print(table)
     console.print(f"cases: {len(summary.results)} ({len(summary.errors_pct)} with a measured peak)")
@@ -55,7 +58,7 @@ def render_validation_json(summary: ValidationSummary) -> str:
             "outcome": r.case.measured.outcome,
             "predicted_gib": round(r.predicted_gib, 3),
             "error_pct": round(r.error_pct, 2) if r.error_pct is not None else None,
-            "predicted_fits": r.estimate.memory.fits,
+            "predicted_fits": r.memory.fits,
             "unsafe": r.unsafe,
         }
         for r in summary.results
@@ -68,6 +71,65 @@ def render_validation_json(summary: ValidationSummary) -> str:
                 "max_under_prediction_pct": round(summary.max_under_prediction_pct, 2),
                 "unsafe_count": summary.unsafe_count,
             },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def render_throughput_table(summary: ThroughputSummary, width: int = 160) -> str:
+    out = StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False)
+    table = Table(show_edge=False, box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (
+        ("case", "left"),
+        ("model", "left"),
+        ("GPUs", "right"),
+        ("layout", "left"),
+        ("measured tok/s/GPU", "right"),
+        ("predicted", "right"),
+        ("error %", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    for r in summary.results:
+        p = r.case.request
+        layout = f"tp{p.tp} pp{p.pp} cp{p.cp} {p.engine} z{p.zero} mb{p.micro_batch} {p.checkpointing}"
+        table.add_row(
+            r.case.id,
+            Path(p.model).stem,
+            str(p.gpus),
+            layout,
+            f"{r.case.measured.tokens_per_s_per_gpu:,.0f}",
+            f"{r.predicted:,.0f}",
+            f"{r.error_pct:+.1f}",
+        )
+    console.print(table)
+    console.print(f"cases: {len(summary.results)}; median |error|: {summary.median_abs_error_pct:.1f}%")
+    console.print("per source (Spearman rank correlation of predicted vs measured where it has >= 5 cases):")
+    for source, fig in summary.source_figures().items():
+        rho = f", Spearman {fig['spearman']:.2f}" if "spearman" in fig else ""
+        console.print(f"  {source}: {fig['cases']} cases, median |error| {fig['median_abs_error_pct']:.1f}%{rho}")
+    return out.getvalue()
+
+
+def render_throughput_json(summary: ThroughputSummary) -> str:
+    cases = [
+        {
+            "id": r.case.id,
+            "source_id": r.case.source_id,
+            "measured_tokens_per_s_per_gpu": r.case.measured.tokens_per_s_per_gpu,
+            "predicted_tokens_per_s_per_gpu": round(r.predicted, 2),
+            "error_pct": round(r.error_pct, 2),
+        }
+        for r in summary.results
+    ]
+    sources = {
+        k: {m: (round(v, 4) if isinstance(v, float) else v) for m, v in fig.items()}
+        for k, fig in summary.source_figures().items()
+    }
+    return (
+        json.dumps(
+            {"cases": cases, "median_abs_error_pct": round(summary.median_abs_error_pct, 2), "sources": sources},
             indent=2,
         )
         + "\n"

@@ -22,14 +22,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from planner.catalog._yaml import read_yaml_mapping
 from planner.errors import CatalogError, PlannerError
-from planner.estimate import Estimate, estimate_plan
-from planner.plan import PlanRequest
+from planner.memory import MemoryEstimate, estimate_memory
+from planner.plan import resolve
+from planner.validate.cases import Case, load_cases
 
 Metric = Literal["allocated", "active", "reserved", "nvidia-smi"]
 METRICS: tuple[str, ...] = ("allocated", "active", "reserved", "nvidia-smi")
-_META_KEYS = {"source", "notes", "measured"}
 
 
 @dataclass(frozen=True)
@@ -39,19 +38,13 @@ class Measured:
     outcome: Literal["fits", "oom"]
 
 
-@dataclass(frozen=True)
-class MemoryCase:
-    id: str
-    request: PlanRequest
-    measured: Measured
-    source: str = ""
-    notes: str = ""
+MemoryCase = Case[Measured]
 
 
 @dataclass(frozen=True)
 class CaseResult:
     case: MemoryCase
-    estimate: Estimate
+    memory: MemoryEstimate
     predicted_gib: float
     """The prediction comparable with the measurement's metric."""
 
@@ -67,8 +60,8 @@ class CaseResult:
     def unsafe(self) -> bool:
         """The tool would call the plan feasible although it ran out of memory (or exceeded the card)."""
         m = self.case.measured
-        above_capacity = m.peak_gib is not None and m.peak_gib > self.estimate.memory.capacity_gib
-        return self.estimate.memory.fits and (m.outcome == "oom" or above_capacity)
+        above_capacity = m.peak_gib is not None and m.peak_gib > self.memory.capacity_gib
+        return self.memory.fits and (m.outcome == "oom" or above_capacity)
 
 
 @dataclass(frozen=True)
@@ -109,43 +102,17 @@ def _measured(raw: Any, case_id: str, path: Path) -> Measured:
 
 
 def load_memory_cases(path: Path) -> list[MemoryCase]:
-    """Read a cases file; model paths are taken relative to it."""
-    data = read_yaml_mapping(path)
-    cases = data.get("cases")
-    if not isinstance(cases, dict) or not cases:
-        raise CatalogError(f"{path}: expected a non-empty `cases:` mapping of id -> case", "see the docstring")
-    out = []
-    for case_id, raw in cases.items():
-        if not isinstance(raw, dict):
-            raise CatalogError(f"{path}: case {case_id} must be a mapping", "fix it")
-        plan_keys = {k: v for k, v in raw.items() if k not in _META_KEYS}
-        model = plan_keys.get("model")
-        if isinstance(model, str) and model.endswith((".yaml", ".yml", ".json")):
-            plan_keys["model"] = str((path.parent / model).resolve())
-        try:
-            request = PlanRequest.from_mapping(plan_keys)
-        except PlannerError as exc:
-            raise CatalogError(f"{path}: case {case_id}: {exc.message}") from None
-        out.append(
-            MemoryCase(
-                id=str(case_id),
-                request=request,
-                measured=_measured(raw.get("measured"), case_id, path),
-                source=str(raw.get("source", "")),
-                notes=str(raw.get("notes", "")),
-            )
-        )
-    return out
+    """Read a memory cases file; model paths are taken relative to it."""
+    return load_cases(path, _measured)
 
 
 def validate_case(case: MemoryCase) -> CaseResult:
     try:
-        estimate = estimate_plan(case.request)
+        memory = estimate_memory(*resolve(case.request))
     except PlannerError as exc:
         raise type(exc)(f"case {case.id}: {exc.problem}", exc.fix) from None
-    memory = estimate.memory
     comparable = memory.allocated_peak_gib if case.measured.metric in ("allocated", "active") else memory.peak_gib
-    return CaseResult(case=case, estimate=estimate, predicted_gib=comparable)
+    return CaseResult(case=case, memory=memory, predicted_gib=comparable)
 
 
 def validate_memory(cases: list[MemoryCase]) -> ValidationSummary:

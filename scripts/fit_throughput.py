@@ -1,0 +1,108 @@
+"""Fit the compute-efficiency constants of each GPU family on the measured throughput cases.
+
+The performance model's only fitted numbers are, per GPU type, the three constants of
+`eff = max x T/(T + half_tokens) x w/(w + half_width)` (planner.performance.model.efficiency). GPU types
+of one architecture share them: `ampere` (A100-40GB, A100-80GB, A800-80GB) and `hopper` (H100-80GB,
+H800-80GB, H100-96GB, H200, H100-PCIe). For each family this script searches a grid and keeps the point
+with the lowest median absolute error over that family's cases (ties: lower mean, then smaller values).
+
+    python scripts/fit_throughput.py            # print the fit and compare with hardware/*.yaml
+    python scripts/fit_throughput.py --write    # store it in hardware/*.yaml
+
+GPU types without measurements (L40S, A10G, RTX-4090, V100-32GB) get the ampere fit, marked as such.
+"""
+
+import re
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from planner.catalog.hardware import ComputeEfficiency
+from planner.performance import estimate_performance
+from planner.plan import resolve
+from planner.validate.throughput import load_throughput_cases
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "tests" / "data" / "throughput_cases.yaml"
+FAMILIES = {
+    "ampere": ["A100-40GB", "A100-80GB", "A800-80GB"],
+    "hopper": ["H100-80GB", "H800-80GB", "H100-96GB", "H200", "H100-PCIe"],
+}
+UNMEASURED = {"ampere": ["A10G", "L40S", "RTX-4090", "V100-32GB"]}
+MAX_GRID = [round(0.30 + 0.01 * i, 2) for i in range(0, 61)]
+HALF_TOKENS_GRID = [0, 64, 128, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192]
+HALF_WIDTH_GRID = [0, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096]
+
+
+def family_cases(family: str) -> list:
+    """(case, model, gpu, plan) for every case whose GPU belongs to `family`."""
+    out = []
+    for case in load_throughput_cases(CASES):
+        model, gpu, plan = resolve(case.request)
+        if gpu.name in FAMILIES[family]:
+            out.append((case, model, gpu, plan))
+    return out
+
+
+def score(cases: list, params: ComputeEfficiency) -> tuple[float, float]:
+    """(median, mean) absolute % error of tokens/s per GPU with `params` on every case's GPU."""
+    errors = []
+    for case, model, gpu, plan in cases:
+        predicted = estimate_performance(model, replace(gpu, compute_efficiency=params), plan).tokens_per_s_per_gpu
+        measured = case.measured.tokens_per_s_per_gpu
+        errors.append(abs(predicted - measured) / measured * 100)
+    return statistics.median(errors), statistics.fmean(errors)
+
+
+def fit_family(cases: list) -> tuple[ComputeEfficiency, tuple[float, float]]:
+    best = None
+    for half_tokens in HALF_TOKENS_GRID:
+        for half_width in HALF_WIDTH_GRID:
+            for value in MAX_GRID:
+                params = ComputeEfficiency(max=value, half_tokens=half_tokens, half_width=half_width)
+                median, mean = score(cases, params)
+                key = (round(median, 6), round(mean, 6), value, half_tokens, half_width)
+                if best is None or key < best[0]:
+                    best = (key, params, (median, mean))
+    return best[1], best[2]
+
+
+def _write(name: str, params: ComputeEfficiency, source: str) -> None:
+    path = next(
+        p for p in (ROOT / "hardware").glob("*.yaml") if re.search(rf"^name: {re.escape(name)}\s", p.read_text(), re.M)
+    )
+    text = path.read_text()
+    block = (
+        "compute_efficiency:            # achieved share of dense peak: max * T/(T+half_tokens) * w/(w+half_width)\n"
+        f"  max: {params.max}\n"
+        f"  half_tokens: {params.half_tokens}\n"
+        f"  half_width: {params.half_width}\n"
+        f'  source: "{source}"\n'
+    )
+    text = re.sub(r"compute_efficiency:.*?(?=^\S|\Z)", "", text, flags=re.S | re.M).rstrip("\n") + "\n"
+    path.write_text(text + block)
+
+
+def main() -> None:
+    write = "--write" in sys.argv
+    for family, names in FAMILIES.items():
+        cases = family_cases(family)
+        params, (median, mean) = fit_family(cases)
+        print(
+            f"{family}: max={params.max} half_tokens={params.half_tokens} half_width={params.half_width} "
+            f"on {len(cases)} cases: median |error| {median:.1f}%, mean {mean:.1f}%"
+        )
+        if write:
+            source = (
+                f"fitted by scripts/fit_throughput.py on {len(cases)} {family} cases of "
+                "tests/data/throughput_cases.yaml"
+            )
+            for name in names:
+                _write(name, params, source)
+            for name in UNMEASURED.get(family, []):
+                _write(name, params, f"no measurements for this GPU: the {family} fit is used")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Communication time: ring collectives over the link a process group lands on.
+
+Group placement follows Megatron-LM's rank order (tensor-parallel ranks adjacent, then context-parallel,
+then data-parallel, then pipeline stages): a group whose span (size x stride) exceeds the GPUs of one node
+crosses the network, otherwise it stays on NVLink (or PCIe on parts without NVLink).
+
+Across nodes NCCL runs one ring per network interface and splits the buffer among them, so a group with
+k members on each node moves data through k NICs at once: its bus bandwidth is k x the per-GPU network
+bandwidth, capped by what NVLink delivers inside the node (8 x 200 Gb/s HDR lets a DGX A100 reach about
+190 GB/s of all-reduce bus bandwidth between nodes in NVIDIA's nccl-tests reports).
+
+Ring algorithms (NCCL; nccl-tests PERFORMANCE.md): all-reduce moves 2(n-1)/n of the buffer per GPU,
+all-gather and reduce-scatter (n-1)/n of the full buffer; the time is that volume over the bus bandwidth.
+"""
+
+from planner.catalog import GpuSpec
+from planner.errors import PlanError
+
+NVLINK_BUS_EFFICIENCY = 0.80
+"""nccl-tests all-reduce bus bandwidth over the unidirectional NVLink bandwidth: about 230 of 300 GB/s on
+A100 (NVLink3) and 360-370 of 450 GB/s on H100 (NVLink4) in NVIDIA's published nccl-tests runs."""
+
+NETWORK_BUS_EFFICIENCY = 0.90
+"""Bus bandwidth over line rate for inter-node rings on InfiniBand/RoCE (about 23 of 25 GB/s for
+200 Gb/s HDR in nccl-tests runs)."""
+
+PCIE_BUS_EFFICIENCY = 0.80
+"""Achievable share of a PCIe x16 link's unidirectional bandwidth for peer and host transfers."""
+
+
+def intra_node_bandwidth_gbps(gpu: GpuSpec) -> float:
+    """Bus bandwidth (GB/s) of a collective among GPUs of one node."""
+    if gpu.nvlink_bandwidth_gbps > 0:
+        return gpu.nvlink_bandwidth_gbps / 2 * NVLINK_BUS_EFFICIENCY
+    return gpu.pcie_bandwidth_gbps / 2 * PCIE_BUS_EFFICIENCY
+
+
+def inter_node_bandwidth_gbps(gpu: GpuSpec, members_per_node: int = 1) -> float:
+    """Bus bandwidth (GB/s) of a collective that crosses nodes with `members_per_node` ranks per node."""
+    bandwidth = gpu.node.inter_node_bandwidth_gbps_per_gpu
+    if bandwidth is None:
+        raise PlanError(
+            f"the GPU catalog has no inter-node bandwidth for {gpu.name}, and this plan spans nodes",
+            f"add node.inter_node_bandwidth_gbps_per_gpu to {gpu.name}'s hardware YAML",
+        )
+    return min(bandwidth * members_per_node * NETWORK_BUS_EFFICIENCY, intra_node_bandwidth_gbps(gpu))
+
+
+def host_link_bandwidth_gbps(gpu: GpuSpec) -> float:
+    """One direction of the GPU's PCIe link to host memory (CPU offload transfers)."""
+    return gpu.pcie_bandwidth_gbps / 2 * PCIE_BUS_EFFICIENCY
+
+
+def group_bandwidth_gbps(gpu: GpuSpec, size: int, stride: int, gpus_per_node: int) -> float:
+    """Bus bandwidth of a group of `size` ranks spaced `stride` apart."""
+    if size <= 1:
+        return float("inf")
+    if size * stride > gpus_per_node:
+        members_per_node = max(1, min(size, gpus_per_node // stride))
+        return inter_node_bandwidth_gbps(gpu, members_per_node)
+    return intra_node_bandwidth_gbps(gpu)
+
+
+def all_reduce_s(buffer_bytes: float, size: int, bandwidth_gbps: float) -> float:
+    if size <= 1:
+        return 0.0
+    return 2 * (size - 1) / size * buffer_bytes / (bandwidth_gbps * 1e9)
+
+
+def all_gather_s(full_buffer_bytes: float, size: int, bandwidth_gbps: float) -> float:
+    """All-gather (or reduce-scatter) of a buffer whose unsharded size is `full_buffer_bytes`."""
+    if size <= 1:
+        return 0.0
+    return (size - 1) / size * full_buffer_bytes / (bandwidth_gbps * 1e9)
+
+
+reduce_scatter_s = all_gather_s

@@ -1,0 +1,80 @@
+"""FLOPs per token of training, for MFU (model FLOPs) and HFU (hardware FLOPs actually executed).
+
+Convention (PaLM App. B; Megatron-Core `num_floating_point_operations`; torchtitan; MosaicML): 2 FLOPs
+per multiply-add, backward = 2 x forward, attention counted over the full s x s score matrix (not the
+causal half), embeddings' lookups free, the LM head counted. Per token:
+
+    forward  = 2 * (L * matmul params per block + V * h) + 4 * L * q_width * s_attn
+    model    = 3 * forward                      (MFU numerator; no recomputation)
+    hardware = model + recomputation + the flash-attention backward's recomputed scores
+
+with s_attn = min(seq_len, sliding window). Full checkpointing recomputes each block's forward (the LM
+head is not recomputed); selective recomputes the attention core (scores and the weighted sum);
+FlashAttention-2's backward runs five matmuls per tile (the recomputed scores QK^T, then dV, dP, dQ,
+dK) where an eager backward runs four, i.e. half an attention forward more (MosaicML's README rounds
+this to "the attention multiplier would be 5 instead of 4"). See ../shared/notes/throughput-model.md §3.
+"""
+
+from dataclasses import dataclass
+
+from planner.architecture import layer_tensors
+from planner.catalog.models import Architecture
+from planner.plan import Plan
+
+
+@dataclass(frozen=True)
+class FlopsPerToken:
+    """FLOPs per token of one training step (forward + backward [+ recompute]), whole model."""
+
+    block_matmuls: float
+    """Dense matmuls of all blocks (forward + backward)."""
+    attention: float
+    """Attention scores and weighted sum (forward + backward), full s x s."""
+    lm_head: float
+    """The vocabulary projection (forward + backward)."""
+    recompute: float
+    """Extra forward work of activation checkpointing (0 for `none`)."""
+    flash_backward_recompute: float
+    """Scores recomputed by the flash-attention backward."""
+
+    @property
+    def model(self) -> float:
+        """Model FLOPs (MFU numerator)."""
+        return self.block_matmuls + self.attention + self.lm_head
+
+    @property
+    def hardware(self) -> float:
+        """FLOPs the GPUs execute (HFU numerator)."""
+        return self.model + self.recompute + self.flash_backward_recompute
+
+
+def block_matmul_params(arch: Architecture) -> int:
+    """Weights of one block that take part in matmuls (norms and biases excluded)."""
+    return sum(t.numel for t in layer_tensors(arch) if t.is_matrix)
+
+
+def attention_span(arch: Architecture, seq_len: int) -> int:
+    """Keys each query attends to in the FLOPs convention: the sequence, or the sliding window."""
+    return min(seq_len, arch.sliding_window) if arch.sliding_window else seq_len
+
+
+def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
+    """Training FLOPs per token for the plan's sequence length and checkpointing."""
+    layers = arch.num_layers
+    forward_matmuls = 2 * layers * block_matmul_params(arch)
+    forward_attention = 4 * layers * arch.q_width * attention_span(arch, plan.seq_len)
+    forward_head = 2 * arch.vocab_size * arch.hidden_size
+    if plan.checkpointing == "full":
+        recompute = forward_matmuls + forward_attention
+    elif plan.checkpointing == "selective":
+        recompute = forward_attention
+    else:
+        recompute = 0.0
+    flash = forward_attention / 2 if plan.flash_attention else 0.0
+    return FlopsPerToken(
+        block_matmuls=3 * forward_matmuls,
+        attention=3 * forward_attention,
+        lm_head=3 * forward_head,
+        recompute=recompute,
+        flash_backward_recompute=flash,
+    )

@@ -1,0 +1,52 @@
+"""Reading validation case files: a mapping of case id -> case whose keys are `planner estimate` flag
+names without dashes, plus `measured`, `source` and `notes`. Model paths are read relative to the file."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from planner.catalog._yaml import read_yaml_mapping
+from planner.errors import CatalogError, PlannerError
+from planner.plan import PlanRequest
+
+M = TypeVar("M")
+_META_KEYS = {"source", "notes", "measured"}
+
+
+@dataclass(frozen=True)
+class Case(Generic[M]):
+    id: str
+    request: PlanRequest
+    measured: M
+    source: str = ""
+    notes: str = ""
+
+    @property
+    def source_id(self) -> str:
+        """The data source a case comes from: its id up to the last '-<row>' (e.g. flagperf-402)."""
+        head, _, tail = self.id.rpartition("-")
+        return head if head and tail.isdigit() else self.id
+
+
+def load_cases(path: Path, parse_measured: Callable[[Any, str, Path], M]) -> list[Case[M]]:
+    """Read a cases file, turning each entry into a PlanRequest and a parsed measurement."""
+    data = read_yaml_mapping(path)
+    cases = data.get("cases")
+    if not isinstance(cases, dict) or not cases:
+        raise CatalogError(f"{path}: expected a non-empty `cases:` mapping of id -> case", "see the docs")
+    out = []
+    for case_id, raw in cases.items():
+        if not isinstance(raw, dict):
+            raise CatalogError(f"{path}: case {case_id} must be a mapping", "fix it")
+        plan_keys = {k: v for k, v in raw.items() if k not in _META_KEYS}
+        model = plan_keys.get("model")
+        if isinstance(model, str) and model.endswith((".yaml", ".yml", ".json")):
+            plan_keys["model"] = str((path.parent / model).resolve())
+        try:
+            request = PlanRequest.from_mapping(plan_keys)
+        except PlannerError as exc:
+            raise CatalogError(f"{path}: case {case_id}: {exc.message}") from None
+        measured = parse_measured(raw.get("measured"), str(case_id), path)
+        out.append(Case(str(case_id), request, measured, str(raw.get("source", "")), str(raw.get("notes", ""))))
+    return out

@@ -1,0 +1,122 @@
+"""Throughput validation: predicted vs measured tokens/s per GPU of published training runs.
+
+Cases use the memory cases' format (see planner.validate.cases) with
+`measured: {tokens_per_s_per_gpu: X}`. Figures: per-case % error, the median absolute % error, and
+the Spearman rank correlation of predicted vs measured within each source (the ranking the search
+relies on), for sources with at least `MIN_CASES_FOR_RANKING` cases.
+"""
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planner.errors import CatalogError, PlannerError
+from planner.performance import PerformanceEstimate, estimate_performance
+from planner.plan import resolve
+from planner.validate.cases import Case, load_cases
+
+MIN_CASES_FOR_RANKING = 5
+
+
+@dataclass(frozen=True)
+class MeasuredThroughput:
+    tokens_per_s_per_gpu: float
+
+
+ThroughputCase = Case[MeasuredThroughput]
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    case: ThroughputCase
+    performance: PerformanceEstimate
+
+    @property
+    def predicted(self) -> float:
+        return self.performance.tokens_per_s_per_gpu
+
+    @property
+    def error_pct(self) -> float:
+        measured = self.case.measured.tokens_per_s_per_gpu
+        return 100.0 * (self.predicted - measured) / measured
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation with average ranks for ties."""
+
+    def ranks(values: list[float]) -> np.ndarray:
+        order = np.argsort(values, kind="stable")
+        ranked = np.empty(len(values))
+        sorted_values = np.asarray(values)[order]
+        i = 0
+        while i < len(values):
+            j = i
+            while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+                j += 1
+            ranked[order[i : j + 1]] = (i + j) / 2
+            i = j + 1
+        return ranked
+
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@dataclass(frozen=True)
+class ThroughputSummary:
+    results: list[ThroughputResult]
+
+    @property
+    def median_abs_error_pct(self) -> float:
+        return statistics.median(abs(r.error_pct) for r in self.results)
+
+    def by_source(self) -> dict[str, list[ThroughputResult]]:
+        groups: dict[str, list[ThroughputResult]] = defaultdict(list)
+        for r in self.results:
+            groups[r.case.source_id].append(r)
+        return dict(sorted(groups.items()))
+
+    def source_figures(self) -> dict[str, dict[str, float]]:
+        """Per source: case count, median |error| % and Spearman (when it has enough cases)."""
+        out = {}
+        for source, results in self.by_source().items():
+            figures = {
+                "cases": len(results),
+                "median_abs_error_pct": statistics.median(abs(r.error_pct) for r in results),
+            }
+            if len(results) >= MIN_CASES_FOR_RANKING:
+                figures["spearman"] = spearman(
+                    [r.predicted for r in results], [r.case.measured.tokens_per_s_per_gpu for r in results]
+                )
+            out[source] = figures
+        return out
+
+
+def _measured(raw: Any, case_id: str, path: Path) -> MeasuredThroughput:
+    if not isinstance(raw, dict) or not isinstance(raw.get("tokens_per_s_per_gpu"), int | float):
+        raise CatalogError(f"{path}: case {case_id} needs `measured: {{tokens_per_s_per_gpu: X}}`", "add it")
+    value = float(raw["tokens_per_s_per_gpu"])
+    if value <= 0:
+        raise CatalogError(f"{path}: case {case_id}: tokens_per_s_per_gpu must be positive", "fix it")
+    return MeasuredThroughput(value)
+
+
+def load_throughput_cases(path: Path) -> list[ThroughputCase]:
+    return load_cases(path, _measured)
+
+
+def validate_throughput_case(case: ThroughputCase) -> ThroughputResult:
+    try:
+        performance = estimate_performance(*resolve(case.request))
+    except PlannerError as exc:
+        raise type(exc)(f"case {case.id}: {exc.problem}", exc.fix) from None
+    return ThroughputResult(case, performance)
+
+
+def validate_throughput(cases: list[ThroughputCase]) -> ThroughputSummary:
+    return ThroughputSummary([validate_throughput_case(c) for c in cases])

@@ -1,0 +1,108 @@
+"""FLOPs, communication and cost terms, each checked against a hand derivation or a published figure."""
+
+import pytest
+from tests.conftest import plan_for
+
+from planner.catalog import load_gpu
+from planner.performance import comm
+from planner.performance.cost import estimate_cost
+from planner.performance.flops import block_matmul_params, flops_per_token
+from planner.performance.model import efficiency, estimate_performance, matmul_dtype
+
+
+def test_block_matmul_params_llama_2_7b():
+    model, _, _ = plan_for()
+    assert block_matmul_params(model.architecture) == 4 * 4096**2 + 3 * 4096 * 11008
+
+
+def test_model_flops_per_token_llama_2_7b():
+    # 6 x block matmul params x L + 6 V h + 12 L h s (PaLM / Megatron-Core convention)
+    model, _, plan = plan_for(seq_len=2048)
+    f = flops_per_token(model.architecture, plan)
+    assert f.model == 6 * 32 * 202_375_168 + 6 * 32000 * 4096 + 12 * 32 * 4096 * 2048
+
+
+def test_model_flops_reproduce_nemo_llama3_8b_tflops():
+    # shared/notes/throughput-model.md: NeMo's Llama-3-8B row, 12036 tokens/s/GPU at s = 8192 <-> 697 TFLOP/s.
+    model, _, plan = plan_for(model="llama-3-8b", seq_len=8192)
+    assert flops_per_token(model.architecture, plan).model * 12036 / 1e12 == pytest.approx(697, abs=0.5)
+
+
+def test_hardware_flops_add_recompute_and_flash_backward():
+    model, _, plan = plan_for(seq_len=2048, checkpointing="full")
+    f = flops_per_token(model.architecture, plan)
+    forward_matmuls = 2 * 32 * 202_375_168
+    forward_attention = 4 * 32 * 4096 * 2048
+    assert f.recompute == forward_matmuls + forward_attention
+    assert f.flash_backward_recompute == forward_attention / 2
+    assert f.hardware == f.model + f.recompute + f.flash_backward_recompute
+
+
+def test_selective_recompute_is_the_attention_forward_and_sliding_window_caps_span():
+    model, _, plan = plan_for(model="mistral-7b", seq_len=8192, engine="megatron", checkpointing="selective")
+    f = flops_per_token(model.architecture, plan)
+    assert f.recompute == 4 * 32 * 4096 * 4096  # window 4096 < seq 8192
+
+
+def test_ring_collective_times():
+    assert comm.all_reduce_s(8e9, 8, 100) == pytest.approx(2 * 7 / 8 * 8e9 / 100e9)
+    assert comm.all_gather_s(8e9, 8, 100) == pytest.approx(7 / 8 * 8e9 / 100e9)
+    assert comm.all_reduce_s(8e9, 1, 100) == 0
+
+
+def test_group_lands_on_nvlink_or_network():
+    gpu = load_gpu("A100")
+    assert comm.group_bandwidth_gbps(gpu, 8, 1, 8) == pytest.approx(600 / 2 * comm.NVLINK_BUS_EFFICIENCY)
+    assert comm.group_bandwidth_gbps(gpu, 4, 4, 8) == pytest.approx(2 * 6.25 * comm.NETWORK_BUS_EFFICIENCY)
+    assert comm.group_bandwidth_gbps(gpu, 4, 8, 8) == pytest.approx(6.25 * comm.NETWORK_BUS_EFFICIENCY)
+    l40s = load_gpu("L40S")  # no NVLink: PCIe
+    assert comm.group_bandwidth_gbps(l40s, 2, 1, 8) == pytest.approx(l40s.pcie_bandwidth_gbps / 2 * 0.8)
+
+
+def test_efficiency_saturates_with_tokens_and_width():
+    gpu = load_gpu("H100")
+    small, _ = efficiency(gpu, 512, 1024)
+    large, params = efficiency(gpu, 65536, 16384)
+    assert small < large < params.max
+
+
+def test_fp32_runs_tf32_matmuls_and_fp8_runs_fp8():
+    assert matmul_dtype(plan_for(precision="fp32")[2]) == "tf32"
+    assert matmul_dtype(plan_for(precision="fp8", engine="megatron", gpu="H100")[2]) == "fp8"
+
+
+def test_cost_from_catalog_price_and_override():
+    _, gpu, plan = plan_for(gpus=8)
+    cost = estimate_cost(gpu, plan, tokens_per_s=20000, tokens=1e9)
+    assert cost.usd_per_hour == pytest.approx(8 * gpu.price.usd_per_gpu_hour)
+    assert cost.hours == pytest.approx(1e9 / 20000 / 3600)
+    assert cost.total_usd == pytest.approx(cost.usd_per_hour * cost.hours)
+    assert cost.usd_per_million_tokens == pytest.approx(cost.usd_per_hour / (20000 * 3600 / 1e6))
+    override = estimate_cost(gpu, plan, tokens_per_s=20000, price_per_gpu_hour=2.0)
+    assert override.usd_per_hour == 16.0 and override.hours is None
+
+
+def test_step_time_breakdown_sums_and_mfu_is_consistent():
+    model, gpu, plan = plan_for(
+        model="llama-2-13b",
+        gpus=16,
+        tp=2,
+        pp=2,
+        engine="megatron",
+        zero=1,
+        micro_batch=1,
+        global_batch=64,
+        seq_len=4096,
+    )
+    perf = estimate_performance(model, gpu, plan)
+    assert sum(perf.breakdown_s.values()) == pytest.approx(perf.step_time_s)
+    assert perf.breakdown_s["pipeline_bubble"] > 0 and perf.breakdown_s["tensor_parallel_comm"] > 0
+    assert perf.tokens_per_s == pytest.approx(64 * 4096 / perf.step_time_s)
+    assert perf.mfu == pytest.approx(perf.tflops_per_gpu / 312)
+
+
+def test_pipeline_bubble_follows_one_f_one_b():
+    model, gpu, plan = plan_for(gpus=4, pp=4, engine="megatron", global_batch=8)
+    perf = estimate_performance(model, gpu, plan)
+    slots = plan.grad_accum + plan.pp - 1
+    assert perf.breakdown_s["pipeline_bubble"] / perf.step_time_s == pytest.approx((plan.pp - 1) / slots, rel=0.05)
