@@ -15,7 +15,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from planner.memory import estimate_memory
+from planner.memory import DEFAULT_SAFETY_MARGIN, estimate_memory
+from planner.memory.model import runtime_view
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
 from planner.plan import resolve
 from planner.validate.memory import load_memory_cases
@@ -27,21 +28,33 @@ NCCL_GRID = [round(0.64 + 0.02 * i, 2) for i in range(0, 44)]
 
 
 def evaluate(resolved, overheads: RuntimeOverheads) -> tuple[float, float, int]:
-    """(median |error| %, mean |error| %, unsafe count) of all cases under `overheads`."""
+    """(median |error| %, mean |error| %, unsafe count) of all cases under `overheads`. The allocated peak
+    does not depend on these constants, so it is computed once per case (`resolved` carries it)."""
     errors, unsafe = [], 0
-    for case, (model, gpu, plan) in resolved:
-        memory = estimate_memory(model, gpu, plan, overheads=overheads)
+    for case, (_, gpu, plan), (allocated, host_fits) in resolved:
+        peak = float(runtime_view(allocated, plan, overheads)[3])
+        fits = peak <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
         measured = case.measured
         if measured.outcome == "oom":
-            unsafe += memory.fits
+            unsafe += fits
             continue
-        predicted = memory.allocated_peak_gib if measured.metric in ("allocated", "active") else memory.peak_gib
+        predicted = allocated if measured.metric in ("allocated", "active") else peak
         errors.append(abs(predicted - measured.peak_gib) / measured.peak_gib * 100)
     return statistics.median(errors), statistics.fmean(errors), unsafe
 
 
+def resolve_cases(cases_path: Path) -> list:
+    """(case, (model, gpu, plan), (allocated GiB, host RAM fits)) per case."""
+    out = []
+    for case in load_memory_cases(cases_path):
+        model, gpu, plan = resolve(case.request)
+        memory = estimate_memory(model, gpu, plan)
+        out.append((case, (model, gpu, plan), (memory.allocated_peak_gib, memory.host_ram_fits)))
+    return out
+
+
 def fit(cases_path: Path) -> tuple[RuntimeOverheads, tuple[float, float, int]]:
-    resolved = [(case, resolve(case.request)) for case in load_memory_cases(cases_path)]
+    resolved = resolve_cases(cases_path)
     best = None
     for fragmentation in FRAGMENTATION_GRID:
         for nccl in NCCL_GRID:
@@ -59,7 +72,7 @@ def fit(cases_path: Path) -> tuple[RuntimeOverheads, tuple[float, float, int]]:
 def main() -> None:
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/data/memory_cases.yaml")
     overheads, (median, mean, unsafe) = fit(path)
-    current = evaluate([(c, resolve(c.request)) for c in load_memory_cases(path)], DEFAULT_OVERHEADS)
+    current = evaluate(resolve_cases(path), DEFAULT_OVERHEADS)
     print(
         f"fitted: allocator_fragmentation={overheads.allocator_fragmentation}, "
         f"nccl_gib_per_group={overheads.nccl_gib_per_group}"

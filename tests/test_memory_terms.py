@@ -9,7 +9,7 @@ from planner.memory import activations as act
 from planner.memory import estimate_memory
 from planner.memory.buffers import gathered_parameter_bytes
 from planner.memory.runtime import DEFAULT_OVERHEADS, nccl_communicators
-from planner.memory.stages import stage_shards
+from planner.memory.stages import first_and_last_stage
 from planner.memory.states import optimizer_bytes_per_param, state_layout, state_term_bytes
 from planner.units import GIB
 
@@ -18,7 +18,7 @@ P_7B = 6_738_415_616
 
 def _states(**kwargs) -> dict[str, float]:
     model, _, plan = plan_for(**kwargs)
-    stage = stage_shards(model.architecture, plan)[0]
+    stage = first_and_last_stage(model.architecture, plan)[0]
     terms = state_layout(model.architecture, plan)
     return {t.name: state_term_bytes(t, stage.params, plan.shard_degree) for t in terms}
 
@@ -158,7 +158,21 @@ def test_megatron_without_distributed_optimizer_is_18():
 
 def test_fsdp2_mixed_precision_shards_fp32_params_grads_and_adam():
     s = _states(gpus=8, zero=3, engine="fsdp")
-    assert s == {"weights": 4 * P_7B / 8, "gradients": 4 * P_7B / 8, "optimizer_states": 8 * P_7B / 8}
+    assert s == {
+        "weights": 4 * P_7B / 8,
+        "gradients": 4 * P_7B / 8,
+        "optimizer_states": 8 * P_7B / 8,
+        "unsharded_gradient_accumulators": 0,
+    }
+
+
+def test_fsdp_under_pipelining_accumulates_unsharded_fp32_gradients():
+    model, _, plan = plan_for(gpus=8, pp=2, zero=2, engine="fsdp", global_batch=16)
+    stage = first_and_last_stage(model.architecture, plan)[0]
+    terms = {t.name: t for t in state_layout(model.architecture, plan)}
+    assert state_term_bytes(terms["unsharded_gradient_accumulators"], stage.params, plan.shard_degree) == (
+        4 * stage.params
+    )
 
 
 def test_ddp_with_autocast_is_20_bytes_per_param():
@@ -207,15 +221,16 @@ def test_adafactor_factored_moments_by_hand():
 
 
 def test_pipeline_in_flight_micro_batches_follow_1f1b():
+    # Stage i holds min(pp - i, grad_accum): the first pp (or all micro-batches), the last one.
     model, _, plan = plan_for(model="llama-2-7b", engine="megatron", gpus=4, pp=4, global_batch=8)
-    assert [s.in_flight_micro_batches for s in stage_shards(model.architecture, plan)] == [4, 3, 2, 1]
+    assert [int(s.in_flight_micro_batches) for s in first_and_last_stage(model.architecture, plan)] == [4, 1]
     _, _, short = plan_for(model="llama-2-7b", engine="megatron", gpus=4, pp=4, global_batch=2)
-    assert [s.in_flight_micro_batches for s in stage_shards(model.architecture, short)] == [2, 2, 2, 1]
+    assert [int(s.in_flight_micro_batches) for s in first_and_last_stage(model.architecture, short)] == [2, 1]
 
 
 def test_pipeline_stages_hold_embedding_and_head():
     model, _, plan = plan_for(engine="megatron", gpus=2, pp=2, global_batch=4)
-    first, last = stage_shards(model.architecture, plan)
+    first, last = first_and_last_stage(model.architecture, plan)
     assert first.embedding_params == 32000 * 4096 and first.head_params == 0
     assert last.head_params == 32000 * 4096 + 4096 and last.embedding_params == 0
 
@@ -224,19 +239,21 @@ def test_deepspeed_zero3_gathered_window():
     # Reuse distance 1e9: half of it plus the largest module stay gathered (capped at 1e9 live), plus the
     # largest module's bf16 gradient: 2 * (min(1e9, 5e8 + V*h) + V*h).
     model, _, plan = plan_for(gpus=8, zero=3)
-    stage = stage_shards(model.architecture, plan)[0]
+    stage = first_and_last_stage(model.architecture, plan)[0]
     vh = 32000 * 4096
     assert gathered_parameter_bytes(stage, plan) == 2 * (min(1e9, 5e8 + vh) + vh)
 
 
 def test_nccl_counts_one_communicator_per_parallel_group():
     _, _, plan = plan_for(engine="megatron", zero=1, gpus=8, tp=2)
-    groups = nccl_communicators(plan)
+    groups = {k: float(v) for k, v in nccl_communicators(plan).items()}
     assert groups == {
         "data_parallel": DEFAULT_OVERHEADS.nccl_gib_per_group,
         "tensor_parallel": DEFAULT_OVERHEADS.nccl_gib_per_pair,
+        "context_parallel": 0.0,
+        "pipeline": 0.0,
     }
-    assert nccl_communicators(plan_for()[2]) == {}
+    assert sum(nccl_communicators(plan_for()[2]).values()) == 0
 
 
 def test_gradients_join_the_loss_phase_only_with_accumulation():

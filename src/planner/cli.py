@@ -18,6 +18,7 @@ from planner.report.validation import (
     render_validation_json,
     render_validation_table,
 )
+from planner.search.solve import OBJECTIVES, SolveRequest
 from planner.units import parse_count
 from planner.validate.memory import load_memory_cases, validate_memory
 from planner.validate.throughput import load_throughput_cases, validate_throughput
@@ -115,6 +116,96 @@ def estimate(
     click.echo(render_json(result) if fmt == "json" else render_table(result), nl=False)
 
 
+@main.command()
+@click.option("--model", required=True, help="Catalog name or alias, model YAML, or Hugging Face config.json.")
+@click.option("--budget", required=True, help="GPUs you can get: 16xA100, 2x8xH100 (nodes x GPUs), 64xH100-80GB.")
+@click.option("--seq-len", type=int, default=4096, show_default=True, help="Tokens per sequence.")
+@click.option("--global-batch", type=int, default=None, help="Sequences per optimizer step.")
+@click.option("--global-batch-tokens", default=None, help="Tokens per optimizer step (default 1M = 2^20).")
+@click.option("--tokens", default=None, help="Total training tokens (e.g. 10B) for hours and dollars.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
+@click.option("--max-cost", type=float, default=None, help="Largest total cost in USD (needs --tokens).")
+@click.option("--max-hours", type=float, default=None, help="Longest run in hours (needs --tokens).")
+@click.option("--top", type=int, default=10, show_default=True, help="Plans shown in the table.")
+@click.option(
+    "--space",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Search space YAML (default: search_spaces/default.yaml).",
+)
+@click.option(
+    "--safety-margin",
+    type=click.FloatRange(0, 0.5),
+    default=DEFAULT_SAFETY_MARGIN,
+    show_default=True,
+    help="Fraction of GPU memory every plan must leave free.",
+)
+@click.option("--price-per-gpu-hour", type=float, default=None, help="Override the catalog's on-demand price (USD).")
+@click.option("--tp", type=int, default=None, help="Pin the tensor-parallel degree.")
+@click.option("--pp", type=int, default=None, help="Pin the pipeline-parallel degree.")
+@click.option("--cp", type=int, default=None, help="Pin the context-parallel degree.")
+@click.option("--zero", type=click.IntRange(0, 3), default=None, help="Pin the ZeRO stage.")
+@click.option("--micro-batch", type=int, default=None, help="Pin the micro-batch.")
+@click.option("--checkpointing", type=click.Choice(CHECKPOINTING), default=None)
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None)
+@click.option("--offload", type=click.Choice(OFFLOADS), default=None)
+@click.option("--engine", type=click.Choice(ENGINES), default=None)
+@click.option("--flash-attention/--no-flash-attention", default=None)
+@click.option("--loss", type=click.Choice(LOSSES), default=None)
+@click.option("--compile/--no-compile", "compile_", default=None)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Report folder (default: reports/<model>-<budget>-<objective>).",
+)
+@_FORMAT
+def solve(
+    model: str,
+    budget: str,
+    seq_len: int,
+    global_batch: int | None,
+    global_batch_tokens: str | None,
+    tokens: str | None,
+    objective: str,
+    max_cost: float | None,
+    max_hours: float | None,
+    top: int,
+    space: Path | None,
+    safety_margin: float,
+    price_per_gpu_hour: float | None,
+    compile_: bool | None,
+    out: Path | None,
+    fmt: str,
+    **pins,
+) -> None:
+    """Search the plans that fit and rank them by throughput or cost."""
+    from planner.search.run import run_solve
+
+    pins = {k: v for k, v in {**pins, "compile": compile_}.items() if v is not None}
+    request = SolveRequest(
+        model=model,
+        budget=budget,
+        seq_len=seq_len,
+        global_batch=global_batch,
+        global_batch_tokens=parse_count(global_batch_tokens, "--global-batch-tokens") if global_batch_tokens else None,
+        tokens=parse_count(tokens, "--tokens") if tokens else None,
+        objective=objective,
+        max_cost=max_cost,
+        max_hours=max_hours,
+        top=top,
+        space=space,
+        safety_margin=safety_margin,
+        price_per_gpu_hour=price_per_gpu_hour,
+        pins=pins,
+    )
+    text, error = run_solve(request, out, fmt)
+    click.echo(text, nl=False)
+    if error is not None:
+        raise error
+
+
 @main.group()
 def validate() -> None:
     """Compare the models with measured runs."""
@@ -155,3 +246,7 @@ def gpus() -> None:
         price = f"${gpu.price.usd_per_gpu_hour:.2f}/GPU-h" if gpu.price.usd_per_gpu_hour is not None else "no price"
         bf16 = gpu.tflops.get("bf16") or gpu.tflops.get("fp16")
         click.echo(f"{gpu.name:12s} {gpu.memory_gib:7.2f} GiB  {bf16:7.1f} TFLOP/s (bf16/fp16)  {price}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ dashes), so that the CLI, validation cases and search all speak one language. `r
 it against the model and GPU and returns the frozen `Plan` the models compute on.
 """
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from math import gcd
 from typing import Any, Literal, get_args
 
@@ -98,7 +98,7 @@ class Plan:
         return self.micro_batch * self.seq_len // self.cp
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {name: getattr(self, name) for name in self.__dataclass_fields__}
         out["nodes"] = self.nodes
         return out
 

@@ -21,6 +21,8 @@ traced 59.5 (7% low; the tracer of `planner calibrate` refines it).
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from planner.catalog.models import Architecture
 from planner.plan import Plan
 
@@ -53,6 +55,11 @@ def compute_bytes(plan: Plan) -> int:
     """Bytes per activation element: 4 in fp32 training, else 2 (bf16/fp16; FP8 recipes keep bf16
     activations between matmuls)."""
     return 4 if plan.precision == "fp32" else 2
+
+
+def sequence_shards(plan: Plan):
+    """How many ways the norm/residual regions are split: tp with sequence parallelism, else 1."""
+    return np.where(plan.sequence_parallel, plan.tp, 1)
 
 
 def residual_bytes(plan: Plan) -> int:
@@ -98,7 +105,7 @@ def _norm_bytes(arch: Architecture, plan: Plan, consumers: int) -> float:
     family = implementation_family(plan)
     a = compute_bytes(plan)
     h = arch.hidden_size
-    sp = plan.tp if plan.sequence_parallel else 1
+    sp = sequence_shards(plan)
     if family == "megatron":
         return (2 * a * h + 8) / sp
     if family == "autocast":
@@ -139,7 +146,7 @@ def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     h, f = arch.hidden_size, arch.ffn_hidden_size
     q, kv = arch.q_width, arch.kv_width
     tp = plan.tp
-    sp = tp if plan.sequence_parallel else 1
+    sp = sequence_shards(plan)
 
     attn_consumers = 1 if arch.fused_qkv else 3
     mlp_consumers = 2 if arch.mlp == "swiglu" else 1
@@ -171,7 +178,7 @@ def compiled_layer_activations(arch: Architecture, plan: Plan) -> LayerActivatio
     h, f = arch.hidden_size, arch.ffn_hidden_size
     q, kv = arch.q_width, arch.kv_width
     tp = plan.tp
-    sp = tp if plan.sequence_parallel else 1
+    sp = sequence_shards(plan)
     up_projections = 2 if arch.mlp == "swiglu" else 1
     norms = 2 * (res * h + 4) / sp
     dropout_masks = (2 * MASK_BYTES * h / sp) if arch.hidden_dropout > 0 else 0.0
@@ -188,7 +195,7 @@ def compiled_layer_activations(arch: Architecture, plan: Plan) -> LayerActivatio
 def checkpoint_input_bytes(arch: Architecture, plan: Plan) -> float:
     """Full recomputation keeps only each block's input (the residual stream), per token; sharded over
     TP with sequence parallelism (Korthikanti et al. 2022: 2*s*b*h per layer in fp16)."""
-    sp_divisor = plan.tp if plan.sequence_parallel else 1
+    sp_divisor = sequence_shards(plan)
     return residual_bytes(plan) * arch.hidden_size / sp_divisor
 
 
@@ -205,7 +212,7 @@ def selective_saved_bytes(arch: Architecture, plan: Plan) -> float:
         return full.total - (0.0 if plan.flash_attention else full.attention_core - _lse(arch, plan))
     a = compute_bytes(plan)
     tp = plan.tp
-    sp = tp if plan.sequence_parallel else 1
+    sp = sequence_shards(plan)
     h, f, q, kv = arch.hidden_size, arch.ffn_hidden_size, arch.q_width, arch.kv_width
     saved_matmuls = a * (q + kv + f) / tp + a * h / sp  # wq, wv, w1 (column) and w2 (row) outputs
     return checkpoint_input_bytes(arch, plan) + saved_matmuls + full.attention_output + _lse(arch, plan)
@@ -238,16 +245,14 @@ def backward_workspace_bytes(arch: Architecture, plan: Plan) -> float:
     the residual stream entering and leaving the block (2 h-wide)."""
     a = compute_bytes(plan)
     inner = (3 if arch.mlp == "swiglu" else 2) * a * arch.ffn_hidden_size / plan.tp
-    sp_divisor = plan.tp if plan.sequence_parallel else 1
+    sp_divisor = sequence_shards(plan)
     return inner + 2 * residual_bytes(plan) * arch.hidden_size / sp_divisor
 
 
 def context_parallel_buffer_bytes(arch: Architecture, plan: Plan) -> float:
     """Ring attention double-buffers the key/value block it receives from its neighbour: 2 x (k + v)
     per local token (TransformerEngine's AttnFuncWithCP)."""
-    if plan.cp == 1:
-        return 0.0
-    return 2 * 2 * compute_bytes(plan) * arch.kv_width / plan.tp
+    return (plan.cp > 1) * 2 * 2 * compute_bytes(plan) * arch.kv_width / plan.tp
 
 
 def final_norm_bytes(arch: Architecture, plan: Plan) -> float:
@@ -279,4 +284,4 @@ def logits_bytes(arch: Architecture, plan: Plan) -> float:
         return a * vocab + 12 * vocab / CHUNKED_LOSS_CHUNKS
     forward = a * vocab + 8 * vocab
     backward = 12 * vocab if implementation_family(plan) != "megatron" else 0.0
-    return max(forward, backward)
+    return np.maximum(forward, backward)

@@ -5,6 +5,8 @@ Sizes follow the engines' defaults as read in their source (docs/research/engine
 the launch-config writers emit the same values, so what is modelled is what is launched.
 """
 
+import numpy as np
+
 from planner.memory.stages import StageShard
 from planner.plan import Plan
 
@@ -51,8 +53,9 @@ def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
     unit's gradients and reduce buffer. Parameter offload gathers the same units from host memory."""
     c = compute_param_bytes(plan)
     if plan.engine == "deepspeed" and plan.zero == 3:
-        kept = min(
-            DEEPSPEED_MAX_LIVE_PARAMETERS, DEEPSPEED_MAX_REUSE_DISTANCE / 2 + stage.largest_tensor_params, stage.params
+        kept = np.minimum(
+            np.minimum(DEEPSPEED_MAX_LIVE_PARAMETERS, DEEPSPEED_MAX_REUSE_DISTANCE / 2 + stage.largest_tensor_params),
+            stage.params,
         )
         return c * (kept + stage.largest_tensor_params)
     if plan.engine != "fsdp" or plan.zero < 2:

@@ -17,6 +17,8 @@ peak (nvidia-smi) = reserved + CUDA context + NCCL communicators.
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from planner.catalog import GpuSpec, ModelSpec
 from planner.memory import activations as act
 from planner.memory.buffers import (
@@ -25,7 +27,7 @@ from planner.memory.buffers import (
     gathered_parameter_bytes,
 )
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads, nccl_communicators
-from planner.memory.stages import StageShard, stage_shards
+from planner.memory.stages import StageShard, first_and_last_stage
 from planner.memory.states import (
     StateTerm,
     deepspeed_step_cap_bytes,
@@ -65,27 +67,6 @@ PHASES = ("loss", "backward", "optimizer_step")
 
 
 @dataclass(frozen=True)
-class StageMemory:
-    """Allocated bytes per phase and term for one pipeline stage."""
-
-    stage: int
-    phases: dict[str, dict[str, float]]
-    """phase -> term -> bytes (allocator-visible terms only)."""
-
-    def phase_total(self, phase: str) -> float:
-        return sum(self.phases[phase].values())
-
-    @property
-    def peak_phase(self) -> str:
-        # Ties resolve to the earlier phase in PHASES order, so the answer is deterministic.
-        return max(self.phases, key=lambda p: (self.phase_total(p), -PHASES.index(p)))
-
-    @property
-    def peak_bytes(self) -> float:
-        return self.phase_total(self.peak_phase)
-
-
-@dataclass(frozen=True)
 class MemoryEstimate:
     """The memory answer for one plan on one GPU type (all sizes in GiB)."""
 
@@ -107,7 +88,8 @@ class MemoryEstimate:
     phases_gib: dict[str, float]
     """phase -> allocated GiB on the peak stage."""
     stage_peaks_gib: list[float]
-    """allocated GiB at the peak phase of every pipeline stage."""
+    """allocated GiB at the peak phase of the first and the last pipeline stage (one value without
+    pipelining): the only stages that can be the most loaded (see planner.memory.stages)."""
     host_ram_gib_per_node: float
     """Host memory the offloaded states need on one node (0 without offload)."""
     host_ram_capacity_gib: float | None
@@ -144,18 +126,24 @@ def _r(value: float) -> float:
     return round(value, 3)
 
 
-def _state_bytes(terms: list[StateTerm], stage: StageShard, plan: Plan) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _state_bytes(terms: list[StateTerm], stage: StageShard, plan: Plan) -> dict[str, object]:
+    out: dict[str, object] = {}
     for term in terms:
         if term.offloaded:
             continue
         size = state_term_bytes(term, stage.params, plan.shard_degree)
         cap = deepspeed_step_cap_bytes(term, plan)
-        out[term.name] = min(size, cap) if cap is not None else size
+        out[term.name] = np.minimum(size, cap) if cap is not None else size
     return out
 
 
-def _stage_memory(model: ModelSpec, plan: Plan, stage: StageShard) -> StageMemory:
+def _total(terms: dict[str, object]):
+    return sum(terms.values())
+
+
+def stage_phases(model: ModelSpec, plan: Plan, stage: StageShard) -> dict[str, dict[str, object]]:
+    """Allocated bytes by phase and term on one pipeline stage (values are arrays for bulk plans).
+    The loss phase only exists on the last stage; elsewhere its terms are zero."""
     arch = model.architecture
     terms = state_layout(arch, plan)
     sizes = _state_bytes(terms, stage, plan)
@@ -167,16 +155,14 @@ def _stage_memory(model: ModelSpec, plan: Plan, stage: StageShard) -> StageMemor
     tokens = plan.tokens_per_micro_batch
     in_flight = stage.in_flight_micro_batches
     saved = in_flight * stage.num_layers * act.saved_bytes_per_layer(arch, plan) * tokens
-    edge_tokens = int(stage.is_first) + int(stage.is_last)  # ids on the first stage, labels on the last
-    saved += in_flight * act.INPUT_IDS_AND_LABELS_BYTES / 2 * edge_tokens * tokens
-    if stage.is_last:
-        saved += act.final_norm_bytes(arch, plan) * tokens
+    edge_tokens = stage.is_first * 1 + stage.is_last * 1  # ids on the first stage, labels on the last
+    saved = saved + in_flight * act.INPUT_IDS_AND_LABELS_BYTES / 2 * edge_tokens * tokens
+    saved = saved + stage.is_last * act.final_norm_bytes(arch, plan) * tokens
     block_backward = (
         act.recompute_bytes(arch, plan)
         + act.backward_workspace_bytes(arch, plan)
         + act.context_parallel_buffer_bytes(arch, plan)
     ) * tokens
-    logits = act.logits_bytes(arch, plan) * tokens if stage.is_last else 0.0
 
     always_buckets, backward_buckets = deepspeed_bucket_bytes(plan)
     seam_common = {
@@ -186,33 +172,160 @@ def _stage_memory(model: ModelSpec, plan: Plan, stage: StageShard) -> StageMemor
         "autocast_weight_copies": autocast_weight_copy_bytes(stage, plan),
         "pipeline_buffers": _pipeline_buffer_bytes(arch.hidden_size, plan, tokens),
     }
-    accumulated = grads if plan.grad_accum > 1 else {}
-    phases: dict[str, dict[str, float]] = {}
-    if stage.is_last:
-        phases["loss"] = {**seam_common, **accumulated, "activations": saved, "logits_and_loss": logits}
+    accumulating = plan.grad_accum > 1
+    accumulated = {k: v * accumulating for k, v in grads.items()}
+    loss = {
+        **seam_common,
+        **accumulated,
+        "activations": saved,
+        "logits_and_loss": act.logits_bytes(arch, plan) * tokens,
+    }
     backward = {**seam_common, **accumulated, "activations": saved, "recompute_and_backward": block_backward}
-    if plan.grad_accum == 1 and sum(grads.values()) > saved:
-        # Gradients outgrow the freed activations by the end of backward: that end is the larger one.
-        backward = {**seam_common, **grads, "recompute_and_backward": block_backward}
-    phases["backward"] = backward
-    phases["optimizer_step"] = {**persistent, **grads, **step, "communication_buckets": always_buckets}
-    return StageMemory(stage.stage, phases)
+    # Without accumulation, gradients grow while activations are freed during backward; when all
+    # gradients outweigh the saved activations, the end of backward is the larger moment.
+    grads_win = ~accumulating & (_total(grads) > saved) if grads else False
+    for k, v in grads.items():
+        backward[k] = np.where(grads_win, v, backward[k])
+    backward["activations"] = np.where(grads_win, 0.0, saved)
+    return {
+        "loss": {k: v * stage.is_last for k, v in loss.items()},
+        "backward": backward,
+        "optimizer_step": {**persistent, **grads, **step, "communication_buckets": always_buckets},
+    }
 
 
-def _pipeline_buffer_bytes(hidden: int, plan: Plan, tokens: int) -> float:
+def _pipeline_buffer_bytes(hidden: int, plan: Plan, tokens):
     """Send and receive buffers of one micro-batch's boundary activation between pipeline stages."""
-    if plan.pp == 1:
-        return 0.0
-    sp_divisor = plan.tp if plan.sequence_parallel else 1
-    return 2 * act.residual_bytes(plan) * hidden * tokens / sp_divisor
+    return (plan.pp > 1) * 2 * act.residual_bytes(plan) * hidden * tokens / act.sequence_shards(plan)
 
 
-def _host_offload_bytes(model: ModelSpec, plan: Plan, stage: StageShard) -> float:
+def _host_offload_bytes(model: ModelSpec, plan: Plan, stage: StageShard):
     total = 0.0
     for term in state_layout(model.architecture, plan):
         if term.offloaded:
-            total += state_term_bytes(term, stage.params, plan.shard_degree)
+            total = total + state_term_bytes(term, stage.params, plan.shard_degree)
     return total
+
+
+@dataclass(frozen=True)
+class MemoryArrays:
+    """The memory model's answer for one plan or many (array-valued plan fields), before rounding."""
+
+    allocated_gib: object
+    reserved_gib: object
+    peak_gib: object
+    peak_stage: object
+    """0 or pp - 1."""
+    peak_phase: object
+    """Index into PHASES."""
+    breakdown_gib: dict[str, object]
+    """term -> GiB at the peak stage and phase (every key of TERMS)."""
+    phases_gib: dict[str, object]
+    """phase -> allocated GiB on the peak stage (NaN where the phase does not exist there)."""
+    stage_peaks_gib: tuple[object, object]
+    """allocated GiB at the peak phase of the first and of the last stage."""
+
+
+def runtime_view(allocated_gib, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS):
+    """(fragmentation, NCCL, reserved, peak) GiB for an allocated peak: reserved = allocated x (1 + the
+    allocator's fragmentation); the nvidia-smi peak adds the CUDA context and NCCL buffers."""
+    fragmentation = allocated_gib * overheads.allocator_fragmentation
+    nccl = sum(nccl_communicators(plan, overheads).values())
+    reserved = allocated_gib + fragmentation
+    return fragmentation, nccl, reserved, reserved + overheads.cuda_context_gib + nccl
+
+
+def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS) -> MemoryArrays:
+    """Evaluate every phase on the first and the last stage and pick the largest (ties: earlier stage, then
+    earlier phase). Works on scalar and on array-valued plans alike."""
+    arch = model.architecture
+    first, last = first_and_last_stage(arch, plan)
+    slots = []  # (stage index, phase index, terms, valid)
+    for stage in (first, last):
+        for index, (phase, terms) in enumerate(stage_phases(model, plan, stage).items()):
+            valid = stage.is_last if phase == "loss" else True
+            slots.append((stage.stage, index, terms, valid))
+    totals = np.stack(
+        [np.where(valid, _total(terms), -np.inf) * np.ones_like(plan.gpus, dtype=float) for _, _, terms, valid in slots]
+    )
+    choice = np.argmax(totals, axis=0)
+    allocated = np.take_along_axis(totals, choice[None], axis=0)[0]
+
+    def pick(values):
+        return np.take_along_axis(
+            np.stack([v * np.ones_like(plan.gpus, dtype=float) for v in values]), choice[None], axis=0
+        )[0]
+
+    breakdown = {term: pick([terms.get(term, 0.0) for _, _, terms, _ in slots]) / GIB for term in TERMS}
+    allocated_gib = allocated / GIB
+    fragmentation_gib, nccl_gib, reserved_gib, peak_gib = runtime_view(allocated_gib, plan, overheads)
+    breakdown["allocator_fragmentation"] = fragmentation_gib
+    breakdown["cuda_context"] = overheads.cuda_context_gib * np.ones_like(allocated)
+    breakdown["nccl_communicators"] = nccl_gib * np.ones_like(allocated)
+    stage_index = pick([stage for stage, _, _, _ in slots])
+    peak_on_last = choice >= len(PHASES)
+    phases = {}
+    for index, phase in enumerate(PHASES):
+        phases[phase] = np.where(peak_on_last, totals[len(PHASES) + index], totals[index]) / GIB
+        phases[phase] = np.where(np.isfinite(phases[phase]), phases[phase], np.nan)
+    return MemoryArrays(
+        allocated_gib=allocated_gib,
+        reserved_gib=reserved_gib,
+        peak_gib=peak_gib,
+        peak_stage=stage_index,
+        peak_phase=choice % len(PHASES),
+        breakdown_gib=breakdown,
+        phases_gib=phases,
+        stage_peaks_gib=(totals[: len(PHASES)].max(axis=0) / GIB, totals[len(PHASES) :].max(axis=0) / GIB),
+    )
+
+
+def peak_memory_gib(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS):
+    """(allocated, peak) GiB of the most loaded stage and phase; works on array-valued plans (bulk search)."""
+    arrays = memory_arrays(model, plan, overheads)
+    return arrays.allocated_gib, arrays.peak_gib
+
+
+def host_ram_gib_per_node(model: ModelSpec, plan: Plan):
+    """Host memory the offloaded states of one node's GPUs need (0 without offload)."""
+    stages = first_and_last_stage(model.architecture, plan)
+    per_gpu = np.maximum(*(_host_offload_bytes(model, plan, s) for s in stages))
+    return per_gpu * plan.gpus_per_node / GIB
+
+
+def _at(value, index: int | None) -> float:
+    array = np.asarray(value, dtype=float)
+    return float(array if array.ndim == 0 or index is None else array[index])
+
+
+def memory_estimate_at(
+    arrays: MemoryArrays, host_gib, index: int | None, gpu: GpuSpec, plan: Plan, safety_margin: float
+) -> MemoryEstimate:
+    """The MemoryEstimate of one plan out of `memory_arrays` results (index None for a scalar plan)."""
+    peak = _at(arrays.peak_gib, index)
+    usable = gpu.memory_gib * (1 - safety_margin)
+    host = _at(host_gib, index)
+    capacity = gpu.node.host_ram_gib
+    host_fits = None if plan.offload == "none" or capacity is None else host <= capacity
+    phases = {k: _at(v, index) for k, v in arrays.phases_gib.items()}
+    stage_peaks = [_at(v, index) for v in arrays.stage_peaks_gib]
+    return MemoryEstimate(
+        peak_gib=peak,
+        allocated_peak_gib=_at(arrays.allocated_gib, index),
+        reserved_peak_gib=_at(arrays.reserved_gib, index),
+        capacity_gib=gpu.memory_gib,
+        usable_gib=usable,
+        safety_margin=safety_margin,
+        fits=peak <= usable and host_fits is not False,
+        peak_phase=PHASES[int(_at(arrays.peak_phase, index))],
+        peak_stage=int(_at(arrays.peak_stage, index)),
+        breakdown_gib={k: _at(v, index) for k, v in arrays.breakdown_gib.items()},
+        phases_gib={k: v for k, v in phases.items() if not np.isnan(v)},
+        stage_peaks_gib=stage_peaks[:1] if plan.pp == 1 else stage_peaks,
+        host_ram_gib_per_node=host,
+        host_ram_capacity_gib=capacity,
+        host_ram_fits=host_fits,
+    )
 
 
 def estimate_memory(
@@ -223,43 +336,5 @@ def estimate_memory(
     overheads: RuntimeOverheads = DEFAULT_OVERHEADS,
 ) -> MemoryEstimate:
     """Per-GPU peak memory of `plan` for `model` on `gpu`, with the term breakdown at the peak."""
-    stages = stage_shards(model.architecture, plan)
-    per_stage = [_stage_memory(model, plan, s) for s in stages]
-    # The most loaded stage; ties go to the earliest stage.
-    heaviest = max(per_stage, key=lambda m: (m.peak_bytes, -m.stage))
-    phase = heaviest.peak_phase
-    allocated = heaviest.peak_bytes
-    fragmentation = allocated * overheads.allocator_fragmentation
-    nccl_gib = sum(nccl_communicators(plan, overheads).values())
-    breakdown = {term: 0.0 for term in TERMS}
-    for term, size in heaviest.phases[phase].items():
-        breakdown[term] += size / GIB
-    breakdown["allocator_fragmentation"] = fragmentation / GIB
-    breakdown["cuda_context"] = overheads.cuda_context_gib
-    breakdown["nccl_communicators"] = nccl_gib
-    allocated_gib = allocated / GIB
-    reserved_gib = allocated_gib + fragmentation / GIB
-    peak_gib = reserved_gib + overheads.cuda_context_gib + nccl_gib
-    usable = gpu.memory_gib * (1 - safety_margin)
-
-    host_per_gpu = max(_host_offload_bytes(model, plan, s) for s in stages)
-    host_per_node = host_per_gpu * plan.gpus_per_node / GIB
-    host_capacity = gpu.node.host_ram_gib
-    host_fits = None if plan.offload == "none" or host_capacity is None else host_per_node <= host_capacity
-    return MemoryEstimate(
-        peak_gib=peak_gib,
-        allocated_peak_gib=allocated_gib,
-        reserved_peak_gib=reserved_gib,
-        capacity_gib=gpu.memory_gib,
-        usable_gib=usable,
-        safety_margin=safety_margin,
-        fits=peak_gib <= usable and host_fits is not False,
-        peak_phase=phase,
-        peak_stage=heaviest.stage,
-        breakdown_gib=breakdown,
-        phases_gib={p: heaviest.phase_total(p) / GIB for p in heaviest.phases},
-        stage_peaks_gib=[m.peak_bytes / GIB for m in per_stage],
-        host_ram_gib_per_node=host_per_node,
-        host_ram_capacity_gib=host_capacity,
-        host_ram_fits=host_fits,
-    )
+    arrays = memory_arrays(model, plan, overheads)
+    return memory_estimate_at(arrays, host_ram_gib_per_node(model, plan), None, gpu, plan, safety_margin)

@@ -6,6 +6,8 @@ measured runs by `scripts/fit_memory_overheads.py` (values and fit report in the
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from planner.plan import Plan
 
 
@@ -35,20 +37,17 @@ class RuntimeOverheads:
 DEFAULT_OVERHEADS = RuntimeOverheads()
 
 
-def nccl_communicators(plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS) -> dict[str, float]:
-    """GiB of NCCL buffers per process group this rank communicates in (a group of one needs none)."""
+def nccl_communicators(plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS) -> dict[str, object]:
+    """GiB of NCCL buffers per process group this rank communicates in (a group of one needs none).
+    Values are arrays when the plan's degrees are."""
 
-    def size(ranks: int) -> float:
-        return overheads.nccl_gib_per_pair if ranks == 2 else overheads.nccl_gib_per_group
+    def size(ranks):
+        return np.where(ranks == 2, overheads.nccl_gib_per_pair, np.where(ranks > 2, overheads.nccl_gib_per_group, 0.0))
 
-    groups: dict[str, float] = {}
-    if plan.shard_degree > 1:
-        groups["data_parallel"] = size(plan.shard_degree)
-    if plan.tp > 1:
-        groups["tensor_parallel"] = size(plan.tp)
-    if plan.cp > 1:
-        groups["context_parallel"] = size(plan.cp)
-    if plan.pp > 1:
+    return {
+        "data_parallel": size(plan.shard_degree),
+        "tensor_parallel": size(plan.tp),
+        "context_parallel": size(plan.cp),
         # Interior stages talk to two neighbours; the busiest rank is what matters.
-        groups["pipeline"] = overheads.nccl_gib_per_pair * (2 if plan.pp > 2 else 1)
-    return groups
+        "pipeline": overheads.nccl_gib_per_pair * np.minimum(plan.pp - 1, 2),
+    }

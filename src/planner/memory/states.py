@@ -50,10 +50,11 @@ per parameter. Net effect seen by FlagPerf on Llama-3-8B TP2: +3 GiB (74 vs 71 G
 @dataclass(frozen=True)
 class StateTerm:
     """One kind of per-parameter state: its bytes per parameter, whether it is sharded over the
-    data-parallel group, when it exists, and whether CPU offload moves it to host memory."""
+    data-parallel group, when it exists, and whether CPU offload moves it to host memory. Bytes per
+    parameter can depend on numeric plan fields (an array when plans are evaluated in bulk)."""
 
     name: str
-    bytes_per_param: float
+    bytes_per_param: object
     sharded: bool
     lifetime: Lifetime = "persistent"
     offloaded: bool = False
@@ -136,9 +137,8 @@ def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
             terms += [
                 StateTerm("weights", 4, sharded=False),
                 StateTerm("gradients", 4, sharded=False, lifetime="gradient"),
+                StateTerm("ddp_gradient_buckets", 4 * (plan.shard_degree > 1), sharded=False),
             ]
-            if plan.shard_degree > 1:
-                terms.append(StateTerm("ddp_gradient_buckets", 4, sharded=False))
         else:
             # FSDP2 keeps the sharded parameter in its original dtype (fp32 in mixed precision; it is
             # also the master copy) and casts to bf16 per unit on all-gather.
@@ -147,14 +147,16 @@ def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
                 StateTerm("weights", weight_bytes, sharded=sharded, offloaded=offload_params),
                 StateTerm("gradients", weight_bytes, sharded=sharded, lifetime="gradient", offloaded=offload_params),
             ]
-            if zero == 0 and plan.shard_degree > 1:
-                terms.append(StateTerm("ddp_gradient_buckets", weight_bytes, sharded=False))
+            if zero == 0:  # DDP without autocast (one rank: no DDP wrapper, no buckets)
+                terms.append(StateTerm("ddp_gradient_buckets", weight_bytes * (plan.shard_degree > 1), sharded=False))
         terms.append(StateTerm("optimizer_states", opt, sharded=sharded, offloaded=offload_params))
-        if sharded and plan.pp > 1 and plan.grad_accum > 1:
+        if sharded:
             # torch.distributed.pipelining turns off FSDP gradient sync for all but the last micro-batch
             # (set_requires_gradient_sync(False)): gradients accumulate unsharded in the reduce dtype.
+            no_sync = (plan.pp > 1) & (plan.grad_accum > 1)
+            reduce_bytes = 4 if low == 2 else low
             terms.append(
-                StateTerm("unsharded_gradient_accumulators", 4 if low == 2 else low, sharded=False, lifetime="gradient")
+                StateTerm("unsharded_gradient_accumulators", reduce_bytes * no_sync, sharded=False, lifetime="gradient")
             )
     else:  # megatron
         grad_bytes = 4 if plan.precision != "pure-bf16" else 2  # fp32 main_grad buffer, never sharded

@@ -13,6 +13,8 @@ Ring algorithms (NCCL; nccl-tests PERFORMANCE.md): all-reduce moves 2(n-1)/n of 
 all-gather and reduce-scatter (n-1)/n of the full buffer; the time is that volume over the bus bandwidth.
 """
 
+import numpy as np
+
 from planner.catalog import GpuSpec
 from planner.errors import PlanError
 
@@ -35,7 +37,7 @@ def intra_node_bandwidth_gbps(gpu: GpuSpec) -> float:
     return gpu.pcie_bandwidth_gbps / 2 * PCIE_BUS_EFFICIENCY
 
 
-def inter_node_bandwidth_gbps(gpu: GpuSpec, members_per_node: int = 1) -> float:
+def inter_node_bandwidth_gbps(gpu: GpuSpec, members_per_node=1):
     """Bus bandwidth (GB/s) of a collective that crosses nodes with `members_per_node` ranks per node."""
     bandwidth = gpu.node.inter_node_bandwidth_gbps_per_gpu
     if bandwidth is None:
@@ -43,7 +45,7 @@ def inter_node_bandwidth_gbps(gpu: GpuSpec, members_per_node: int = 1) -> float:
             f"the GPU catalog has no inter-node bandwidth for {gpu.name}, and this plan spans nodes",
             f"add node.inter_node_bandwidth_gbps_per_gpu to {gpu.name}'s hardware YAML",
         )
-    return min(bandwidth * members_per_node * NETWORK_BUS_EFFICIENCY, intra_node_bandwidth_gbps(gpu))
+    return np.minimum(bandwidth * members_per_node * NETWORK_BUS_EFFICIENCY, intra_node_bandwidth_gbps(gpu))
 
 
 def host_link_bandwidth_gbps(gpu: GpuSpec) -> float:
@@ -51,26 +53,25 @@ def host_link_bandwidth_gbps(gpu: GpuSpec) -> float:
     return gpu.pcie_bandwidth_gbps / 2 * PCIE_BUS_EFFICIENCY
 
 
-def group_bandwidth_gbps(gpu: GpuSpec, size: int, stride: int, gpus_per_node: int) -> float:
-    """Bus bandwidth of a group of `size` ranks spaced `stride` apart."""
-    if size <= 1:
-        return float("inf")
-    if size * stride > gpus_per_node:
-        members_per_node = max(1, min(size, gpus_per_node // stride))
-        return inter_node_bandwidth_gbps(gpu, members_per_node)
-    return intra_node_bandwidth_gbps(gpu)
+def group_bandwidth_gbps(gpu: GpuSpec, size, stride, gpus_per_node):
+    """Bus bandwidth of a group of `size` ranks spaced `stride` apart (arrays allowed). Groups of one rank
+    get infinite bandwidth (they move nothing)."""
+    spans_nodes = size * stride > gpus_per_node
+    inter = 0.0
+    if np.any(spans_nodes & (size > 1)):
+        members_per_node = np.maximum(1, np.minimum(size, gpus_per_node // stride))
+        inter = inter_node_bandwidth_gbps(gpu, members_per_node)
+    bandwidth = np.where(spans_nodes, inter, intra_node_bandwidth_gbps(gpu))
+    return np.where(size > 1, bandwidth, np.inf)
 
 
-def all_reduce_s(buffer_bytes: float, size: int, bandwidth_gbps: float) -> float:
-    if size <= 1:
-        return 0.0
+def all_reduce_s(buffer_bytes, size, bandwidth_gbps):
     return 2 * (size - 1) / size * buffer_bytes / (bandwidth_gbps * 1e9)
 
 
-def all_gather_s(full_buffer_bytes: float, size: int, bandwidth_gbps: float) -> float:
-    """All-gather (or reduce-scatter) of a buffer whose unsharded size is `full_buffer_bytes`."""
-    if size <= 1:
-        return 0.0
+def all_gather_s(full_buffer_bytes, size, bandwidth_gbps):
+    """All-gather (or reduce-scatter) of a buffer whose unsharded size is `full_buffer_bytes`; zero for a
+    group of one."""
     return (size - 1) / size * full_buffer_bytes / (bandwidth_gbps * 1e9)
 
 

@@ -12,13 +12,15 @@ Per step: the 1F1B pipeline runs (grad_accum + pp - 1) micro-batch slots (the (p
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
 from planner.memory.activations import compute_bytes
 from planner.memory.buffers import compute_param_bytes
-from planner.memory.stages import layers_on_stage, stage_shards
+from planner.memory.stages import first_and_last_stage, layers_on_stage
 from planner.memory.states import optimizer_bytes_per_param, state_layout
 from planner.performance import comm
 from planner.performance.flops import FlopsPerToken, flops_per_token
@@ -73,15 +75,19 @@ class PerformanceEstimate:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
-        for key in ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "tflops_per_gpu"):
-            out[key] = round(out[key], 6 if key == "step_time_s" else 3)
-        out["mfu"] = round(self.mfu, 4)
-        out["hfu"] = round(self.hfu, 4)
-        out["compute_efficiency"] = round(self.compute_efficiency, 4)
-        out["breakdown_s"] = {k: round(v, 6) for k, v in self.breakdown_s.items()}
-        out["flops_per_token"] = {k: round(v) for k, v in self.flops_per_token.items()}
-        return out
+        return {
+            "step_time_s": round(self.step_time_s, 6),
+            "tokens_per_s": round(self.tokens_per_s, 3),
+            "tokens_per_s_per_gpu": round(self.tokens_per_s_per_gpu, 3),
+            "mfu": round(self.mfu, 4),
+            "hfu": round(self.hfu, 4),
+            "tflops_per_gpu": round(self.tflops_per_gpu, 3),
+            "compute_efficiency": round(self.compute_efficiency, 4),
+            "efficiency_source": self.efficiency_source,
+            "flops_per_token": {k: round(v) for k, v in self.flops_per_token.items()},
+            "breakdown_s": {k: round(v, 6) for k, v in self.breakdown_s.items()},
+            "notes": list(self.notes),
+        }
 
 
 def matmul_dtype(plan: Plan) -> str:
@@ -107,29 +113,28 @@ def efficiency(gpu: GpuSpec, tokens: float, width: float, compiled: bool = False
 
 @dataclass(frozen=True)
 class _StageWork:
-    matmul_flops: float
-    attention_flops: float
-    forward_share: float
-    layers: int
+    matmul_flops: object
+    attention_flops: object
+    forward_share: object
+    layers: object
 
 
-def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage: int) -> _StageWork:
+def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage) -> _StageWork:
     """Hardware FLOPs per token one pipeline stage executes (before dividing by TP)."""
     layers = layers_on_stage(num_layers, plan.pp, stage)
     share = layers / num_layers
-    head = flops.lm_head if stage == plan.pp - 1 else 0.0
+    head = flops.lm_head * (stage == plan.pp - 1)
     attention = (flops.attention + flops.flash_backward_recompute) * share
     block_recompute = flops.recompute * share
     matmul = flops.block_matmuls * share + head + block_recompute
     if plan.checkpointing == "selective":  # selective recompute is attention work
-        matmul -= block_recompute
-        attention += block_recompute
-    total = matmul + attention
+        matmul = matmul - block_recompute
+        attention = attention + block_recompute
     forward = (flops.block_matmuls + flops.attention) * share / 3 + head / 3
-    return _StageWork(matmul, attention, forward / total if total else 0.0, layers)
+    return _StageWork(matmul, attention, forward / (matmul + attention), layers)
 
 
-def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params: float, fwd_s: float, bwd_s: float) -> tuple[float, float]:
+def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s):
     """(per-step exposed data-parallel communication, per-step total) for the plan's engine and ZeRO stage.
 
     Volumes: DeepSpeed reduces and gathers bf16 (ZeRO-1/2: reduce-scatter + all-gather per step, ZeRO-2
@@ -139,19 +144,20 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params: float, fwd_s: float, bwd_s: 
     Overlap: DeepSpeed ZeRO-0/1/2 default overlap_comm=false (exposed); ZeRO-3, FSDP and DDP overlap with
     the compute of the same pass; Megatron with --overlap-grad-reduce/--overlap-param-gather (the launch
     configs enable them) hides the step's reduction behind the last micro-batch's backward and the
-    gather behind the next step's first forward."""
+    gather behind the next step's first forward. A group of one rank moves nothing."""
     n = plan.shard_degree
-    if n <= 1:
-        return 0.0, 0.0
     bw = comm.group_bandwidth_gbps(gpu, n, plan.tp, plan.gpus_per_node)
     c = compute_param_bytes(plan)
     ga = plan.grad_accum
 
-    def ag(bytes_per_param: float) -> float:
+    def ag(bytes_per_param):
         return comm.all_gather_s(params * bytes_per_param, n, bw)
 
-    def ar(bytes_per_param: float) -> float:
+    def ar(bytes_per_param):
         return comm.all_reduce_s(params * bytes_per_param, n, bw)
+
+    def hidden_behind(comm_s, window_s):
+        return np.maximum(0.0, comm_s - window_s)
 
     if plan.engine == "deepspeed":
         if plan.zero == 0:
@@ -161,31 +167,34 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params: float, fwd_s: float, bwd_s: 
             reductions = ag(c) * (ga if plan.zero == 2 else 1)
             total = reductions + ag(c)
             return total, total
-        per_mb_exposed = max(0.0, ag(c) - fwd_s) + max(0.0, ag(c) + ag(c) - bwd_s)
+        per_mb_exposed = hidden_behind(ag(c), fwd_s) + hidden_behind(2 * ag(c), bwd_s)
         return ga * per_mb_exposed, ga * 3 * ag(c)
     if plan.engine == "fsdp":
         reduce_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8") else c
         if plan.zero == 0:
             grad_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8", "fp32") else c
             total = ar(grad_bytes)
-            return max(0.0, total - bwd_s), total
+            return hidden_behind(total, bwd_s), total
         gathers_per_mb = 2 if plan.zero == 3 else 1
-        if plan.pp > 1:  # pipelining keeps parameters unsharded and skips gradient sync until the last micro-batch
-            total = ag(c) + ag(reduce_bytes)
-            return max(0.0, ag(c) - fwd_s) + max(0.0, ag(reduce_bytes) - bwd_s), total
         forward = ag(c)
         backward = ag(c) * (gathers_per_mb - 1) + ag(reduce_bytes)
-        per_mb_exposed = max(0.0, forward - fwd_s) + max(0.0, backward - bwd_s)
-        return ga * per_mb_exposed, ga * (forward + backward)
+        per_step = ga * (hidden_behind(forward, fwd_s) + hidden_behind(backward, bwd_s))
+        # Pipelining keeps parameters unsharded and skips gradient sync until the last micro-batch.
+        pipelined = hidden_behind(ag(c), fwd_s) + hidden_behind(ag(reduce_bytes), bwd_s)
+        pipelined_total = ag(c) + ag(reduce_bytes)
+        return (
+            np.where(plan.pp > 1, pipelined, per_step),
+            np.where(plan.pp > 1, pipelined_total, ga * (forward + backward)),
+        )
     # megatron: fp32 main_grad reduction
     if plan.zero == 0:
         total = ar(4)
-        return max(0.0, total - bwd_s), total
+        return hidden_behind(total, bwd_s), total
     reduce, gather = ag(4), ag(c)
-    return max(0.0, reduce - bwd_s) + max(0.0, gather - fwd_s), reduce + gather
+    return hidden_behind(reduce, bwd_s) + hidden_behind(gather, fwd_s), reduce + gather
 
 
-def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params: float) -> tuple[float, float]:
+def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params):
     """(GPU update time, CPU offload time) of one optimizer step.
 
     The update is memory-bound: it reads and writes the master weights and optimizer states, reads the
@@ -196,22 +205,23 @@ def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params: float)
     terms = {t.name: t for t in state_layout(arch, plan)}
     opt = optimizer_bytes_per_param(arch, plan)
     master = terms["master_weights"].bytes_per_param if "master_weights" in terms else 0.0
-    grad = terms["gradients"].bytes_per_param if "gradients" in terms else 2.0
+    grad = terms["gradients"].bytes_per_param
     low = compute_param_bytes(plan)
     shard = plan.shard_degree if plan.zero >= 1 else 1
     touched = (2 * master + 2 * opt + grad + low) * params / shard
     if plan.offload == "none":
-        return touched / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY), 0.0
+        return touched / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY), 0.0 * touched
     host_bw = HOST_MEMORY_BANDWIDTH_GBPS_PER_NODE / plan.gpus_per_node * 1e9
     pcie = comm.host_link_bandwidth_gbps(gpu) * 1e9
     offload = touched / host_bw + 2 * low * params / shard / pcie
     if plan.offload == "optimizer+params":
-        offload += plan.grad_accum * 2 * low * params / shard / pcie
-    return 0.0, offload
+        offload = offload + plan.grad_accum * 2 * low * params / shard / pcie
+    return 0.0 * touched, offload
 
 
-def estimate_performance(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> PerformanceEstimate:
-    """Step time and throughput of `plan` for `model` on `gpu`."""
+def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, object]:
+    """Every quantity of the performance model; values are arrays when the plan's numeric fields are
+    (the search's bulk evaluation), floats otherwise."""
     arch = model.architecture
     flops = flops_per_token(arch, plan)
     tokens = plan.tokens_per_micro_batch
@@ -220,75 +230,99 @@ def estimate_performance(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> Performa
     peak_attention = _peak_tflops(gpu, "tf32" if plan.precision == "fp32" else "bf16") * 1e12
     a = compute_bytes(plan)
 
-    stages = [_stage_work(flops, plan, arch.num_layers, s) for s in {0, plan.pp - 1}]
-    per_stage = []
-    for work in stages:
+    def stage_compute(work: _StageWork):
         compute = (
             tokens / plan.tp * (work.matmul_flops / (peak_matmul * eff) + work.attention_flops / (peak_attention * eff))
         )
         if not plan.flash_attention:
             scores = work.layers * tokens * arch.num_attention_heads / plan.tp * plan.seq_len
-            compute += scores * EAGER_ATTENTION_SCORE_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
-        per_stage.append((compute, work))
-    compute_s, work = max(per_stage, key=lambda item: item[0])
-    forward_s = compute_s * work.forward_share
+            compute = compute + scores * EAGER_ATTENTION_SCORE_PASSES * a / (
+                gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY
+            )
+        return compute
+
+    first, last = (_stage_work(flops, plan, arch.num_layers, s) for s in (0, plan.pp - 1))
+    first_s, last_s = stage_compute(first), stage_compute(last)
+    slowest_is_first = first_s >= last_s
+    compute_s = np.where(slowest_is_first, first_s, last_s)
+    layers = np.where(slowest_is_first, first.layers, last.layers)
+    attention_flops = np.where(slowest_is_first, first.attention_flops, last.attention_flops)
+    forward_s = compute_s * np.where(slowest_is_first, first.forward_share, last.forward_share)
     backward_s = compute_s - forward_s
 
-    tp_s = 0.0
-    if plan.tp > 1:
-        bw = comm.group_bandwidth_gbps(gpu, plan.tp, 1, plan.gpus_per_node)
-        collectives = TP_COLLECTIVES_PER_LAYER + (4 if plan.checkpointing == "full" else 0)
-        tp_s = work.layers * collectives * comm.all_gather_s(tokens * arch.hidden_size * a, plan.tp, bw)
-    cp_s = 0.0
-    if plan.cp > 1:
-        bw = comm.group_bandwidth_gbps(gpu, plan.cp, plan.tp, plan.gpus_per_node)
-        kv_bytes = 2 * arch.kv_width * tokens * a / plan.tp
-        ring = work.layers * 3 * (plan.cp - 1) * kv_bytes / (bw * 1e9)  # forward k,v; backward k,v and dk,dv
-        attention_s = tokens / plan.tp * work.attention_flops / (peak_attention * eff)
-        cp_s = max(0.0, ring - attention_s)
-    p2p_s = 0.0
-    if plan.pp > 1:
-        stride = plan.tp * plan.cp * plan.dp
-        bw = comm.group_bandwidth_gbps(gpu, 2, stride, plan.gpus_per_node)
-        # Sequence parallelism, and Megatron's scatter/gather of the boundary tensor across TP ranks
-        # (on by default), send 1/tp of the activation per GPU.
-        split = plan.sequence_parallel or plan.engine == "megatron"
-        boundary = tokens * arch.hidden_size * a / (plan.tp if split else 1)
-        p2p_s = 2 * boundary / (bw * 1e9)
+    tp_bw = comm.group_bandwidth_gbps(gpu, plan.tp, 1, plan.gpus_per_node)
+    collectives = TP_COLLECTIVES_PER_LAYER + (4 if plan.checkpointing == "full" else 0)
+    tp_s = layers * collectives * comm.all_gather_s(tokens * arch.hidden_size * a, plan.tp, tp_bw)
+
+    cp_bw = comm.group_bandwidth_gbps(gpu, plan.cp, plan.tp, plan.gpus_per_node)
+    kv_bytes = 2 * arch.kv_width * tokens * a / plan.tp
+    ring = layers * 3 * (plan.cp - 1) * kv_bytes / (cp_bw * 1e9)  # forward k,v; backward k,v and dk,dv
+    attention_s = tokens / plan.tp * attention_flops / (peak_attention * eff)
+    cp_s = np.maximum(0.0, ring - attention_s)
+
+    # Sequence parallelism, and Megatron's scatter/gather of the boundary tensor across TP ranks (on by
+    # default), send 1/tp of the activation per GPU.
+    split = np.where(plan.sequence_parallel | (plan.engine == "megatron"), plan.tp, 1)
+    pp_bw = comm.group_bandwidth_gbps(gpu, np.minimum(plan.pp, 2), plan.tp * plan.cp * plan.dp, plan.gpus_per_node)
+    p2p_s = 2 * tokens * arch.hidden_size * a / split / (pp_bw * 1e9)
 
     micro_batch_s = compute_s + tp_s + cp_s + p2p_s
-    slots = plan.grad_accum + plan.pp - 1
-    bubble_s = (plan.pp - 1) * micro_batch_s
-    params = max(s.params for s in stage_shards(arch, plan))
+    params = np.maximum(*(s.params for s in first_and_last_stage(arch, plan)))
     dp_exposed_s, _ = _dp_exposed_s(plan, gpu, params, forward_s, backward_s)
     optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, params)
-
     breakdown = {
         "compute": plan.grad_accum * compute_s,
         "tensor_parallel_comm": plan.grad_accum * tp_s,
         "context_parallel_comm": plan.grad_accum * cp_s,
         "pipeline_p2p": plan.grad_accum * p2p_s,
-        "pipeline_bubble": bubble_s,
+        "pipeline_bubble": (plan.pp - 1) * micro_batch_s,
         "data_parallel_comm": dp_exposed_s,
         "optimizer_step": optimizer_s,
         "offload": offload_s,
     }
-    step = micro_batch_s * slots + dp_exposed_s + optimizer_s + offload_s
+    step = micro_batch_s * (plan.grad_accum + plan.pp - 1) + dp_exposed_s + optimizer_s + offload_s
     tokens_per_s = plan.global_batch * plan.seq_len / step
     per_gpu = tokens_per_s / plan.gpus
+    return {
+        "step_time_s": step,
+        "tokens_per_s": tokens_per_s,
+        "tokens_per_s_per_gpu": per_gpu,
+        "mfu": flops.model * per_gpu / peak_matmul,
+        "hfu": flops.hardware * per_gpu / peak_matmul,
+        "tflops_per_gpu": flops.model * per_gpu / 1e12,
+        "compute_efficiency": eff,
+        "efficiency_params": eff_params,
+        "flops": flops,
+        "breakdown_s": breakdown,
+    }
+
+
+def _at(value, index: int | None) -> float:
+    array = np.asarray(value, dtype=float)
+    return float(array if array.ndim == 0 or index is None else array[index])
+
+
+def performance_estimate_at(terms: dict, index: int | None, gpu: GpuSpec) -> PerformanceEstimate:
+    """The PerformanceEstimate of one plan out of `performance_terms` results (index None for a scalar plan)."""
     notes = []
     if gpu.compute_efficiency is None:
         notes.append(f"{gpu.name} has no fitted compute efficiency; a conservative default was used")
+    flops = terms["flops"]
     return PerformanceEstimate(
-        step_time_s=step,
-        tokens_per_s=tokens_per_s,
-        tokens_per_s_per_gpu=per_gpu,
-        mfu=flops.model * per_gpu / peak_matmul,
-        hfu=flops.hardware * per_gpu / peak_matmul,
-        tflops_per_gpu=flops.model * per_gpu / 1e12,
-        compute_efficiency=eff,
-        efficiency_source=eff_params.source,
+        step_time_s=_at(terms["step_time_s"], index),
+        tokens_per_s=_at(terms["tokens_per_s"], index),
+        tokens_per_s_per_gpu=_at(terms["tokens_per_s_per_gpu"], index),
+        mfu=_at(terms["mfu"], index),
+        hfu=_at(terms["hfu"], index),
+        tflops_per_gpu=_at(terms["tflops_per_gpu"], index),
+        compute_efficiency=_at(terms["compute_efficiency"], index),
+        efficiency_source=terms["efficiency_params"].source,
         flops_per_token={"model": flops.model, "hardware": flops.hardware},
-        breakdown_s=breakdown,
+        breakdown_s={k: _at(v, index) for k, v in terms["breakdown_s"].items()},
         notes=notes,
     )
+
+
+def estimate_performance(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> PerformanceEstimate:
+    """Step time and throughput of `plan` for `model` on `gpu`."""
+    return performance_estimate_at(performance_terms(model, gpu, plan), None, gpu)

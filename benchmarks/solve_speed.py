@@ -1,0 +1,110 @@
+"""Speed of `planner solve` against an exhaustive numpy enumeration of the same models.
+
+    python benchmarks/solve_speed.py
+
+Cases: (a) Llama-2-13B on 16 x A100 (default space), (b) Llama-2-70B on 64 x H100 (default space, TP/PP),
+(c) Llama-3.1-405B on 2048 x H100 over every dimension (search_spaces/full.yaml).
+
+"numpy" enumerates the space with numpy, evaluates every structurally valid plan with the bulk models
+and keeps those that fit; "CP-SAT" is the search `solve` runs: the same evaluation, then the CP-SAT model
+enumerating every plan that satisfies its constraints (both must find the same plans); "solve" adds the
+ranking; "end-to-end" runs the `planner solve` command (start-up, search, ranking, full estimates of every
+listed plan, the three reports) in a fresh process.
+"""
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from planner.catalog import load_model
+from planner.search.candidates import evaluate_candidates
+from planner.search.cpsat import feasible_indices
+from planner.search.solve import SolveRequest, solve
+from planner.search.space import load_space, parse_budget
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = [
+    ("(a) 13b on 16xA100", SolveRequest(model="13b", budget="16xA100")),
+    ("(b) 70b on 64xH100", SolveRequest(model="70b", budget="64xH100")),
+    (
+        "(c) 405b on 2048xH100, all dimensions",
+        SolveRequest(
+            model="llama-3.1-405b",
+            budget="2048xH100",
+            seq_len=8192,
+            global_batch=2048,
+            space=ROOT / "search_spaces" / "full.yaml",
+        ),
+    ),
+]
+
+
+def _search(request: SolveRequest, with_cp_sat: bool) -> tuple[float, int]:
+    start = time.perf_counter()
+    model, budget = load_model(request.model), parse_budget(request.budget)
+    space = load_space(request.space, budget)
+    global_batch = request.global_batch or round(2**20 / request.seq_len)
+    cands = evaluate_candidates(model, budget, space, request.seq_len, global_batch)
+    offloading = np.array([cands.categories[g][2] != "none" for g in cands.group], dtype=bool)
+    fits = (cands.peak_gib <= budget.gpu.memory_gib * (1 - request.safety_margin)) & (
+        ~offloading | (cands.host_ram_gib_per_node <= (budget.gpu.node.host_ram_gib or np.inf))
+    )
+    if with_cp_sat:
+        found, _ = feasible_indices(cands, space, global_batch, budget.gpus, fits)
+        return time.perf_counter() - start, len(found)
+    return time.perf_counter() - start, int(fits.sum())
+
+
+def end_to_end(request: SolveRequest) -> float:
+    args = [
+        sys.executable,
+        "-m",
+        "planner.cli",
+        "solve",
+        "--model",
+        request.model,
+        "--budget",
+        request.budget,
+        "--seq-len",
+        str(request.seq_len),
+    ]
+    if request.global_batch:
+        args += ["--global-batch", str(request.global_batch)]
+    if request.space:
+        args += ["--space", str(request.space)]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([*args, "--out", tmp + "/r"], check=True, capture_output=True, env=os.environ.copy())
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(
+        f"{'case':40s} {'space':>10s} {'valid':>8s} {'fit':>6s} {'numpy s':>8s} {'CP-SAT s':>9s} "
+        f"{'ratio':>6s} {'solve s':>8s} {'end-to-end s':>13s}"
+    )
+    for label, request in CASES:
+        _search(request, False)  # warm caches
+        base_s, base_fit = _search(request, False)
+        cp_s, cp_fit = _search(request, True)
+        assert cp_fit == base_fit, "CP-SAT and enumeration disagree"
+        start = time.perf_counter()
+        result = solve(request)
+        solve_s = time.perf_counter() - start
+        e2e = end_to_end(request)
+        print(
+            f"{label:40s} {result.rejections.space_size:>10,d} {result.rejections.structurally_valid:>8,d} "
+            f"{len(result.feasible):>6,d} {base_s:>8.2f} {cp_s:>9.2f} {cp_s / base_s:>6.2f} {solve_s:>8.2f} "
+            f"{e2e:>13.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Render a search result: the terminal table, and the Markdown / JSON / CSV reports (written atomically)."""
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from planner import __version__
+from planner.architecture import total_params
+from planner.estimate import Estimate
+from planner.memory import TERMS
+from planner.report.estimate import TERM_LABELS
+
+SHORT = {
+    "none": "-",
+    "selective": "sel",
+    "full": "full",
+    "optimizer": "opt",
+    "optimizer+params": "opt+par",
+    "deepspeed": "DeepSpeed",
+    "fsdp": "FSDP",
+    "megatron": "Megatron",
+}
+
+
+def _fmt_usd(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.2f}"
+
+
+def _short_source(result) -> str:
+    price = result.budget.gpu.price
+    if result.request.price_per_gpu_hour is not None or result.price_per_gpu_hour is None:
+        return result.price_source
+    return f"{price.instance}; list of {price.date}"
+
+
+def assumptions(result) -> list[str]:
+    """The inputs a reader needs to trust the ranking, one line each."""
+    r, b, model = result.request, result.budget, result.model
+    alias = f" (alias '{model.resolved_from}')" if model.resolved_from else ""
+    lines = [
+        f"model: {model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters",
+        f"budget: up to {b.gpus} x {b.gpu.name} ({b.nodes} node(s) of {b.gpus_per_node}); plans may use fewer",
+        f"batch: sequences of {r.seq_len} tokens, global batch {result.global_batch} sequences "
+        f"({result.global_batch * r.seq_len:,} tokens) per optimizer step",
+        f"memory: a plan fits when its peak per GPU (nvidia-smi view) stays under {result.usable_gib:.1f} GiB = "
+        f"{b.gpu.memory_gib:.1f} GiB x (1 - safety margin {r.safety_margin:.0%}); offloaded states must fit "
+        "the node's host RAM",
+        f"objective: {r.objective}" + (f"; run of {r.tokens:,.0f} tokens" if r.tokens else ""),
+        f"price: {_fmt_usd(result.price_per_gpu_hour)}/GPU-hour ({_short_source(result)})",
+        f"search space: {result.space.source}" + (f" with pins {r.pins}" if r.pins else ""),
+    ]
+    if r.max_cost is not None:
+        lines.append(f"limit: total cost <= ${r.max_cost:,.0f}")
+    if r.max_hours is not None:
+        lines.append(f"limit: duration <= {r.max_hours:,.1f} hours")
+    return lines
+
+
+def _row(rank: int, pareto: bool, est: Estimate) -> dict:
+    p, m, perf, cost = est.plan, est.memory, est.performance, est.cost
+    return {
+        "rank": rank,
+        "pareto": pareto,
+        "gpus": p.gpus,
+        "nodes": p.nodes,
+        "dp": p.dp,
+        "tp": p.tp,
+        "pp": p.pp,
+        "cp": p.cp,
+        "engine": p.engine,
+        "zero": p.zero,
+        "micro_batch": p.micro_batch,
+        "grad_accum": p.grad_accum,
+        "checkpointing": p.checkpointing,
+        "precision": p.precision,
+        "offload": p.offload,
+        "optimizer": p.optimizer,
+        "loss": p.loss,
+        "flash_attention": p.flash_attention,
+        "compile": p.compile,
+        "peak_gib": round(m.peak_gib, 2),
+        "headroom_gib": round(m.headroom_gib, 2),
+        "tokens_per_s": round(perf.tokens_per_s, 1),
+        "tokens_per_s_per_gpu": round(perf.tokens_per_s_per_gpu, 1),
+        "mfu": round(perf.mfu, 4),
+        "step_time_s": round(perf.step_time_s, 4),
+        "usd_per_hour": None if cost.usd_per_hour is None else round(cost.usd_per_hour, 2),
+        "usd_per_million_tokens": None
+        if cost.usd_per_million_tokens is None
+        else round(cost.usd_per_million_tokens, 4),
+        "hours": None if cost.hours is None else round(cost.hours, 3),
+        "total_usd": None if cost.total_usd is None else round(cost.total_usd, 2),
+    }
+
+
+def rows(result, estimates: dict[int, Estimate]) -> list[dict]:
+    return [
+        _row(rank, bool(result.pareto[rank - 1]), estimates[int(index)])
+        for rank, index in enumerate(result.feasible, start=1)
+    ]
+
+
+def rejected_lines(result, describe) -> list[str]:
+    rej = result.rejections
+    lines = [
+        f"{rej.space_size:,} combinations in the search space; {rej.structurally_valid:,} structurally valid "
+        "(the rest have degrees that do not divide the GPUs, the global batch or the model, or choices the "
+        "engine does not support)"
+    ]
+    if rej.over_memory:
+        line = f"{rej.over_memory:,} exceed {result.usable_gib:.1f} usable GiB per GPU"
+        if rej.nearest_misses:
+            i = rej.nearest_misses[0]
+            excess = result.candidates.peak_gib[i] - result.usable_gib
+            line += f"; smallest excess {excess:.2f} GiB: {describe(i)}"
+        lines.append(line)
+    if rej.over_host_ram:
+        lines.append(f"{rej.over_host_ram:,} offload more than the node's host RAM")
+    if rej.over_limits:
+        lines.append(f"{rej.over_limits:,} fit but break the cost or time limit")
+    lines.append(f"{len(result.feasible):,} plans fit")
+    return lines
+
+
+def describe_candidate(result, index: int) -> str:
+    c = result.candidates
+    cat = dict(
+        zip(("engine", "zero", "offload", "checkpointing", "precision"), c.categories[c.group[index]][:5], strict=True)
+    )
+    return (
+        f"{int(c.gpus[index])} GPUs dp{int(c.dp[index])} tp{int(c.tp[index])} pp{int(c.pp[index])} "
+        f"cp{int(c.cp[index])}, {cat['engine']} ZeRO-{cat['zero']}, micro-batch {int(c.micro_batch[index])}, "
+        f"checkpointing {cat['checkpointing']}, offload {cat['offload']}, {cat['precision']} "
+        f"({c.peak_gib[index]:.1f} GiB)"
+    )
+
+
+def render_terminal(result, table_rows: list[dict], advice: list[str], width: int = 190) -> str:
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None, highlight=False)
+    console.print(f"planner solve: {result.model.name} on {result.budget.text}")
+    for line in assumptions(result):
+        console.print(f"  {line}")
+    if table_rows:
+        shown = table_rows[: result.request.top]
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        headers = [
+            "#",
+            "GPUs",
+            "nodes",
+            "dp",
+            "tp",
+            "pp",
+            "cp",
+            "engine",
+            "ZeRO",
+            "mbs",
+            "GA",
+            "ckpt",
+            "prec",
+            "offload",
+            "peak GiB",
+            "headroom",
+            "tokens/s",
+            "MFU",
+            "step s",
+            "hours",
+            "$",
+            "$/M tok",
+        ]
+        for h in headers:
+            table.add_column(h, justify="left" if h in ("engine", "ckpt", "prec", "offload") else "right")
+        for row in shown:
+            table.add_row(
+                f"{row['rank']}{'*' if row['pareto'] else ''}",
+                str(row["gpus"]),
+                str(row["nodes"]),
+                str(row["dp"]),
+                str(row["tp"]),
+                str(row["pp"]),
+                str(row["cp"]),
+                SHORT[row["engine"]],
+                str(row["zero"]),
+                str(row["micro_batch"]),
+                str(row["grad_accum"]),
+                SHORT[row["checkpointing"]],
+                row["precision"],
+                SHORT.get(row["offload"], row["offload"]),
+                f"{row['peak_gib']:.1f}",
+                f"{row['headroom_gib']:.1f}",
+                f"{row['tokens_per_s']:,.0f}",
+                f"{row['mfu']:.1%}",
+                f"{row['step_time_s']:.2f}",
+                "-" if row["hours"] is None else f"{row['hours']:,.1f}",
+                "-" if row["total_usd"] is None else f"{row['total_usd']:,.0f}",
+                "-" if row["usd_per_million_tokens"] is None else f"{row['usd_per_million_tokens']:.3f}",
+            )
+        console.print()
+        console.print(
+            f"Top {len(shown)} of {len(table_rows):,} plans that fit, by {result.request.objective} "
+            "(* = on the throughput-vs-cost Pareto front; headroom = capacity - peak, GiB):"
+        )
+        console.print(table)
+    console.print("Rejected:")
+    for line in rejected_lines(result, lambda i: describe_candidate(result, i)):
+        console.print(f"  {line}")
+    if not table_rows and result.rejections.nearest_misses:
+        console.print("Nearest misses:")
+        for i in result.rejections.nearest_misses:
+            console.print(f"  {describe_candidate(result, i)}")
+        for line in advice or [
+            "no single change tried (ZeRO-3, full checkpointing, micro-batch 1, offload, "
+            "twice the GPUs) makes the nearest miss fit"
+        ]:
+            console.print(f"  {line}")
+    return out.getvalue()
+
+
+def render_markdown(result, table_rows: list[dict], estimates: dict[int, Estimate]) -> str:
+    lines = [
+        f"# Plan search: {result.model.name} on {result.budget.text}",
+        "",
+        f"planner {__version__}",
+        "",
+        "## Assumptions",
+        "",
+    ]
+    lines += [f"- {line}" for line in assumptions(result)]
+    lines += ["", f"## Ranked plans (top {min(result.request.top, len(table_rows))} of {len(table_rows)})", ""]
+    headers = [
+        "rank",
+        "pareto",
+        "gpus",
+        "nodes",
+        "dp",
+        "tp",
+        "pp",
+        "cp",
+        "engine",
+        "zero",
+        "micro_batch",
+        "grad_accum",
+        "checkpointing",
+        "precision",
+        "offload",
+        "peak_gib",
+        "headroom_gib",
+        "tokens_per_s",
+        "mfu",
+        "step_time_s",
+        "hours",
+        "total_usd",
+        "usd_per_million_tokens",
+    ]
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("|" + "---|" * len(headers))
+    for row in table_rows[: result.request.top]:
+        lines.append("| " + " | ".join("-" if row[h] is None else str(row[h]) for h in headers) + " |")
+    top = list(result.feasible[:3])
+    if top:
+        lines += ["", "## Memory per GPU of the top plans (GiB)", ""]
+        lines.append("| term | " + " | ".join(f"#{r}" for r in range(1, len(top) + 1)) + " |")
+        lines.append("|---|" + "---:|" * len(top))
+        for term in TERMS:
+            values = [estimates[int(i)].memory.breakdown_gib[term] for i in top]
+            if any(values):
+                lines.append(f"| {TERM_LABELS[term]} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+        lines.append(
+            "| **peak (nvidia-smi)** | " + " | ".join(f"{estimates[int(i)].memory.peak_gib:.2f}" for i in top) + " |"
+        )
+        lines.append("| peak phase | " + " | ".join(estimates[int(i)].memory.peak_phase for i in top) + " |")
+    lines += ["", "## Rejected plans", ""]
+    lines += [f"- {line}" for line in rejected_lines(result, lambda i: describe_candidate(result, i))]
+    return "\n".join(lines) + "\n"
+
+
+def solve_json(result, estimates: dict[int, Estimate]) -> dict:
+    r = result.request
+    plans = []
+    for rank, index in enumerate(result.feasible, start=1):
+        est = estimates[int(index)]
+        plans.append(
+            {
+                "rank": rank,
+                "pareto": bool(result.pareto[rank - 1]),
+                "plan": est.plan.to_dict(),
+                "memory": est.memory.to_dict(),
+                "performance": est.performance.to_dict(),
+                "cost": est.cost.to_dict(),
+            }
+        )
+    rej = result.rejections
+    return {
+        "planner_version": __version__,
+        "inputs": {
+            "model": r.model,
+            "budget": r.budget,
+            "seq_len": r.seq_len,
+            "global_batch": result.global_batch,
+            "tokens": r.tokens,
+            "objective": r.objective,
+            "max_cost": r.max_cost,
+            "max_hours": r.max_hours,
+            "top": r.top,
+            "space": result.space.source,
+            "pins": r.pins,
+            "safety_margin": r.safety_margin,
+            "price_per_gpu_hour": result.price_per_gpu_hour,
+            "price_source": result.price_source,
+        },
+        "model": {
+            "name": result.model.name,
+            "resolved_from": result.model.resolved_from,
+            "params": total_params(result.model.architecture),
+        },
+        "gpu": {
+            "name": result.budget.gpu.name,
+            "memory_gib": result.budget.gpu.memory_gib,
+            "usable_gib": round(result.usable_gib, 3),
+            "budget_gpus": result.budget.gpus,
+            "gpus_per_node": result.budget.gpus_per_node,
+        },
+        "assumptions": assumptions(result),
+        "search": {
+            "space_size": rej.space_size,
+            "structurally_valid": rej.structurally_valid,
+            "feasible": len(result.feasible),
+            "solver_status": result.solver.status,
+        },
+        "rejected": {
+            "over_memory": rej.over_memory,
+            "over_host_ram": rej.over_host_ram,
+            "over_limits": rej.over_limits,
+            "nearest_misses": [describe_candidate(result, i) for i in rej.nearest_misses],
+        },
+        "plans": plans,
+    }
+
+
+def render_csv(table_rows: list[dict]) -> str:
+    out = io.StringIO()
+    if table_rows:
+        writer = csv.DictWriter(out, fieldnames=list(table_rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table_rows)
+    return out.getvalue()
+
+
+def report_name(result) -> str:
+    raw = f"{result.model.name}-{result.budget.text}-{result.request.objective}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
+
+
+def write_reports(folder: Path, files: dict[str, str]) -> Path:
+    """Write `files` (name -> text) into `folder` atomically: all of them appear, or none changes."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name, text in files.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        backup = None
+        if folder.exists():
+            backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, backup)
+        os.replace(staging, folder)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def render_all(result, estimates: dict[int, Estimate]) -> tuple[list[dict], dict[str, str]]:
+    """(table rows, report files) of a search result."""
+    table_rows = rows(result, estimates)
+    files = {
+        "report.md": render_markdown(result, table_rows, estimates),
+        # Compact separators keep json on its C encoder: a search can list thousands of plans.
+        "report.json": json.dumps(solve_json(result, estimates), separators=(",", ":")) + "\n",
+        "plans.csv": render_csv(table_rows),
+    }
+    return table_rows, files

@@ -1,0 +1,191 @@
+"""Candidate plans of a search space: every combination whose numbers fit together, evaluated in bulk.
+
+Numeric structure (checked here with numpy, and again as CP-SAT constraints): dp = gpus / (tp pp cp) is a
+whole number, the global batch splits into micro-batch x grad_accum x dp, tp divides the attention and
+key/value heads and stays within a node, pp divides the layers, cp divides the sequence. Which categorical
+choices an engine supports (ZeRO stage, offload, checkpointing, precision, flash attention, compile, and
+whether tp/pp/cp may exceed 1) is asked of `planner.plan.make_plan` itself, so the search and `estimate`
+share one set of rules.
+"""
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.catalog import ModelSpec
+from planner.errors import PlanError
+from planner.memory.runtime import DEFAULT_OVERHEADS
+from planner.plan import PlanRequest, make_plan
+from planner.search.bulk import BulkResult, evaluate_group, group_plan
+from planner.search.space import Budget, SearchSpace
+
+CATEGORIES = (
+    "engine",
+    "zero",
+    "offload",
+    "checkpointing",
+    "precision",
+    "optimizer",
+    "loss",
+    "flash_attention",
+    "compile",
+)
+"""Categorical dimensions, in the order the CP-SAT model and the reports use."""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Structurally valid plans, one row each, with the models' outputs."""
+
+    categories: list[tuple]
+    """One tuple of categorical values per group (order: CATEGORIES)."""
+    group: np.ndarray
+    """Index into `categories` for every candidate."""
+    gpus: np.ndarray
+    tp: np.ndarray
+    pp: np.ndarray
+    cp: np.ndarray
+    dp: np.ndarray
+    micro_batch: np.ndarray
+    grad_accum: np.ndarray
+    peak_gib: np.ndarray
+    allocated_gib: np.ndarray
+    host_ram_gib_per_node: np.ndarray
+    step_time_s: np.ndarray
+    tokens_per_s: np.ndarray
+    tokens_per_s_per_gpu: np.ndarray
+    mfu: np.ndarray
+    allowed: list[tuple]
+    """Categorical values x (tp > 1, pp > 1, cp > 1) combinations the engines support."""
+    results: list[BulkResult]
+    """The models' full outputs per group."""
+    position: np.ndarray
+    """Each candidate's index inside its group's arrays."""
+
+    def __len__(self) -> int:
+        return len(self.gpus)
+
+
+def numeric_grid(model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: int, global_batch: int) -> dict:
+    """Every (gpus, tp, pp, cp, micro_batch) combination with whole dp and grad_accum (numpy arrays)."""
+    arch = model.architecture
+    tps = [
+        t
+        for t in space.tp
+        if arch.num_attention_heads % t == 0 and arch.num_kv_heads % t == 0 and t <= budget.gpus_per_node
+    ]
+    pps = [p for p in space.pp if arch.num_layers % p == 0]
+    cps = [c for c in space.cp if seq_len % c == 0]
+    grid = np.array(list(itertools.product(space.gpus, tps, pps, cps, space.micro_batch)), dtype=np.int64)
+    if grid.size == 0:
+        return {k: np.zeros(0, dtype=np.int64) for k in ("gpus", "tp", "pp", "cp", "micro_batch", "dp", "grad_accum")}
+    gpus, tp, pp, cp, mbs = grid.T
+    model_parallel = tp * pp * cp
+    ok = gpus % model_parallel == 0
+    dp = np.where(ok, gpus // np.maximum(model_parallel, 1), 1)
+    ok &= global_batch % (mbs * dp) == 0
+    ga = np.where(ok, global_batch // (mbs * dp), 1)
+    keep = np.flatnonzero(ok)
+    return {
+        "gpus": gpus[keep],
+        "tp": tp[keep],
+        "pp": pp[keep],
+        "cp": cp[keep],
+        "micro_batch": mbs[keep],
+        "dp": dp[keep],
+        "grad_accum": ga[keep],
+    }
+
+
+def allowed_combinations(model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: int) -> list[tuple]:
+    """Categorical x (tp>1, pp>1, cp>1) combinations `make_plan` accepts, tried on small representative
+    plans (the smallest valid degree above one for each of tp, pp and cp)."""
+    arch = model.architecture
+
+    def smallest_above_one(values, ok):
+        return next((v for v in sorted(values) if v > 1 and ok(v)), None)
+
+    reps = {
+        "tp": smallest_above_one(
+            space.tp,
+            lambda t: arch.num_attention_heads % t == 0 and arch.num_kv_heads % t == 0 and t <= budget.gpus_per_node,
+        ),
+        "pp": smallest_above_one(space.pp, lambda p: arch.num_layers % p == 0),
+        "cp": smallest_above_one(space.cp, lambda c: seq_len % c == 0),
+    }
+    allowed = []
+    for values in itertools.product(*(getattr(space, name) for name in CATEGORIES)):
+        chosen = dict(zip(CATEGORIES, values, strict=True))
+        for flags in itertools.product((False, True), repeat=3):
+            degrees = {}
+            for name, flag in zip(("tp", "pp", "cp"), flags, strict=True):
+                if flag and reps[name] is None:
+                    break
+                degrees[name] = reps[name] if flag else 1
+            else:
+                gpus = degrees["tp"] * degrees["pp"] * degrees["cp"]
+                request = PlanRequest(
+                    model=model.name,
+                    gpu=budget.gpu.name,
+                    gpus=gpus,
+                    gpus_per_node=min(gpus, budget.gpus_per_node),
+                    micro_batch=1,
+                    global_batch=1,
+                    seq_len=seq_len,
+                    **degrees,
+                    **chosen,
+                )
+                try:
+                    make_plan(request, model, budget.gpu)
+                except PlanError:
+                    continue
+                allowed.append((*values, *flags))
+    return allowed
+
+
+def evaluate_candidates(
+    model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: int, global_batch: int, overheads=DEFAULT_OVERHEADS
+) -> Candidates:
+    """Enumerate and evaluate every structurally valid plan of the space."""
+    grid = numeric_grid(model, budget, space, seq_len, global_batch)
+    allowed = allowed_combinations(model, budget, space, seq_len)
+    flags = {name: grid[name] > 1 for name in ("tp", "pp", "cp")}
+    by_category: dict[tuple, list[tuple[bool, bool, bool]]] = {}
+    for row in allowed:
+        by_category.setdefault(row[: len(CATEGORIES)], []).append(row[len(CATEGORIES) :])
+
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in (*grid, "group", "position", *_OUTPUTS)}
+    categories, results = [], []
+    for values, flag_rows in by_category.items():
+        mask = np.zeros(len(grid["gpus"]), dtype=bool)
+        for tp_flag, pp_flag, cp_flag in flag_rows:
+            mask |= (flags["tp"] == tp_flag) & (flags["pp"] == pp_flag) & (flags["cp"] == cp_flag)
+        index = np.flatnonzero(mask)
+        if index.size == 0:
+            continue
+        chosen = dict(zip(CATEGORIES, values, strict=True))
+        numeric = {k: v[index] for k, v in grid.items()}
+        plan = group_plan(
+            {**chosen, "seq_len": seq_len},
+            {
+                **numeric,
+                "gpus_per_node": np.minimum(numeric["gpus"], budget.gpus_per_node),
+                "global_batch": np.full(index.size, global_batch),
+                "sequence_parallel": (numeric["tp"] > 1) & (chosen["engine"] != "deepspeed"),
+            },
+        )
+        result = evaluate_group(model, budget.gpu, plan, overheads)
+        for k, v in numeric.items():
+            columns[k].append(v)
+        columns["group"].append(np.full(index.size, len(categories)))
+        columns["position"].append(np.arange(index.size))
+        for k in _OUTPUTS:
+            columns[k].append(getattr(result, k))
+        categories.append(values)
+        results.append(result)
+    merged = {k: (np.concatenate(v) if v else np.zeros(0, dtype=np.int64)) for k, v in columns.items()}
+    return Candidates(categories=categories, allowed=allowed, results=results, **merged)
+
+
+_OUTPUTS = tuple(f for f in BulkResult.__dataclass_fields__ if f not in ("plan", "memory", "performance"))

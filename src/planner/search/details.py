@@ -1,0 +1,40 @@
+"""Full estimates (memory breakdown, step-time breakdown, cost) of many plans, computed in bulk.
+
+The search evaluates the same functions as `planner estimate` on array-valued plans (one call per group of
+plans that share their categorical choices); each plan's numbers are packed here into the `Estimate`
+objects `estimate` prints, so a plan listed by `solve` and fed to `estimate` reports the same values.
+"""
+
+import numpy as np
+
+from planner.estimate import Estimate
+from planner.memory.model import memory_estimate_at
+from planner.performance.cost import estimate_cost
+from planner.performance.model import performance_estimate_at
+from planner.plan import Plan
+from planner.search.bulk import NUMERIC_FIELDS
+
+
+def _scalar_plan(array_plan: Plan, i: int) -> Plan:
+    values = {name: getattr(array_plan, name) for name in Plan.__dataclass_fields__}
+    for name in NUMERIC_FIELDS:
+        value = np.asarray(values[name])[i]
+        values[name] = bool(value) if name == "sequence_parallel" else int(value)
+    return Plan(**values)
+
+
+def plan_estimates(result, indices: np.ndarray) -> dict[int, Estimate]:
+    """Estimate of every candidate in `indices` (keyed by candidate index), from the search's bulk results."""
+    cands, budget, request = result.candidates, result.budget, result.request
+    gpu, model = budget.gpu, result.model
+    out: dict[int, Estimate] = {}
+    for index in np.asarray(indices, dtype=np.int64):
+        bulk = cands.results[cands.group[index]]
+        position = int(cands.position[index])
+        single = _scalar_plan(bulk.plan, position)
+        performance = performance_estimate_at(bulk.performance, position, gpu)
+        host = np.asarray(bulk.host_ram_gib_per_node)
+        memory = memory_estimate_at(bulk.memory, host, position, gpu, single, request.safety_margin)
+        cost = estimate_cost(gpu, single, performance.tokens_per_s, request.tokens, request.price_per_gpu_hour)
+        out[int(index)] = Estimate(model, gpu, single, memory, performance, cost)
+    return out

@@ -1,0 +1,194 @@
+"""`planner solve`: search a space of plans for a model and a GPU budget, keep those that fit, rank them.
+
+Flow: budget + search space -> candidate plans evaluated in bulk by the memory and performance models
+(planner.search.candidates) -> CP-SAT keeps every plan satisfying the structural, engine, memory and
+limit constraints (planner.search.cpsat) -> ranking with pandas (planner.search.ranking).
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from planner.catalog import ModelSpec, load_model
+from planner.errors import NoFeasiblePlanError, PlanError
+from planner.memory import DEFAULT_SAFETY_MARGIN
+from planner.search.candidates import CATEGORIES, Candidates, evaluate_candidates
+from planner.search.cpsat import SolverStats, feasible_indices
+from planner.search.space import Budget, SearchSpace, load_space, parse_budget
+
+Objective = Literal["throughput", "cost", "time"]
+OBJECTIVES: tuple[str, ...] = ("throughput", "cost", "time")
+DEFAULT_GLOBAL_BATCH_TOKENS = 2**20
+"""When the user gives no global batch: about a million tokens per step (e.g. 256 sequences of 4096)."""
+
+
+@dataclass(frozen=True)
+class SolveRequest:
+    """What `planner solve` was asked. Pins fix a dimension of the search space (None: search it)."""
+
+    model: str
+    budget: str
+    seq_len: int = 4096
+    global_batch: int | None = None
+    """Sequences per optimizer step."""
+    global_batch_tokens: float | None = None
+    """Alternative to global_batch: tokens per step (rounded to whole sequences)."""
+    tokens: float | None = None
+    """Training tokens of the run, for hours and dollars."""
+    objective: str = "throughput"
+    max_cost: float | None = None
+    max_hours: float | None = None
+    top: int = 10
+    space: Path | None = None
+    safety_margin: float = DEFAULT_SAFETY_MARGIN
+    price_per_gpu_hour: float | None = None
+    pins: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rejections:
+    """Why candidate plans were not listed."""
+
+    space_size: int
+    structurally_valid: int
+    over_memory: int
+    over_host_ram: int
+    over_limits: int
+    nearest_misses: list[int]
+    """Candidate indices with the smallest memory excess."""
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    request: SolveRequest
+    model: ModelSpec
+    budget: Budget
+    space: SearchSpace
+    global_batch: int
+    usable_gib: float
+    price_per_gpu_hour: float | None
+    price_source: str
+    candidates: Candidates
+    feasible: np.ndarray
+    """Indices into `candidates` of every plan that satisfies all constraints (ranked order)."""
+    pareto: np.ndarray
+    """Boolean per feasible plan (same order): on the throughput-vs-cost Pareto front."""
+    rejections: Rejections
+    solver: SolverStats
+    search_s: float
+
+
+def _global_batch(request: SolveRequest) -> int:
+    if request.global_batch is not None and request.global_batch_tokens is not None:
+        raise PlanError("give --global-batch or --global-batch-tokens, not both", "drop one of them")
+    if request.global_batch is not None:
+        value = request.global_batch
+    else:
+        tokens = request.global_batch_tokens or DEFAULT_GLOBAL_BATCH_TOKENS
+        value = max(1, round(tokens / request.seq_len))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlanError(f"the global batch must be a positive number of sequences, got {value!r}", "fix it")
+    return value
+
+
+def _check_request(request: SolveRequest) -> None:
+    if request.objective not in OBJECTIVES:
+        raise PlanError(f"--objective must be one of {', '.join(OBJECTIVES)}", "pick one")
+    if not isinstance(request.seq_len, int) or request.seq_len < 1 or request.seq_len > 16 * 1024 * 1024:
+        raise PlanError(f"--seq-len must be a positive whole number, got {request.seq_len!r}", "fix it")
+    if (request.max_cost is not None or request.max_hours is not None) and request.tokens is None:
+        raise PlanError("--max-cost and --max-hours need the run's size", "add --tokens, e.g. --tokens 10B")
+    for name in ("max_cost", "max_hours", "price_per_gpu_hour"):
+        value = getattr(request, name)
+        if value is not None and not value > 0:
+            raise PlanError(f"--{name.replace('_', '-')} must be positive, got {value}", "fix it")
+    if request.top < 1:
+        raise PlanError(f"--top must be at least 1, got {request.top}", "fix it")
+
+
+def _price(budget: Budget, request: SolveRequest) -> tuple[float | None, str]:
+    if request.price_per_gpu_hour is not None:
+        return float(request.price_per_gpu_hour), "--price-per-gpu-hour"
+    price = budget.gpu.price
+    if price.usd_per_gpu_hour is None:
+        return None, f"no price for {budget.gpu.name} in the catalog (pass --price-per-gpu-hour)"
+    return price.usd_per_gpu_hour, f"{price.instance} ({price.source}, {price.date})"
+
+
+def solve(request: SolveRequest) -> SolveResult:
+    """Run the search; raises NoFeasiblePlanError (exit code 3) when nothing fits."""
+    start = time.perf_counter()
+    _check_request(request)
+    model = load_model(request.model)
+    budget = parse_budget(request.budget)
+    space = load_space(request.space, budget).pinned(**request.pins)
+    global_batch = _global_batch(request)
+    cands = evaluate_candidates(model, budget, space, request.seq_len, global_batch)
+    usable = budget.gpu.memory_gib * (1 - request.safety_margin)
+    price, price_source = _price(budget, request)
+
+    fits_gpu = cands.peak_gib <= usable
+    host = budget.gpu.node.host_ram_gib
+    offloading = np.array([cands.categories[g][CATEGORIES.index("offload")] != "none" for g in cands.group], dtype=bool)
+    fits_host = ~offloading | (cands.host_ram_gib_per_node <= host if host is not None else True)
+    fits = fits_gpu & fits_host
+    within = None
+    if request.tokens is not None and (request.max_cost is not None or request.max_hours is not None):
+        hours = request.tokens / cands.tokens_per_s / 3600
+        within = np.ones(len(cands), dtype=bool)
+        if request.max_hours is not None:
+            within &= hours <= request.max_hours
+        if request.max_cost is not None:
+            if price is None:
+                raise PlanError(f"--max-cost needs a price for {budget.gpu.name}", "pass --price-per-gpu-hour")
+            within &= hours * cands.gpus * price <= request.max_cost
+    found, stats = feasible_indices(cands, space, global_batch, budget.gpus, fits, within)
+
+    excess = np.where(fits_gpu, np.inf, cands.peak_gib - usable)
+    misses = [int(i) for i in np.argsort(excess, kind="stable")[:3] if np.isfinite(excess[i])]
+    rejections = Rejections(
+        space_size=space.size(),
+        structurally_valid=len(cands),
+        over_memory=int((~fits_gpu).sum()),
+        over_host_ram=int((fits_gpu & ~fits_host).sum()),
+        over_limits=int((fits & ~within).sum()) if within is not None else 0,
+        nearest_misses=misses,
+    )
+    from planner.search.ranking import rank  # pandas is imported only when there is something to rank
+
+    ordered, pareto = rank(cands, found, request, price)
+    return SolveResult(
+        request,
+        model,
+        budget,
+        space,
+        global_batch,
+        usable,
+        price,
+        price_source,
+        cands,
+        ordered,
+        pareto,
+        rejections,
+        stats,
+        time.perf_counter() - start,
+    )
+
+
+def require_feasible(result: SolveResult, advice: list[str]) -> None:
+    """Raise NoFeasiblePlanError (exit code 3) when the search found nothing, with the best advice."""
+    if len(result.feasible):
+        return
+    if not result.rejections.structurally_valid:
+        raise NoFeasiblePlanError(
+            "no plan of the search space is structurally valid (degrees do not divide the "
+            "GPUs, the global batch or the model)",
+            "widen the search space or change the batch",
+        )
+    raise NoFeasiblePlanError(
+        f"no plan fits {result.budget.gpu.name} memory ({result.usable_gib:.1f} usable GiB)",
+        advice[0] if advice else "add GPUs",
+    )

@@ -1,0 +1,154 @@
+"""The search space (YAML in search_spaces/) and the GPU budget, turned into value lists per dimension."""
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from planner.catalog import GpuSpec, load_gpu
+from planner.catalog._yaml import read_yaml_mapping
+from planner.catalog.paths import data_dirs
+from planner.errors import CatalogError, PlanError
+from planner.plan import CHECKPOINTING, ENGINES, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS
+
+NUMERIC_DIMENSIONS = ("tp", "pp", "cp", "micro_batch")
+CHOICE_DIMENSIONS = {
+    "zero": (0, 1, 2, 3),
+    "checkpointing": CHECKPOINTING,
+    "precision": PRECISIONS,
+    "offload": OFFLOADS,
+    "engine": ENGINES,
+    "optimizer": OPTIMIZERS,
+    "loss": LOSSES,
+    "flash_attention": (True, False),
+    "compile": (True, False),
+}
+GPU_POLICIES = ("powers_of_two", "whole_nodes")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many GPUs of which kind the user can get. The search may use fewer."""
+
+    gpus: int
+    gpu: GpuSpec
+    gpus_per_node: int
+    text: str
+
+    @property
+    def nodes(self) -> int:
+        return -(-self.gpus // self.gpus_per_node)
+
+
+_BUDGET = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?(\d+)\s*[xX*]\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*$")
+
+
+def parse_budget(text: str) -> Budget:
+    """`16xA100` (16 GPUs), `2x8xH100` (2 nodes of 8), `64xH100-80GB`."""
+    match = _BUDGET.match(text or "")
+    if not match:
+        raise PlanError(f"cannot read budget {text!r}", "write GPUsxGPU (16xA100) or NODESxGPUSxGPU (2x8xH100)")
+    nodes, count, name = match.groups()
+    gpu = load_gpu(name)
+    count = int(count)
+    if count < 1 or (nodes is not None and int(nodes) < 1):
+        raise PlanError(f"budget {text!r} has no GPUs", "use a positive count, e.g. 16xA100")
+    if nodes is not None:
+        per_node, total = count, int(nodes) * count
+    else:
+        per_node, total = min(count, gpu.node.gpus_per_node), count
+    if total > 1_000_000:
+        raise PlanError(f"budget {text!r} is beyond what this tool models", "use at most 1,000,000 GPUs")
+    return Budget(gpus=total, gpu=gpu, gpus_per_node=per_node, text=text.strip())
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Values each dimension may take. Every field is a tuple of allowed values."""
+
+    gpus: tuple[int, ...]
+    """GPU counts (at most the budget)."""
+    tp: tuple[int, ...]
+    pp: tuple[int, ...]
+    cp: tuple[int, ...]
+    micro_batch: tuple[int, ...]
+    zero: tuple[int, ...]
+    checkpointing: tuple[str, ...]
+    precision: tuple[str, ...]
+    offload: tuple[str, ...]
+    engine: tuple[str, ...]
+    optimizer: tuple[str, ...]
+    loss: tuple[str, ...]
+    flash_attention: tuple[bool, ...]
+    compile: tuple[bool, ...]
+    source: str = ""
+
+    def pinned(self, **pins: Any) -> "SearchSpace":
+        """A copy with the given dimensions fixed to one value (None leaves a dimension open)."""
+        changes = {k: (v,) for k, v in pins.items() if v is not None}
+        return replace(self, **changes)
+
+    def size(self) -> int:
+        n = 1
+        for name in ("gpus", *NUMERIC_DIMENSIONS, *CHOICE_DIMENSIONS):
+            n *= len(getattr(self, name))
+        return n
+
+
+def gpu_counts(policy: Any, budget: Budget) -> tuple[int, ...]:
+    """GPU counts the search tries, from the space's `gpus` entry and the budget."""
+    if isinstance(policy, list):
+        counts = {int(c) for c in policy if isinstance(c, int) and 0 < c <= budget.gpus}
+    elif policy == "powers_of_two":
+        counts = {2**k for k in range(0, 21) if 2**k <= budget.gpus} | {budget.gpus}
+    elif policy == "whole_nodes":
+        per_node = budget.gpus_per_node
+        counts = {2**k for k in range(0, 21) if 2**k <= min(per_node, budget.gpus)}
+        counts |= set(range(per_node, budget.gpus + 1, per_node)) | {budget.gpus}
+    else:
+        raise CatalogError(
+            f"search space: gpus must be {' or '.join(GPU_POLICIES)} or a list, got {policy!r}",
+            "fix the search space file",
+        )
+    if not counts:
+        raise CatalogError("search space: no GPU count fits the budget", "list counts up to the budget")
+    return tuple(sorted(counts))
+
+
+def _values(data: dict, key: str, path: Path, allowed: tuple | None) -> tuple:
+    raw = data.get(key)
+    if raw is None:
+        raise CatalogError(f"{path}: missing '{key}'", "list its allowed values (see search_spaces/default.yaml)")
+    values = raw if isinstance(raw, list) else [raw]
+    if not values:
+        raise CatalogError(f"{path}: '{key}' lists no values", "give at least one")
+    for value in values:
+        if allowed is not None and value not in allowed:
+            raise CatalogError(f"{path}: '{key}' has {value!r}", f"allowed: {', '.join(map(str, allowed))}")
+        if allowed is None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CatalogError(f"{path}: '{key}' values must be positive integers, got {value!r}", "fix it")
+    return tuple(sorted(set(values), key=str)) if allowed is not None else tuple(sorted(set(values)))
+
+
+def default_space_path() -> Path:
+    for folder in data_dirs("search_spaces"):
+        path = folder / "default.yaml"
+        if path.is_file():
+            return path
+    raise CatalogError("no search_spaces/default.yaml found", "reinstall planner or pass --space FILE")
+
+
+def load_space(path: Path | None, budget: Budget) -> SearchSpace:
+    """Read a search space YAML (default: search_spaces/default.yaml) for `budget`."""
+    source = str(path) if path is not None else "search_spaces/default.yaml"
+    path = path or default_space_path()
+    data = read_yaml_mapping(Path(path))
+    unknown = set(data) - {"gpus", *NUMERIC_DIMENSIONS, *CHOICE_DIMENSIONS}
+    if unknown:
+        raise CatalogError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}", "see search_spaces/default.yaml")
+    return SearchSpace(
+        gpus=gpu_counts(data.get("gpus", "powers_of_two"), budget),
+        **{k: _values(data, k, path, None) for k in NUMERIC_DIMENSIONS},
+        **{k: _values(data, k, path, allowed) for k, allowed in CHOICE_DIMENSIONS.items()},
+        source=source,
+    )
