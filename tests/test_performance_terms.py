@@ -38,6 +38,13 @@ def test_hardware_flops_add_recompute_and_flash_backward():
     assert f.hardware == f.model + f.recompute + f.flash_backward_recompute
 
 
+def test_torch_selective_policy_recomputes_the_dropped_matmuls():
+    # torchtitan's op-level SAC keeps wq, wv, w1, w2 outputs: wk, wo and w3 are redone in backward.
+    model, _, plan = plan_for(model="llama-3-8b", engine="fsdp", zero=3, checkpointing="selective")
+    f = flops_per_token(model.architecture, plan)
+    assert f.recompute == 2 * 32 * (4096 * 1024 + 4096 * 4096 + 4096 * 14336)
+
+
 def test_selective_recompute_is_the_attention_forward_and_sliding_window_caps_span():
     model, _, plan = plan_for(model="mistral-7b", seq_len=8192, engine="megatron", checkpointing="selective")
     f = flops_per_token(model.architecture, plan)

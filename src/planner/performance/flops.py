@@ -9,7 +9,8 @@ causal half), embeddings' lookups free, the LM head counted. Per token:
     hardware = model + recomputation + the flash-attention backward's recomputed scores
 
 with s_attn = min(seq_len, sliding window). Full checkpointing recomputes each block's forward (the LM
-head is not recomputed); selective recomputes the attention core (scores and the weighted sum);
+head is not recomputed); selective recomputes the attention core (scores and the weighted sum) under
+Megatron and the matmuls its op-level policy dropped under the PyTorch engines;
 FlashAttention-2's backward runs five matmuls per tile (the recomputed scores QK^T, then dV, dP, dQ,
 dK) where an eager backward runs four, i.e. half an attention forward more (MosaicML's README rounds
 this to "the attention multiplier would be 5 instead of 4"). See ../shared/notes/throughput-model.md §3.
@@ -58,6 +59,20 @@ def attention_span(arch: Architecture, seq_len: int) -> int:
     return min(seq_len, arch.sliding_window) if arch.sliding_window else seq_len
 
 
+def selective_recompute_flops(arch: Architecture, plan: Plan, forward_attention: float) -> float:
+    """Forward work selective checkpointing redoes in backward, per token, whole model.
+
+    Megatron (core-attention recompute, Korthikanti et al.): the attention scores and weighted sum.
+    PyTorch engines (torchtitan's op-level policy, see planner.memory.activations.selective_saved_bytes):
+    the matmuls whose outputs were not kept and are needed again: wk (k feeds the attention backward), wo
+    (its output is the next norm's input) and, for SwiGLU, w3 (the up projection)."""
+    if plan.engine == "megatron":
+        return forward_attention
+    h, f = arch.hidden_size, arch.ffn_hidden_size
+    recomputed = h * arch.kv_width + arch.q_width * h + (h * f if arch.mlp == "swiglu" else 0)
+    return 2 * arch.num_layers * recomputed
+
+
 def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
     """Training FLOPs per token for the plan's sequence length and checkpointing."""
     layers = arch.num_layers
@@ -67,7 +82,7 @@ def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
     if plan.checkpointing == "full":
         recompute = forward_matmuls + forward_attention
     elif plan.checkpointing == "selective":
-        recompute = forward_attention
+        recompute = selective_recompute_flops(arch, plan, forward_attention)
     else:
         recompute = 0.0
     flash = forward_attention / 2 if plan.flash_attention else 0.0

@@ -127,7 +127,7 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage) -> _St
     attention = (flops.attention + flops.flash_backward_recompute) * share
     block_recompute = flops.recompute * share
     matmul = flops.block_matmuls * share + head + block_recompute
-    if plan.checkpointing == "selective":  # selective recompute is attention work
+    if plan.checkpointing == "selective" and plan.engine == "megatron":  # core-attention recompute
         matmul = matmul - block_recompute
         attention = attention + block_recompute
     forward = (flops.block_matmuls + flops.attention) * share / 3 + head / 3
@@ -198,9 +198,13 @@ def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params):
     """(GPU update time, CPU offload time) of one optimizer step.
 
     The update is memory-bound: it reads and writes the master weights and optimizer states, reads the
-    gradients and writes the low-precision weights. With optimizer offload the update runs on the host
-    (bound by host DRAM bandwidth shared by the node's GPUs) and gradients go down / weights come back
-    over PCIe; with parameter offload the weights also cross PCIe for every forward and backward."""
+    gradients and writes the low-precision weights. With offload the update runs on the host, bound by
+    host DRAM bandwidth shared by the node's GPUs, and PCIe carries (not hidden behind compute):
+    * the gradients, every micro-batch (DeepSpeed ZeRO-Offload accumulates them in host memory; FSDP2's
+      CPUOffloadPolicy copies each reduce-scattered fp32 shard to the host);
+    * the updated weights back once per step when only the optimizer is offloaded;
+    * with parameter offload instead, the weights for every forward and every backward of every
+      micro-batch (DeepSpeed keeps the bf16 partition on the host, FSDP2 the fp32 shard, cast on the GPU)."""
     arch = model.architecture
     terms = {t.name: t for t in state_layout(arch, plan)}
     opt = optimizer_bytes_per_param(arch, plan)
@@ -208,15 +212,19 @@ def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params):
     grad = terms["gradients"].bytes_per_param
     low = compute_param_bytes(plan)
     shard = plan.shard_degree if plan.zero >= 1 else 1
-    touched = (2 * master + 2 * opt + grad + low) * params / shard
+    local = params / shard
+    touched = (2 * master + 2 * opt + grad + low) * local
     if plan.offload == "none":
         return touched / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY), 0.0 * touched
     host_bw = HOST_MEMORY_BANDWIDTH_GBPS_PER_NODE / plan.gpus_per_node * 1e9
     pcie = comm.host_link_bandwidth_gbps(gpu) * 1e9
-    offload = touched / host_bw + 2 * low * params / shard / pcie
+    fsdp = plan.engine == "fsdp"
+    grads_down = plan.grad_accum * (4 if fsdp else low) * local
     if plan.offload == "optimizer+params":
-        offload = offload + plan.grad_accum * 2 * low * params / shard / pcie
-    return 0.0 * touched, offload
+        weights_up = plan.grad_accum * 2 * (4 if fsdp else low) * local
+    else:
+        weights_up = low * local
+    return 0.0 * touched, touched / host_bw + (grads_down + weights_up) / pcie
 
 
 def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, object]:
