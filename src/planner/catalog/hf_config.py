@@ -167,7 +167,6 @@ def model_from_hf_config(path: Path) -> ModelSpec:
         arch = _PARSERS[model_type](cfg, path)
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{path}: malformed config value ({exc})", "check the config.json") from None
-    _check_types(arch, path)
     check_architecture(arch, str(path))
     name = cfg.get("_name_or_path") or path.parent.name or path.stem
     return ModelSpec(
@@ -178,19 +177,3 @@ def model_from_hf_config(path: Path) -> ModelSpec:
         hf_model_type=model_type,
         definition_path=str(path),
     )
-
-
-def _check_types(arch: Architecture, path: Path) -> None:
-    for name in (
-        "num_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "num_kv_heads",
-        "ffn_hidden_size",
-        "vocab_size",
-        "max_position_embeddings",
-        "head_dim",
-    ):
-        value = getattr(arch, name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise CatalogError(f"{path}: '{name}' must be an integer, got {value!r}", "fix the config.json")

@@ -157,8 +157,12 @@ def check_architecture(arch: Architecture, where: str) -> None:
         "ffn_hidden_size",
         "vocab_size",
         "max_position_embeddings",
+        "head_dim",
     ):
-        if getattr(arch, name) <= 0:
+        value = getattr(arch, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CatalogError(f"{where}: '{name}' must be an integer, got {value!r}", "fix the value")
+        if value < 0 or (value == 0 and name != "head_dim"):
             raise CatalogError(f"{where}: '{name}' must be positive", "fix the value")
     if arch.norm not in ("rmsnorm", "layernorm"):
         raise CatalogError(f"{where}: norm must be rmsnorm or layernorm, got {arch.norm!r}", "fix it")

@@ -8,7 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from planner.catalog._yaml import read_yaml_mapping
 from planner.errors import CatalogError, PlannerError
-from planner.plan import PlanRequest
+from planner.plan import PlanRequest, resolve
 
 M = TypeVar("M")
 _META_KEYS = {"source", "notes", "measured"}
@@ -21,6 +21,13 @@ class Case(Generic[M]):
     measured: M
     source: str = ""
     notes: str = ""
+
+    def resolve(self):
+        """(model, gpu, plan) of the case; errors name the case."""
+        try:
+            return resolve(self.request)
+        except PlannerError as exc:
+            raise type(exc)(f"case {self.id}: {exc.problem}", exc.fix) from None
 
     @property
     def source_id(self) -> str:

@@ -18,13 +18,12 @@ with `peak_gib`. A model path in a case is read relative to the cases file.
 """
 
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from planner.errors import CatalogError, PlannerError
+from planner.errors import CatalogError
 from planner.memory import MemoryEstimate, estimate_memory
-from planner.plan import resolve
 from planner.validate.cases import Case, load_cases
 
 Metric = Literal["allocated", "active", "reserved", "nvidia-smi"]
@@ -107,18 +106,10 @@ def load_memory_cases(path: Path) -> list[MemoryCase]:
 
 
 def validate_case(case: MemoryCase) -> CaseResult:
-    try:
-        memory = estimate_memory(*resolve(case.request))
-    except PlannerError as exc:
-        raise type(exc)(f"case {case.id}: {exc.problem}", exc.fix) from None
+    memory = estimate_memory(*case.resolve())
     comparable = memory.allocated_peak_gib if case.measured.metric in ("allocated", "active") else memory.peak_gib
     return CaseResult(case=case, memory=memory, predicted_gib=comparable)
 
 
 def validate_memory(cases: list[MemoryCase]) -> ValidationSummary:
     return ValidationSummary([validate_case(c) for c in cases])
-
-
-def with_request(case: MemoryCase, **changes: Any) -> MemoryCase:
-    """A copy of the case with plan fields changed (for sensitivity checks)."""
-    return replace(case, request=replace(case.request, **changes))

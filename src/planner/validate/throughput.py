@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from planner.errors import CatalogError, PlannerError
+from planner.errors import CatalogError
 from planner.performance import PerformanceEstimate, estimate_performance
-from planner.plan import resolve
 from planner.validate.cases import Case, load_cases
 
 MIN_CASES_FOR_RANKING = 5
@@ -111,11 +110,7 @@ def load_throughput_cases(path: Path) -> list[ThroughputCase]:
 
 
 def validate_throughput_case(case: ThroughputCase) -> ThroughputResult:
-    try:
-        performance = estimate_performance(*resolve(case.request))
-    except PlannerError as exc:
-        raise type(exc)(f"case {case.id}: {exc.problem}", exc.fix) from None
-    return ThroughputResult(case, performance)
+    return ThroughputResult(case, estimate_performance(*case.resolve()))
 
 
 def validate_throughput(cases: list[ThroughputCase]) -> ThroughputSummary:
