@@ -193,7 +193,7 @@ def test_optimizer_bytes_per_param():
     assert optimizer_bytes_per_param(arch, plan) == 8
     assert optimizer_bytes_per_param(arch, plan_for(optimizer="adamw-8bit")[2]) == 2 * (1 + 4 / 256)
     assert optimizer_bytes_per_param(arch, plan_for(optimizer="sgd")[2]) == 4
-    assert optimizer_bytes_per_param(arch, plan_for(precision="pure-bf16")[2]) == 4
+    assert optimizer_bytes_per_param(arch, plan_for(precision="pure-bf16", zero=1)[2]) == 4
 
 
 def test_adafactor_factored_moments_by_hand():

@@ -261,7 +261,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         raise PlanError("DeepSpeed AutoTP has no sequence parallelism", "drop --sequence-parallel")
     sequence_parallel = sequence_parallel and tp > 1
 
-    _check_engine(engine, request.zero, tp, pp, cp, checkpointing, offload)
+    _check_engine(engine, request.zero, tp, pp, cp, checkpointing, offload, precision)
     _check_precision_on_gpu(precision, gpu)
     return Plan(
         gpus=gpus,
@@ -287,7 +287,9 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
     )
 
 
-def _check_engine(engine: str, zero: int, tp: int, pp: int, cp: int, checkpointing: str, offload: str) -> None:
+def _check_engine(
+    engine: str, zero: int, tp: int, pp: int, cp: int, checkpointing: str, offload: str, precision: str
+) -> None:
     """What each engine can run, as of DeepSpeed 0.16, PyTorch 2.5+ (torchtitan) and Megatron-Core 0.9+."""
     if engine == "deepspeed":
         if pp > 1:
@@ -303,6 +305,11 @@ def _check_engine(engine: str, zero: int, tp: int, pp: int, cp: int, checkpointi
             raise PlanError(
                 "Hugging Face models under DeepSpeed checkpoint whole layers only", "use --checkpointing full or none"
             )
+        if precision == "pure-bf16" and zero == 0:
+            raise PlanError(
+                "DeepSpeed keeps bf16 master weights (bf16_master_weights_and_grads) only under ZeRO 1-3",
+                "add --zero 1, 2 or 3, or use --precision bf16",
+            )
     elif engine == "fsdp":
         if zero == 1:
             raise PlanError(
@@ -314,6 +321,11 @@ def _check_engine(engine: str, zero: int, tp: int, pp: int, cp: int, checkpointi
                 "FSDP's CPU offload moves parameters, gradients and the optimizer together",
                 "use --offload optimizer+params with --zero 3",
             )
+    elif engine == "megatron" and precision == "pure-bf16" and zero == 0:
+        raise PlanError(
+            "Megatron keeps bf16 optimizer states only in its precision-aware distributed optimizer",
+            "add --zero 1, or use --precision bf16",
+        )
     elif engine == "megatron" and zero > 1:
         raise PlanError(
             "Megatron-LM's distributed optimizer is ZeRO-1",

@@ -3,11 +3,7 @@
 import csv
 import io
 import json
-import os
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 from rich import box
 from rich.console import Console
@@ -358,27 +354,6 @@ def render_csv(table_rows: list[dict]) -> str:
 def report_name(result) -> str:
     raw = f"{result.model.name}-{result.budget.text}-{result.request.objective}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
-
-
-def write_reports(folder: Path, files: dict[str, str]) -> Path:
-    """Write `files` (name -> text) into `folder` atomically: all of them appear, or none changes."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        for name, text in files.items():
-            (staging / name).write_text(text, encoding="utf-8")
-        backup = None
-        if folder.exists():
-            backup = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, backup)
-        os.replace(staging, folder)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
 
 
 def render_all(result, estimates: dict[int, Estimate]) -> tuple[list[dict], dict[str, str]]:

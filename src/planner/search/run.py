@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 
 from planner.errors import PlannerError
-from planner.report.solve import render_all, render_terminal, report_name, write_reports
+from planner.files import write_folder
+from planner.report.solve import render_all, render_terminal, report_name
 from planner.search.advice import nearest_miss_advice
 from planner.search.details import plan_estimates
 from planner.search.solve import SolveRequest, require_feasible, solve
@@ -12,8 +13,16 @@ from planner.search.solve import SolveRequest, require_feasible, solve
 DEFAULT_REPORTS = Path("reports")
 
 
-def run_solve(request: SolveRequest, out: Path | None, fmt: str) -> tuple[str, PlannerError | None]:
-    """(text for stdout, error to raise after printing it or None)."""
+def run_solve(
+    request: SolveRequest, out: Path | None, fmt: str, emit: str | None = None
+) -> tuple[str, PlannerError | None]:
+    """(text for stdout, error to raise after printing it or None). `emit` names launch targets
+    (`deepspeed,accelerate,...` or `all`) whose configs for the top plan go into the report's `launch-1/`."""
+    from planner.launch.bundle import parse_targets
+    from planner.launch.run import emitted_files, summary_lines
+
+    if emit is not None:
+        parse_targets(emit)  # a typo fails before the search runs
     result = solve(request)
     if not len(result.feasible):
         advice = nearest_miss_advice(result)
@@ -24,9 +33,15 @@ def run_solve(request: SolveRequest, out: Path | None, fmt: str) -> tuple[str, P
             return (json.dumps({"feasible": 0, "advice": advice}, indent=1) + "\n" if fmt == "json" else text), error
     estimates = plan_estimates(result, result.feasible)
     table_rows, files = render_all(result, estimates)
-    folder = write_reports(out or DEFAULT_REPORTS / report_name(result), files)
+    launch = None
+    if emit is not None:
+        launch_files, launch = emitted_files(result, estimates, emit)
+        files.update(launch_files)
+    folder = write_folder(out or DEFAULT_REPORTS / report_name(result), files)
     if fmt == "json":
         return files["report.json"], None
     text = render_terminal(result, table_rows, [])
     text += f"Reports: {folder}/report.md, report.json, plans.csv\n"
+    if launch is not None:
+        text += "\n".join(summary_lines(launch, folder / "launch-1")) + "\n"
     return text, None

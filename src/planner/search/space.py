@@ -84,8 +84,10 @@ class SearchSpace:
     source: str = ""
 
     def pinned(self, **pins: Any) -> "SearchSpace":
-        """A copy with the given dimensions fixed to one value (None leaves a dimension open)."""
-        changes = {k: (v,) for k, v in pins.items() if v is not None}
+        """A copy with the given dimensions fixed to one value, or narrowed to the values of a tuple
+        (None leaves a dimension open). Values outside the space's own list are allowed: a pin is
+        what the user asked for."""
+        changes = {k: tuple(v) if isinstance(v, tuple) else (v,) for k, v in pins.items() if v is not None}
         return replace(self, **changes)
 
     def size(self) -> int:
