@@ -5,12 +5,14 @@ import zipfile
 from hatchling.builders.wheel import WheelBuilder
 
 
-def test_wheel_ships_models_hardware_and_search_spaces(tmp_path):
+def test_wheel_ships_catalogs_search_spaces_and_example_script(tmp_path):
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
     wheel = next(WheelBuilder(str(root)).build(directory=str(tmp_path), versions=["standard"]))
     names = zipfile.ZipFile(wheel).namelist()
     assert "planner/_data/models/llama-2-13b.yaml" in names
     assert "planner/_data/hardware/a100-80gb.yaml" in names
+    assert "planner/_data/search_spaces/default.yaml" in names
+    assert "planner/_data/examples/train.py" in names  # launch folders carry it as train.py
     assert "planner/cli.py" in names
 
 

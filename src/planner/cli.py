@@ -160,6 +160,12 @@ def estimate(
     default=None,
     help="Report folder (default: reports/<model>-<budget>-<objective>).",
 )
+@click.option(
+    "--emit",
+    default=None,
+    help="Also write launch configs for the top plan into the report's launch-1/: "
+    "deepspeed,accelerate,trainer,torchrun,megatron,torchtitan or all.",
+)
 @_FORMAT
 def solve(
     model: str,
@@ -177,6 +183,7 @@ def solve(
     price_per_gpu_hour: float | None,
     compile_: bool | None,
     out: Path | None,
+    emit: str | None,
     fmt: str,
     **pins,
 ) -> None:
@@ -200,10 +207,32 @@ def solve(
         price_per_gpu_hour=price_per_gpu_hour,
         pins=pins,
     )
-    text, error = run_solve(request, out, fmt)
+    text, error = run_solve(request, out, fmt, emit)
     click.echo(text, nl=False)
     if error is not None:
         raise error
+
+
+@main.command()
+@click.argument("plan")
+@click.option("--rank", type=int, default=None, help="Rank of the plan in the report (default 1, or PLAN's #N).")
+@click.option(
+    "--targets",
+    default="all",
+    show_default=True,
+    help="Configs to write: deepspeed,accelerate,trainer,torchrun,megatron,torchtitan or all.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder to write (default: launch-<rank>/ beside the report).",
+)
+def launch(plan: str, rank: int | None, targets: str, out: Path | None) -> None:
+    """Write launch configs for a plan of a solve report: PLAN is reports/<name>/report.json#<rank>."""
+    from planner.launch.run import run_launch
+
+    click.echo(run_launch(plan, rank, targets, out), nl=False)
 
 
 @main.group()

@@ -1,0 +1,258 @@
+"""Reference FSDP2 training script that runs a plan written by `planner launch` (plan.json).
+
+It builds a Llama-style decoder from the architecture in plan.json (random weights, no downloads), lays it
+out as the plan's `fsdp` variant says (FSDP2 `fully_shard` per block for ZeRO-2/3, DDP for ZeRO-0,
+activation checkpointing, mixed precision, CPU offload, torch.compile), and trains on random tokens with
+the plan's micro-batch, gradient accumulation and sequence length. Rank 0 prints loss, step time,
+tokens/s per GPU and peak GPU memory per step, which is what `planner estimate` predicts.
+
+Data-parallel plans only (tp = pp = cp = 1); for tensor, pipeline or context parallelism use the
+torchtitan or Megatron-LM configs of the same folder. Runs on GPUs (NCCL) or, for smoke tests, on CPUs
+(gloo):
+
+    torchrun --nproc-per-node=2 examples/train.py --plan launch/plan.json --variant fsdp --steps 2
+
+Needs only PyTorch >= 2.6 (FSDP2 in torch.distributed.fsdp).
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import time
+from functools import partial
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "pure-bf16": torch.bfloat16}
+_SAVED_OPS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+"""Selective checkpointing keeps matmul and attention outputs and recomputes the cheap pointwise ops
+(torchtitan's op-level policy, which the memory model's `selective` mode describes for FSDP)."""
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def _norm(arch: dict) -> nn.Module:
+    if arch["norm"] == "rmsnorm":
+        return RMSNorm(arch["hidden_size"])
+    return nn.LayerNorm(arch["hidden_size"], bias=arch.get("norm_bias", False))
+
+
+def _rope(x, cos, sin):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Block(nn.Module):
+    def __init__(self, arch: dict):
+        super().__init__()
+        h, a, kv = arch["hidden_size"], arch["num_attention_heads"], arch["num_kv_heads"]
+        self.heads, self.kv_heads = a, kv
+        self.head_dim = arch.get("head_dim") or h // a
+        self.attn_norm, self.mlp_norm = _norm(arch), _norm(arch)
+        qkv_bias = arch.get("qkv_bias", False)
+        self.q = nn.Linear(h, a * self.head_dim, bias=qkv_bias)
+        self.k = nn.Linear(h, kv * self.head_dim, bias=qkv_bias)
+        self.v = nn.Linear(h, kv * self.head_dim, bias=qkv_bias)
+        self.o = nn.Linear(a * self.head_dim, h, bias=arch.get("attn_out_bias", False))
+        f, bias = arch["ffn_hidden_size"], arch.get("mlp_bias", False)
+        self.gated = arch["mlp"] == "swiglu"
+        self.up = nn.Linear(h, f, bias=bias)
+        self.gate = nn.Linear(h, f, bias=bias) if self.gated else None
+        self.down = nn.Linear(f, h, bias=bias)
+        self.rope = arch["position_embedding"] == "rope"
+
+    def forward(self, x, cos, sin):
+        b, s, _ = x.shape
+        y = self.attn_norm(x)
+        q = self.q(y).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope:
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
+        x = x + self.o(attn.transpose(1, 2).reshape(b, s, -1))
+        y = self.mlp_norm(x)
+        hidden = F.silu(self.gate(y)) * self.up(y) if self.gated else F.gelu(self.up(y), approximate="tanh")
+        return x + self.down(hidden)
+
+
+class Decoder(nn.Module):
+    def __init__(self, arch: dict):
+        super().__init__()
+        h, vocab = arch["hidden_size"], arch["vocab_size"]
+        self.embed = nn.Embedding(vocab, h)
+        self.positions = (
+            nn.Embedding(arch["max_position_embeddings"], h) if arch["position_embedding"] == "learned" else None
+        )
+        self.layers = nn.ModuleList(Block(arch) for _ in range(arch["num_layers"]))
+        self.norm = _norm(arch)
+        self.head = None if arch["tied_embeddings"] else nn.Linear(h, vocab, bias=False)
+        self.head_dim = arch.get("head_dim") or h // arch["num_attention_heads"]
+        self.checkpointing = "none"
+
+    def rope_tables(self, seq_len: int, device):
+        inv = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim))
+        angles = torch.outer(torch.arange(seq_len, device=device).float(), inv)
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        if self.positions is not None:
+            x = x + self.positions(torch.arange(tokens.shape[1], device=tokens.device))
+        cos, sin = self.rope_tables(tokens.shape[1], tokens.device)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        for layer in self.layers:
+            x = self._run_block(layer, x, cos, sin)
+        x = self.norm(x)
+        weight = self.embed.weight if self.head is None else self.head.weight
+        return F.linear(x, weight)
+
+    def _run_block(self, layer, x, cos, sin):
+        if self.checkpointing == "full":
+            return checkpoint(layer, x, cos, sin, use_reentrant=False)
+        if self.checkpointing == "selective":
+            context = partial(create_selective_checkpoint_contexts, _selective_policy)
+            return checkpoint(layer, x, cos, sin, use_reentrant=False, context_fn=context)
+        return layer(x, cos, sin)
+
+
+def _selective_policy(ctx, op, *args, **kwargs):
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def load_plan(path: str, variant: str) -> tuple[dict, dict]:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    entry = data["variants"].get(variant)
+    if entry is None or "plan" not in entry:
+        raise SystemExit(f"plan.json has no runnable '{variant}' variant: {entry and entry.get('reason')}")
+    return entry["plan"], data["chosen"]["model"]["architecture"]
+
+
+def build(plan: dict, arch: dict, device: torch.device) -> nn.Module:
+    if plan["tp"] * plan["pp"] * plan["cp"] != 1:
+        raise SystemExit("examples/train.py runs data-parallel plans; use torchtitan or Megatron-LM for tp/pp/cp")
+    if plan["engine"] != "fsdp":
+        raise SystemExit(f"examples/train.py runs the fsdp variant, got engine {plan['engine']}")
+    torch.manual_seed(0)
+    model = Decoder(arch)
+    model.checkpointing = plan["checkpointing"]
+    if plan["precision"] == "pure-bf16":
+        model = model.to(torch.bfloat16)
+    if plan["compile"]:
+        for i, layer in enumerate(model.layers):
+            model.layers[i] = torch.compile(layer)
+    if plan["zero"] == 0:
+        model = model.to(device)
+        if dist.get_world_size() > 1:
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return model
+    mixed = plan["precision"] in ("bf16", "fp16")
+    policy = MixedPrecisionPolicy(param_dtype=DTYPES[plan["precision"]], reduce_dtype=torch.float32) if mixed else None
+    kwargs = {"reshard_after_forward": plan["zero"] == 3}
+    if policy is not None:
+        kwargs["mp_policy"] = policy
+    if plan["offload"] == "optimizer+params":
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    else:
+        model = model.to(device)
+    for layer in model.layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def _autocast(plan: dict, device: torch.device):
+    if plan["zero"] == 0 and plan["precision"] in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=DTYPES[plan["precision"]])
+    return contextlib.nullcontext()
+
+
+def train(plan: dict, arch: dict, steps: int, device: torch.device) -> None:
+    model = build(plan, arch, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    generator = torch.Generator().manual_seed(1234 + rank)
+    mbs, accumulation, seq = plan["micro_batch"], plan["grad_accum"], plan["seq_len"]
+    vocab = arch["vocab_size"]
+    sharded = plan["zero"] in (2, 3)
+    if rank == 0:
+        layout = "DDP" if plan["zero"] == 0 else f"FSDP2 ZeRO-{plan['zero']}"
+        print(
+            f"plan: {layout} on {world} ranks, micro-batch {mbs} x accumulation {accumulation} x seq {seq}, "
+            f"checkpointing {plan['checkpointing']}, {plan['precision']}, offload {plan['offload']}",
+            flush=True,
+        )
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        total = torch.zeros((), device=device)
+        for micro in range(accumulation):
+            last = micro == accumulation - 1
+            if sharded:
+                model.set_requires_gradient_sync(last)
+            sync = contextlib.nullcontext() if sharded or last or world == 1 else model.no_sync()
+            tokens = torch.randint(vocab, (mbs, seq + 1), generator=generator).to(device)
+            with sync, _autocast(plan, device):
+                logits = model(tokens[:, :-1])
+                loss = F.cross_entropy(logits.float().view(-1, vocab), tokens[:, 1:].reshape(-1)) / accumulation
+                loss.backward()
+            total += loss.detach()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dist.all_reduce(total)
+        elapsed = time.perf_counter() - start
+        if rank == 0:
+            peak = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else math.nan
+            tokens_per_gpu = mbs * seq * accumulation / elapsed
+            print(
+                f"step {step} loss {total.item() / world:.4f} time {elapsed:.3f} s "
+                f"tokens/s/GPU {tokens_per_gpu:,.0f} peak_reserved_gib {peak:.2f}",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", required=True, help="plan.json written by planner launch")
+    parser.add_argument("--variant", default="fsdp", help="which variant of plan.json to run (default fsdp)")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps to run")
+    args = parser.parse_args()
+    plan, arch = load_plan(args.plan, args.variant)
+    use_cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    try:
+        train(plan, arch, args.steps, device)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

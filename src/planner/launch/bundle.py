@@ -1,0 +1,258 @@
+"""One launch folder per plan: every requested engine config, its launch script, plan.json and a README.
+
+Which variant of the plan each target runs (planner.launch.variants):
+    deepspeed   -> deepspeed      accelerate -> deepspeed and fsdp-hf    trainer -> the plan's own
+    torchrun    -> fsdp           megatron   -> megatron                 torchtitan -> fsdp
+(`trainer` takes the DeepSpeed variant for DeepSpeed plans and the FSDP one otherwise). A target whose
+variant cannot exist is listed in the README with the reason instead of being written.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+from planner.errors import PlannerError
+from planner.estimate import Estimate
+from planner.launch.accelerate import (
+    accelerate_command,
+    accelerate_deepspeed_config,
+    accelerate_fsdp_config,
+    render_accelerate_yaml,
+)
+from planner.launch.deepspeed import deepspeed_command, deepspeed_config, hostfile_example
+from planner.launch.layout import node_layout
+from planner.launch.megatron import flag_lines, megatron_arguments
+from planner.launch.shell import NODE_COMMENTS, render_script, torchrun_args
+from planner.launch.torchtitan import torchtitan_module
+from planner.launch.trainer import trainer_arguments, trainer_flags
+from planner.launch.variants import SearchContext, Variant, build_variant
+
+TARGETS: tuple[str, ...] = ("deepspeed", "accelerate", "trainer", "torchrun", "megatron", "torchtitan")
+TARGET_TITLES = {
+    "deepspeed": "DeepSpeed launcher",
+    "accelerate": "Accelerate",
+    "trainer": "Hugging Face Trainer",
+    "torchrun": "torchrun + examples/train.py",
+    "megatron": "Megatron-LM",
+    "torchtitan": "torchtitan",
+}
+
+
+@dataclass
+class LaunchFolder:
+    """What `planner launch` writes, before it is written."""
+
+    chosen: Estimate
+    variants: dict[str, Variant]
+    model_ref: str
+    """How `planner estimate --model` names the model (catalog name or file path)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """File name -> text."""
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    """Config label -> the launch script(s) that start it."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Target -> why no config was written."""
+
+
+def target_codes(target: str, chosen: Estimate) -> tuple[str, ...]:
+    """The variant codes a target writes configs for."""
+    if target == "accelerate":
+        return ("deepspeed", "fsdp-hf")
+    if target == "trainer":
+        return ("deepspeed",) if chosen.plan.engine == "deepspeed" else ("fsdp-hf", "deepspeed")
+    return {"deepspeed": ("deepspeed",), "torchrun": ("fsdp",), "megatron": ("megatron",)}.get(target, ("fsdp",))
+
+
+def parse_targets(text: str) -> tuple[str, ...]:
+    """`deepspeed,accelerate` or `all` -> targets in canonical order."""
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    if "all" in names:
+        return TARGETS
+    unknown = sorted(names - set(TARGETS))
+    if unknown or not names:
+        raise PlannerError(
+            f"unknown launch target(s): {', '.join(unknown) or '(none)'}", f"choose from {', '.join(TARGETS)} or all"
+        )
+    return tuple(t for t in TARGETS if t in names)
+
+
+def build_launch_folder(
+    chosen: Estimate, targets: tuple[str, ...], context: SearchContext | None, origin_note: str
+) -> LaunchFolder:
+    """Variants, config files, scripts, plan.json and README for `chosen`."""
+    node_layout(chosen.plan)  # fails early, with a clear message, on a GPU count no launcher can start
+    needed = sorted({code for t in targets for code in target_codes(t, chosen)})
+    variants = {code: build_variant(code, chosen, context) for code in needed}
+    folder = LaunchFolder(chosen, variants, context.model_ref if context is not None else chosen.model.name)
+    for target in targets:
+        _WRITERS[target](folder)
+    from planner.launch.readme import render_plan_json, render_readme
+
+    folder.files["plan.json"] = render_plan_json(folder, origin_note)
+    folder.files["README.md"] = render_readme(folder, targets, origin_note)
+    return folder
+
+
+def _variant(folder: LaunchFolder, target: str, code: str) -> Variant | None:
+    variant = folder.variants[code]
+    if variant.estimate is None:
+        folder.skipped.setdefault(target, f"{code}: {variant.reason}")
+        return None
+    return variant
+
+
+def _json(data) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _write_deepspeed(folder: LaunchFolder) -> None:
+    variant = _variant(folder, "deepspeed", "deepspeed")
+    if variant is None:
+        return
+    plan = variant.plan
+    _ensure_ds_config(folder, variant)
+    if node_layout(plan).nodes > 1:
+        folder.files["hostfile"] = hostfile_example(plan)
+    command = deepspeed_command(plan, "${TRAIN_SCRIPT}", "$HERE/ds_config.json")
+    comments = ["Run once, on the main node: the launcher starts every node over ssh (pdsh) from hostfile."]
+    if node_layout(plan).nodes > 1:
+        comments.append("Edit hostfile first; MASTER_ADDR = the main node's address.")
+    comments.append("TRAIN_SCRIPT: your DeepSpeed training script (it must accept --deepspeed CONFIG).")
+    setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your training script}"']
+    if node_layout(plan).nodes > 1:
+        setup.insert(0, 'cd "$HERE"  # the launcher reads ./hostfile')
+    folder.files["launch_deepspeed.sh"] = render_script(
+        "DeepSpeed launcher, written by planner launch", comments, setup, command
+    )
+    folder.commands["DeepSpeed JSON (ds_config.json)"] = ["launch_deepspeed.sh"]
+
+
+def _ensure_ds_config(folder: LaunchFolder, variant: Variant) -> None:
+    folder.files.setdefault("ds_config.json", _json(deepspeed_config(variant.plan)))
+
+
+def _write_accelerate(folder: LaunchFolder) -> None:
+    chosen_model = folder.chosen.model
+    ds = _variant(folder, "accelerate", "deepspeed")
+    if ds is not None:
+        _ensure_ds_config(folder, ds)
+        config = accelerate_deepspeed_config(ds.plan, "ds_config.json")
+        folder.files["accelerate_deepspeed.yaml"] = render_accelerate_yaml(config, "Accelerate + DeepSpeed")
+        folder.files["launch_accelerate_deepspeed.sh"] = _accelerate_script(ds, "accelerate_deepspeed.yaml")
+        folder.commands["Accelerate + DeepSpeed (accelerate_deepspeed.yaml)"] = ["launch_accelerate_deepspeed.sh"]
+    fsdp = _variant(folder, "accelerate", "fsdp-hf")
+    if fsdp is not None:
+        config = accelerate_fsdp_config(fsdp.plan, chosen_model)
+        folder.files["accelerate_fsdp.yaml"] = render_accelerate_yaml(config, "Accelerate + FSDP2")
+        folder.files["launch_accelerate_fsdp.sh"] = _accelerate_script(fsdp, "accelerate_fsdp.yaml")
+        folder.commands["Accelerate + FSDP2 (accelerate_fsdp.yaml)"] = ["launch_accelerate_fsdp.sh"]
+    if ds is not None or fsdp is not None:
+        folder.skipped.pop("accelerate", None)
+
+
+def _accelerate_script(variant: Variant, config_name: str) -> str:
+    command = accelerate_command(variant.plan, f"$HERE/{config_name}")
+    comments = ["TRAIN_SCRIPT: your Accelerate training script; its batch and accumulation must match the plan."]
+    if node_layout(variant.plan).nodes > 1:
+        comments = NODE_COMMENTS + comments
+    setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your training script}"']
+    return render_script(f"accelerate launch ({config_name}), written by planner launch", comments, setup, command)
+
+
+def _write_trainer(folder: LaunchFolder) -> None:
+    for code in target_codes("trainer", folder.chosen):
+        variant = _variant(folder, "trainer", code)
+        if variant is not None:
+            folder.skipped.pop("trainer", None)
+            break
+    else:
+        return
+    model = folder.chosen.model
+    args = trainer_arguments(variant.plan, model, "ds_config_trainer.json")
+    if variant.plan.engine == "deepspeed":
+        folder.files["ds_config_trainer.json"] = _json(deepspeed_config(variant.plan, hf_auto=True))
+    else:
+        folder.files["trainer_fsdp_config.json"] = _json(args["fsdp_config"])
+    folder.files["trainer_args.json"] = _json(args)
+    flags = trainer_flags(args, "trainer_fsdp_config.json")
+    command = [*torchrun_args(variant.plan), "${TRAIN_SCRIPT}", *flags]
+    comments = [
+        *NODE_COMMENTS,
+        "TRAIN_SCRIPT: a script that parses TrainingArguments with HfArgumentParser, e.g. transformers'",
+        "examples/pytorch/language-modeling/run_clm.py; add its model and data flags after this script's name.",
+    ]
+    setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your Trainer script}"', 'cd "$HERE"']
+    script = render_script("Hugging Face Trainer via torchrun, written by planner launch", comments, setup, command)
+    folder.files["launch_trainer.sh"] = script
+    folder.commands["HF Trainer (trainer_args.json)"] = ["launch_trainer.sh"]
+
+
+def _write_torchrun(folder: LaunchFolder) -> None:
+    variant = _variant(folder, "torchrun", "fsdp")
+    if variant is None:
+        return
+    command = [*torchrun_args(variant.plan), "${TRAIN_SCRIPT}", "--plan", "$HERE/plan.json", "--variant", "fsdp"]
+    comments = [
+        *NODE_COMMENTS,
+        "TRAIN_SCRIPT defaults to planner's examples/train.py (FSDP2 on a Llama-style model built from",
+        "plan.json); any script that reads plan.json the same way can replace it.",
+    ]
+    setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:-$HERE/train.py}"']
+    folder.files["launch_torchrun.sh"] = render_script("torchrun, written by planner launch", comments, setup, command)
+    from planner.launch.example import example_train_script
+
+    folder.files["train.py"] = example_train_script()
+    folder.commands["torchrun + FSDP2 (train.py reading plan.json)"] = ["launch_torchrun.sh"]
+
+
+def _write_megatron(folder: LaunchFolder) -> None:
+    variant = _variant(folder, "megatron", "megatron")
+    if variant is None:
+        return
+    try:
+        args = megatron_arguments(folder.chosen.model, variant.plan)
+    except PlannerError as error:
+        folder.skipped["megatron"] = error.message
+        return
+    folder.files["megatron_args.txt"] = "\n".join(flag_lines(args)) + "\n"
+    command = [*torchrun_args(variant.plan), "${MEGATRON_LM}/pretrain_gpt.py", *args]
+    comments = [
+        *NODE_COMMENTS,
+        "MEGATRON_LM: a Megatron-LM checkout. Add data, tokenizer, learning-rate and checkpoint flags",
+        "after this script's name, e.g. --data-path ... --tokenizer-type HuggingFaceTokenizer --tokenizer-model ...",
+    ]
+    setup = ['MEGATRON_LM="${MEGATRON_LM:?set MEGATRON_LM to your Megatron-LM checkout}"']
+    setup.append("export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron's requirement for TP/SP communication overlap")
+    folder.files["launch_megatron.sh"] = render_script(
+        "Megatron-LM, written by planner launch", comments, setup, command
+    )
+    folder.commands["Megatron-LM (megatron_args.txt)"] = ["launch_megatron.sh"]
+
+
+def _write_torchtitan(folder: LaunchFolder) -> None:
+    variant = _variant(folder, "torchtitan", "fsdp")
+    if variant is None:
+        return
+    try:
+        source = torchtitan_module(folder.chosen.model, variant.plan)
+    except PlannerError as error:
+        folder.skipped["torchtitan"] = error.message
+        return
+    folder.files["torchtitan_plan.py"] = source
+    command = [*torchrun_args(variant.plan), "-m", "torchtitan.train", "--module", "torchtitan_plan"]
+    command += ["--config", "planner_plan"]
+    comments = [*NODE_COMMENTS, "Needs torchtitan 0.3 (pip install torchtitan==0.3.0) and this folder on PYTHONPATH."]
+    setup = ['export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"']
+    folder.files["launch_torchtitan.sh"] = render_script(
+        "torchtitan, written by planner launch", comments, setup, command
+    )
+    folder.commands["torchtitan (torchtitan_plan.py)"] = ["launch_torchtitan.sh"]
+
+
+_WRITERS = {
+    "deepspeed": _write_deepspeed,
+    "accelerate": _write_accelerate,
+    "trainer": _write_trainer,
+    "torchrun": _write_torchrun,
+    "megatron": _write_megatron,
+    "torchtitan": _write_torchtitan,
+}

@@ -1,0 +1,130 @@
+"""Megatron-LM `pretrain_gpt.py` arguments for a plan (Megatron-LM core_r0.9 and later, main of 2026-08).
+
+The model flags describe the architecture the prediction was made for; the parallel, batch, recompute
+and precision flags are the plan. Megatron's rules (launch-configs.md B.6) are checked by the plan
+itself: tp x pp x cp divides the GPUs, tp divides the heads, sequence parallelism only with tp > 1, full
+recompute with a method and a layer count, distributed optimizer for ZeRO-1 and optimizer offload.
+`--overlap-grad-reduce` and `--overlap-param-gather` are on because the performance model hides the
+data-parallel traffic the way they do.
+"""
+
+from planner.catalog import ModelSpec
+from planner.errors import PlannerError
+from planner.memory.stages import layers_on_stage
+from planner.plan import Plan
+
+FP8_FORMAT = "hybrid"
+"""E4M3 forward, E5M2 gradients: TransformerEngine's recipe for training."""
+CLIP_GRAD = 1.0
+
+
+def flag_lines(args: list[str]) -> list[str]:
+    """One flag with its values per line (the layout of megatron_args.txt)."""
+    lines: list[str] = []
+    for arg in args:
+        if arg.startswith("--") or not lines:
+            lines.append(arg)
+        else:
+            lines[-1] += f" {arg}"
+    return lines
+
+
+def megatron_arguments(model: ModelSpec, plan: Plan) -> list[str]:
+    """Flags for `torchrun ... pretrain_gpt.py`, model first, then the plan. Data, tokenizer, learning rate
+    and checkpoint paths are the user's and are left out."""
+    if plan.engine != "megatron":
+        raise PlannerError(f"Megatron arguments need a megatron plan, got {plan.engine}", "use the megatron variant")
+    return _model_flags(model, plan) + _parallel_flags(model, plan) + _memory_flags(plan) + _precision_flags(plan)
+
+
+def _model_flags(model: ModelSpec, plan: Plan) -> list[str]:
+    arch = model.architecture
+    flags = ["--use-mcore-models", "--transformer-impl", "transformer_engine"]
+    flags += ["--num-layers", str(arch.num_layers), "--hidden-size", str(arch.hidden_size)]
+    flags += ["--ffn-hidden-size", str(arch.ffn_hidden_size), "--num-attention-heads", str(arch.num_attention_heads)]
+    if arch.num_kv_heads != arch.num_attention_heads:
+        flags += ["--group-query-attention", "--num-query-groups", str(arch.num_kv_heads)]
+    if arch.head_dim and arch.head_dim * arch.num_attention_heads != arch.hidden_size:
+        flags += ["--kv-channels", str(arch.head_dim)]
+    flags += ["--seq-length", str(plan.seq_len)]
+    flags += ["--max-position-embeddings", str(max(plan.seq_len, arch.max_position_embeddings))]
+    flags += ["--position-embedding-type", {"rope": "rope", "learned": "learned_absolute"}[_position(model)]]
+    flags += ["--normalization", "RMSNorm" if arch.norm == "rmsnorm" else "LayerNorm"]
+    if arch.mlp == "swiglu":
+        flags.append("--swiglu")
+    if not (arch.mlp_bias or arch.attn_out_bias):
+        flags.append("--disable-bias-linear")
+    if arch.qkv_bias and not (arch.mlp_bias or arch.attn_out_bias):
+        flags.append("--add-qkv-bias")
+    if not arch.tied_embeddings:
+        flags.append("--untie-embeddings-and-output-weights")
+    flags += ["--hidden-dropout", _number(arch.hidden_dropout), "--attention-dropout", _number(arch.attention_dropout)]
+    return flags
+
+
+def _position(model: ModelSpec) -> str:
+    kind = model.architecture.position_embedding
+    if kind not in ("rope", "learned"):
+        raise PlannerError(f"Megatron-LM has no {kind} position embedding", "use a rope or learned-position model")
+    return kind
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _parallel_flags(model: ModelSpec, plan: Plan) -> list[str]:
+    flags = ["--tensor-model-parallel-size", str(plan.tp), "--pipeline-model-parallel-size", str(plan.pp)]
+    flags += ["--context-parallel-size", str(plan.cp)]
+    if plan.sequence_parallel:
+        flags.append("--sequence-parallel")
+    layout = pipeline_layout(model.architecture.num_layers, plan.pp)
+    if layout is not None:
+        flags += ["--pipeline-model-parallel-layout", layout]
+    flags += ["--micro-batch-size", str(plan.micro_batch), "--global-batch-size", str(plan.global_batch)]
+    if plan.zero == 1:
+        flags += ["--use-distributed-optimizer", "--overlap-param-gather"]
+    flags.append("--overlap-grad-reduce")
+    return flags
+
+
+def pipeline_layout(num_layers: int, pp: int) -> str | None:
+    """`--pipeline-model-parallel-layout` when pp does not divide the layers: the earliest stages take one
+    block more, the split the memory model assumes (planner.memory.stages). E = embedding, t = block,
+    L = loss, | = next stage. None when the split is even (Megatron's default is then the same)."""
+    if num_layers % pp == 0:
+        return None
+    stages = [f"t*{layers_on_stage(num_layers, pp, stage)}" for stage in range(pp)]
+    return "E" + "|".join(stages) + "L"
+
+
+def _memory_flags(plan: Plan) -> list[str]:
+    flags: list[str] = []
+    if plan.checkpointing == "selective":
+        flags += ["--recompute-granularity", "selective"]
+    elif plan.checkpointing == "full":
+        # Every block keeps only its input and recomputes in backward (uniform, one block per group).
+        flags += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
+    if plan.offload == "optimizer":
+        # The hybrid CPU optimizer runs on the precision-aware optimizer's code path (validate_args asserts it).
+        flags += ["--optimizer-cpu-offload", "--optimizer-offload-fraction", "1.0", "--use-precision-aware-optimizer"]
+    if not plan.flash_attention:
+        flags += ["--attention-backend", "unfused"]
+    if plan.loss == "fused":
+        flags += ["--cross-entropy-loss-fusion"]
+    return flags
+
+
+def _precision_flags(plan: Plan) -> list[str]:
+    flags = {"bf16": ["--bf16"], "fp16": ["--fp16"], "fp8": ["--bf16", "--fp8-format", FP8_FORMAT], "fp32": []}
+    # bf16 gradients and Adam states, no fp32 copy (precision-aware distributed optimizer, Megatron-Core >= 0.11).
+    flags["pure-bf16"] = ["--bf16", "--main-grads-dtype", "bf16"]
+    if plan.offload != "optimizer":
+        flags["pure-bf16"].append("--use-precision-aware-optimizer")
+    flags["pure-bf16"] += ["--main-params-dtype", "bf16", "--exp-avg-dtype", "bf16", "--exp-avg-sq-dtype", "bf16"]
+    if plan.precision not in flags:
+        raise PlannerError(f"Megatron-LM has no {plan.precision} mode here", "use --precision bf16")
+    optimizer = {"adamw": "adam", "sgd": "sgd"}.get(plan.optimizer)
+    if optimizer is None:
+        raise PlannerError(f"Megatron-LM has no {plan.optimizer} optimizer", "use --optimizer adamw or sgd")
+    return flags[plan.precision] + ["--optimizer", optimizer, "--clip-grad", _number(CLIP_GRAD)]

@@ -1,0 +1,81 @@
+"""Hugging Face `TrainingArguments` for a plan (transformers 4.4x - 5.x), as an args file and as flags.
+
+DeepSpeed runs from a copy of the plan's JSON whose batch, clipping and precision fields are `"auto"`:
+the Trainer fills them from these arguments, and offline it sees a world size of 1, so concrete global
+values would be rejected (launch-configs.md B.3). FSDP2 takes `fsdp=True` with an `fsdp_config`; with
+FSDP, checkpointing goes through `fsdp_config.activation_checkpointing`, which avoids the extra
+all-gather the Trainer's own `gradient_checkpointing` causes.
+"""
+
+import json
+from typing import Any
+
+from planner.catalog import ModelSpec
+from planner.errors import PlannerError
+from planner.launch.layout import HF_DECODER_LAYER
+from planner.plan import Plan
+
+OPTIM = {"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit", "sgd": "sgd", "adafactor": "adafactor"}
+"""`optim` names of the Trainer per plan optimizer."""
+MAX_GRAD_NORM = 1.0
+
+
+def trainer_arguments(plan: Plan, model: ModelSpec, ds_config_path: str = "ds_config_trainer.json") -> dict[str, Any]:
+    """TrainingArguments fields of the plan (the data, learning rate and output settings stay yours)."""
+    if plan.engine not in ("deepspeed", "fsdp") or plan.tp * plan.pp * plan.cp > 1:
+        raise PlannerError(
+            f"the Trainer runs data-parallel DeepSpeed or FSDP plans, got {plan.engine} tp{plan.tp} pp{plan.pp}",
+            "use the deepspeed or fsdp-hf variant",
+        )
+    if plan.checkpointing == "selective":
+        raise PlannerError("Hugging Face models checkpoint whole layers only", "use the fsdp-hf variant")
+    args: dict[str, Any] = {
+        "output_dir": "output",
+        "per_device_train_batch_size": plan.micro_batch,
+        "gradient_accumulation_steps": plan.grad_accum,
+        "bf16": plan.precision == "bf16",
+        "fp16": plan.precision == "fp16",
+        "optim": OPTIM[plan.optimizer],
+        "max_grad_norm": MAX_GRAD_NORM,
+        "torch_compile": plan.compile,
+    }
+    if plan.engine == "deepspeed":
+        args["gradient_checkpointing"] = plan.checkpointing == "full"
+        if plan.checkpointing == "full":
+            args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        args["deepspeed"] = ds_config_path
+        return args
+    if plan.zero not in (2, 3):
+        raise PlannerError("the Trainer's FSDP runs ZeRO 2 or 3 (reshard after forward or not)", "use ZeRO 2 or 3")
+    fsdp_config: dict[str, Any] = {
+        "version": 2,
+        "reshard_after_forward": plan.zero == 3,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    }
+    layer_class = HF_DECODER_LAYER.get(model.hf_model_type or "")
+    if layer_class:
+        fsdp_config["transformer_layer_cls_to_wrap"] = [layer_class]
+    fsdp_config.update(
+        cpu_offload=plan.offload == "optimizer+params",
+        activation_checkpointing=plan.checkpointing == "full",
+        state_dict_type="SHARDED_STATE_DICT",
+        cpu_ram_efficient_loading=True,
+    )
+    args.update(gradient_checkpointing=False, fsdp=True, fsdp_config=fsdp_config)
+    return args
+
+
+def trainer_flags(args: dict[str, Any], fsdp_config_path: str = "trainer_fsdp_config.json") -> list[str]:
+    """The same arguments as command-line flags of a script that parses TrainingArguments with
+    HfArgumentParser (e.g. transformers' examples/pytorch/language-modeling/run_clm.py)."""
+    flags: list[str] = []
+    for name, value in args.items():
+        if name == "fsdp":
+            flags.append("--fsdp")  # bare flag = True; a value would take the deprecated string path
+        elif name == "fsdp_config":
+            flags += ["--fsdp_config", fsdp_config_path]
+        elif isinstance(value, dict):
+            flags += [f"--{name}", json.dumps(value)]
+        else:
+            flags += [f"--{name}", str(value)]
+    return flags

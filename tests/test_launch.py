@@ -1,0 +1,375 @@
+"""Launch-config writers: exact contents per engine, the variant rules, the folder, and the CLI.
+
+These run without any engine installed; tests/engines/ feeds the same files to the engines' own validators.
+"""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from tests.launch_plans import HAND_PLANS, hand_estimate, top_folder
+
+from planner.cli import main
+from planner.errors import PlannerError
+from planner.launch import parse_targets
+from planner.launch.accelerate import accelerate_deepspeed_config, accelerate_fsdp_config
+from planner.launch.deepspeed import deepspeed_command, deepspeed_config
+from planner.launch.megatron import megatron_arguments, pipeline_layout
+from planner.launch.shell import expand_defaults, torchrun_args
+from planner.launch.torchtitan import parallel_degrees, torchtitan_module, training_fields
+from planner.launch.trainer import trainer_arguments, trainer_flags
+from planner.launch.variants import build_variant
+
+MEGATRON_FLAGS = {
+    line.strip()
+    for line in (Path(__file__).parent / "data" / "megatron_lm_flags.txt").read_text().splitlines()
+    if line.startswith("--")
+}
+
+
+def plan(name):
+    return hand_estimate(name).plan
+
+
+# ---- DeepSpeed ---------------------------------------------------------------------------------------
+
+
+def test_deepspeed_zero1_offload_fp16_exact():
+    assert deepspeed_config(plan("ds-zero1-offload-fp16")) == {
+        "train_batch_size": 64,
+        "train_micro_batch_size_per_gpu": 4,
+        "gradient_accumulation_steps": 2,  # 64 = 4 x 2 x 8
+        "gradient_clipping": 1.0,
+        "fp16": {"enabled": True, "loss_scale": 0},
+        "zero_optimization": {
+            "stage": 1,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 500_000_000,
+            "reduce_scatter": True,
+            "allgather_bucket_size": 500_000_000,
+            "offload_optimizer": {"device": "cpu", "pin_memory": True},
+        },
+        "optimizer": {"type": "AdamW", "params": {}},
+        "steps_per_print": 10,
+        "wall_clock_breakdown": False,
+    }
+
+
+def test_deepspeed_zero3_writes_stage3_keys_and_param_offload_only_there():
+    zero = deepspeed_config(plan("ds-zero3-offload-all-pure-bf16"))["zero_optimization"]
+    assert zero["stage"] == 3 and zero["overlap_comm"] is True
+    assert zero["stage3_max_live_parameters"] == 1_000_000_000
+    assert zero["offload_param"] == {"device": "cpu", "pin_memory": True}
+    assert "allgather_bucket_size" not in zero
+    for name in ("ds-zero1-offload-fp16", "ds-zero2-autotp", "ds-zero0"):
+        block = deepspeed_config(plan(name))["zero_optimization"]
+        assert "offload_param" not in block and not any(k.startswith("stage3_") for k in block)
+
+
+def test_deepspeed_pure_bf16_and_autotp_blocks():
+    pure = deepspeed_config(plan("ds-zero3-offload-all-pure-bf16"))
+    assert pure["bf16"] == {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
+    autotp = deepspeed_config(plan("ds-zero2-autotp"))
+    assert autotp["tensor_parallel"] == {"autotp_size": 2}
+    # the batch rule counts data-parallel ranks only: 32 = 2 x 4 x (8 / tp 2)
+    assert (autotp["train_batch_size"], autotp["train_micro_batch_size_per_gpu"]) == (32, 2)
+    assert autotp["gradient_accumulation_steps"] == 4
+    assert deepspeed_config(plan("ds-zero0"))["zero_optimization"] == {"stage": 0}
+
+
+def test_deepspeed_hf_copy_leaves_batch_to_the_trainer():
+    auto = deepspeed_config(plan("ds-zero1-offload-fp16"), hf_auto=True)
+    assert [auto[k] for k in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")] == [
+        "auto"
+    ] * 3
+    assert auto["fp16"]["enabled"] == "auto"
+    assert auto["optimizer"] == {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}}
+
+
+def test_deepspeed_launcher_command_two_nodes():
+    command = deepspeed_command(plan("ds-zero3-offload-all-pure-bf16"), "train.py", "ds.json")
+    assert command == [
+        "deepspeed",
+        "--hostfile",
+        "hostfile",
+        "--num_nodes",
+        "2",
+        "--master_addr",
+        "${MASTER_ADDR}",
+        "--master_port",
+        "${MASTER_PORT:-29500}",
+        "--num_gpus",
+        "8",
+        "train.py",
+        "--deepspeed",
+        "ds.json",
+    ]
+
+
+# ---- Accelerate, Trainer, torchrun ---------------------------------------------------------------------
+
+
+def test_accelerate_fsdp2_keys():
+    est = hand_estimate("fsdp-zero2-compile")
+    config = accelerate_fsdp_config(est.plan, est.model)
+    assert config["distributed_type"] == "FSDP" and config["mixed_precision"] == "bf16"
+    assert (config["num_machines"], config["num_processes"]) == (1, 8)
+    assert config["fsdp_config"] == {
+        "fsdp_version": 2,
+        "fsdp_reshard_after_forward": False,  # ZeRO-2 keeps parameters gathered until backward
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        "fsdp_offload_params": False,
+        "fsdp_activation_checkpointing": True,
+        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        "fsdp_cpu_ram_efficient_loading": True,
+    }
+
+
+def test_accelerate_deepspeed_holds_only_the_file_and_launcher():
+    config = accelerate_deepspeed_config(plan("ds-zero3-offload-all-pure-bf16"))
+    assert config["deepspeed_config"] == {
+        "deepspeed_config_file": "ds_config.json",
+        "zero3_init_flag": True,
+        "deepspeed_multinode_launcher": "standard",
+    }
+    assert "mixed_precision" not in config  # Accelerate refuses it next to a config file
+    assert (config["num_machines"], config["num_processes"], config["main_process_port"]) == (2, 16, 29500)
+
+
+def test_trainer_arguments_deepspeed_and_fsdp():
+    est = hand_estimate("ds-zero1-offload-fp16")
+    args = trainer_arguments(est.plan, est.model)
+    assert args["per_device_train_batch_size"] == 4 and args["gradient_accumulation_steps"] == 2
+    assert (args["fp16"], args["bf16"], args["gradient_checkpointing"]) == (True, False, True)
+    assert args["deepspeed"] == "ds_config_trainer.json" and "fsdp" not in args
+    fsdp = hand_estimate("fsdp-offload-llama2")
+    args = trainer_arguments(fsdp.plan, fsdp.model)
+    assert args["fsdp"] is True and args["gradient_checkpointing"] is False
+    assert args["fsdp_config"]["reshard_after_forward"] is True and args["fsdp_config"]["cpu_offload"] is True
+    flags = trainer_flags(args)
+    assert flags[flags.index("--fsdp") + 1] == "--fsdp_config"  # bare flag: a value would be the legacy string
+    assert flags[flags.index("--fsdp_config") + 1] == "trainer_fsdp_config.json"
+
+
+def test_trainer_refuses_what_hf_models_cannot_run():
+    tp_pp = hand_estimate("fsdp-tp-pp-fp8")
+    with pytest.raises(PlannerError):
+        trainer_arguments(tp_pp.plan, tp_pp.model)
+
+
+def test_torchrun_arguments_and_placeholders():
+    args = torchrun_args(plan("megatron-tp-pp"))
+    assert args == [
+        "torchrun",
+        "--nnodes=8",
+        "--nproc-per-node=8",
+        "--node-rank=${NODE_RANK:-0}",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=${MASTER_ADDR:-localhost}:${MASTER_PORT:-29500}",
+        "--rdzv-id=${JOB_ID:-planner}",
+    ]
+    assert expand_defaults(args[3:6], {"NODE_RANK": "3"}) == [
+        "--node-rank=3",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=localhost:29500",
+    ]
+
+
+# ---- Megatron and torchtitan ---------------------------------------------------------------------------
+
+
+def test_megatron_arguments_tp_pp_selective():
+    est = hand_estimate("megatron-tp-pp")
+    args = megatron_arguments(est.model, est.plan)
+    assert " ".join(args) == (
+        "--use-mcore-models --transformer-impl transformer_engine --num-layers 80 --hidden-size 8192 "
+        "--ffn-hidden-size 28672 --num-attention-heads 64 --group-query-attention --num-query-groups 8 "
+        "--seq-length 2048 --max-position-embeddings 4096 --position-embedding-type rope --normalization RMSNorm "
+        "--swiglu --disable-bias-linear --untie-embeddings-and-output-weights --hidden-dropout 0 "
+        "--attention-dropout 0 --tensor-model-parallel-size 4 --pipeline-model-parallel-size 4 "
+        "--context-parallel-size 1 --sequence-parallel --micro-batch-size 1 --global-batch-size 128 "
+        "--use-distributed-optimizer --overlap-param-gather --overlap-grad-reduce --recompute-granularity "
+        "selective --bf16 --optimizer adam --clip-grad 1"
+    )
+
+
+def test_megatron_full_recompute_offload_and_uneven_pipeline():
+    est = hand_estimate("megatron-cp-full")
+    args = megatron_arguments(est.model, est.plan)
+    text = " ".join(args)
+    assert "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1" in text
+    assert "--optimizer-cpu-offload --optimizer-offload-fraction 1.0 --use-precision-aware-optimizer" in text
+    assert "--context-parallel-size 2" in text
+    # 40 layers on 3 stages: 14, 13, 13, the earliest stage taking the extra block as the memory model assumes
+    assert pipeline_layout(40, 3) == "Et*14|t*13|t*13L"
+    assert pipeline_layout(32, 4) is None
+    uneven = hand_estimate("megatron-uneven-pp")
+    assert "--pipeline-model-parallel-layout Et*14|t*13|t*13L" in " ".join(
+        megatron_arguments(uneven.model, uneven.plan)
+    )
+
+
+@pytest.mark.parametrize("name", [n for n in HAND_PLANS if n.startswith("megatron")])
+def test_megatron_flags_exist_in_megatron_lm(name):
+    est = hand_estimate(name)
+    flags = {a for a in megatron_arguments(est.model, est.plan) if a.startswith("--")}
+    assert flags <= MEGATRON_FLAGS, flags - MEGATRON_FLAGS
+
+
+def test_torchtitan_degrees_and_batch():
+    tp_pp = plan("fsdp-tp-pp-fp8")
+    assert parallel_degrees(tp_pp) == {
+        "data_parallel_replicate_degree": 1,
+        "data_parallel_shard_degree": 4,  # 32 / (tp 4 x pp 2)
+        "tensor_parallel_degree": 4,
+        "pipeline_parallel_degree": 2,
+        "context_parallel_degree": 1,
+    }
+    # With pipelining the local batch holds all pipeline micro-batches: 64 / 4 = 16 sequences of micro-batch 1.
+    assert training_fields(tp_pp)["local_batch_size"] == 16
+    ddp = plan("fsdp-ddp")
+    assert parallel_degrees(ddp)["data_parallel_replicate_degree"] == 8
+    assert training_fields(ddp)["local_batch_size"] == 2
+
+
+def test_torchtitan_module_exact_flavor_and_custom_model():
+    est = hand_estimate("fsdp-tp-pp-fp8")
+    source = torchtitan_module(est.model, est.plan)
+    assert 'return model_registry("70B", converters=[Float8LinearConverter.Config(model_compile_enabled=False)])' in (
+        source
+    )
+    assert "config.activation_checkpoint = SelectiveAC.Config()" in source
+    compile(source, "torchtitan_plan.py", "exec")
+    custom = hand_estimate("fsdp-offload-llama2")
+    source = torchtitan_module(custom.model, custom.plan)
+    assert "n_layers=32," in source and "hidden_dim=11008," in source and "n_kv_heads=32," in source
+    assert "config.training.enable_cpu_offload = True" in source and "ChunkedLossWrapper.Config(" in source
+    compile(source, "torchtitan_plan.py", "exec")
+    qwen = hand_estimate("qwen-fsdp")
+    with pytest.raises(PlannerError, match="linear biases"):
+        torchtitan_module(qwen.model, qwen.plan)
+
+
+# ---- variants --------------------------------------------------------------------------------------------
+
+
+def test_variant_translation_rules():
+    chosen = hand_estimate("fsdp-zero2-compile")
+    ds = build_variant("deepspeed", chosen)
+    assert ds.origin == "translated" and ds.changes == ("engine: fsdp -> deepspeed",)
+    meg = build_variant("megatron", chosen)
+    assert meg.origin in ("translated", "none")
+    assert "zero: 2 -> 1" in (meg.changes or meg.reason)
+    assert build_variant("fsdp", chosen).origin == "plan"
+    tp_pp = build_variant("fsdp-hf", hand_estimate("fsdp-tp-pp-fp8"))
+    assert "precision: fp8 -> bf16" in tp_pp.changes or "precision: fp8 -> bf16" in tp_pp.reason
+
+
+@pytest.mark.parametrize("name", ["13b-16xA100", "70b-64xH100"])
+def test_top_plans_get_all_six_configs_and_every_variant_fits(name):
+    folder = top_folder(name)
+    assert not folder.skipped
+    expected = {
+        "ds_config.json",
+        "accelerate_deepspeed.yaml",
+        "accelerate_fsdp.yaml",
+        "trainer_args.json",
+        "launch_torchrun.sh",
+        "megatron_args.txt",
+        "torchtitan_plan.py",
+        "README.md",
+        "plan.json",
+    }
+    assert expected <= set(folder.files)
+    for variant in folder.variants.values():
+        assert variant.estimate is not None
+        assert variant.estimate.memory.fits, (variant.code, variant.estimate.memory.peak_gib)
+
+
+def test_launch_scripts_are_valid_bash(tmp_path):
+    folder = top_folder("70b-64xH100")
+    for name, text in folder.files.items():
+        if name.endswith(".sh"):
+            path = tmp_path / name
+            path.write_text(text)
+            subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_parse_targets():
+    assert parse_targets("torchtitan, deepspeed") == ("deepspeed", "torchtitan")
+    assert len(parse_targets("all")) == 6
+    with pytest.raises(PlannerError, match="unknown launch target"):
+        parse_targets("deepspeed,slurm")
+
+
+# ---- CLI -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports") / "tiny"
+    result = CliRunner().invoke(
+        main,
+        [
+            "solve",
+            "--model",
+            "examples/tiny-llama.yaml",
+            "--budget",
+            "2xA100",
+            "--seq-len",
+            "64",
+            "--global-batch",
+            "8",
+            "--engine",
+            "fsdp",
+            "--zero",
+            "3",
+            "--out",
+            str(out),
+            "--emit",
+            "torchrun",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_solve_emit_writes_the_top_plan_folder(report_dir):
+    folder = report_dir / "launch-1"
+    assert {p.name for p in folder.iterdir()} == {"README.md", "plan.json", "launch_torchrun.sh", "train.py"}
+    data = json.loads((folder / "plan.json").read_text())
+    assert data["variants"]["fsdp"]["origin"] == "plan"
+    assert data["chosen"]["plan"] == data["variants"]["fsdp"]["plan"]
+
+
+def test_planner_launch_is_deterministic(report_dir, tmp_path):
+    texts = []
+    for run in range(2):
+        out = tmp_path / f"run{run}"
+        result = CliRunner().invoke(main, ["launch", f"{report_dir}/report.json#2", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        texts.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert texts[0] == texts[1]
+    assert "launch_megatron.sh" in texts[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["launch", "nowhere/report.json"], "no solve report at nowhere/report.json"),
+        (["launch", "{report}/report.json#99"], "there is no rank 99"),
+        (["launch", "{report}#x"], "cannot read the plan rank"),
+        (["launch", "{report}", "--targets", "slurm"], "unknown launch target(s): slurm"),
+        (["solve", "--model", "13b", "--budget", "16xA100", "--emit", "slurm"], "unknown launch target(s): slurm"),
+    ],
+)
+def test_launch_errors_are_one_line_exit_2(report_dir, tmp_path, args, message):
+    args = [a.replace("{report}", str(report_dir)) for a in args]
+    result = CliRunner().invoke(main, args + (["--out", str(tmp_path / "x")] if args[0] == "launch" else []))
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
