@@ -13,8 +13,7 @@ from typing import Any
 import yaml
 
 from planner.catalog import ModelSpec
-from planner.errors import PlannerError
-from planner.launch.layout import DEFAULT_MASTER_PORT, HF_DECODER_LAYER, node_layout
+from planner.launch.layout import DEFAULT_MASTER_PORT, hf_fsdp2_settings, node_layout
 from planner.plan import Plan
 
 MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "pure-bf16": "no"}
@@ -33,28 +32,11 @@ def accelerate_deepspeed_config(plan: Plan, ds_config_path: str = "ds_config.jso
 
 
 def accelerate_fsdp_config(plan: Plan, model: ModelSpec) -> dict[str, Any]:
-    """Accelerate YAML for FSDP2: ZeRO-3 = reshard after forward, ZeRO-2 = keep gathered until backward."""
-    if plan.engine != "fsdp" or plan.zero not in (2, 3):
-        raise PlannerError(
-            f"Accelerate FSDP needs an FSDP plan with ZeRO 2 or 3, got {plan.engine} ZeRO-{plan.zero}",
-            "use the plan's fsdp-hf variant",
-        )
-    if plan.checkpointing == "selective":
-        raise PlannerError("Accelerate FSDP checkpoints whole layers only", "use the fsdp-hf variant")
-    fsdp: dict[str, Any] = {
-        "fsdp_version": 2,
-        "fsdp_reshard_after_forward": plan.zero == 3,
-        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+    """Accelerate YAML for FSDP2 (`fsdp_`-prefixed launcher options; offload is `fsdp_offload_params`)."""
+    fsdp = {
+        ("fsdp_offload_params" if key == "cpu_offload" else f"fsdp_{key}"): value
+        for key, value in hf_fsdp2_settings(plan, model).items()
     }
-    layer_class = HF_DECODER_LAYER.get(model.hf_model_type or "")
-    if layer_class:
-        fsdp["fsdp_transformer_layer_cls_to_wrap"] = layer_class
-    fsdp.update(
-        fsdp_offload_params=plan.offload == "optimizer+params",
-        fsdp_activation_checkpointing=plan.checkpointing == "full",
-        fsdp_state_dict_type="SHARDED_STATE_DICT",
-        fsdp_cpu_ram_efficient_loading=True,
-    )
     return _cluster(plan, "FSDP", MIXED_PRECISION[plan.precision]) | {"fsdp_config": fsdp}
 
 

@@ -1,7 +1,9 @@
 """Where a plan's processes run: nodes and processes per node, as every launcher needs them."""
 
 from dataclasses import dataclass
+from typing import Any
 
+from planner.catalog import ModelSpec
 from planner.errors import PlannerError
 from planner.plan import Plan
 
@@ -38,3 +40,29 @@ def node_layout(plan: Plan) -> NodeLayout:
             "use a GPU count that is a multiple of the node size",
         )
     return NodeLayout(nodes, plan.gpus // nodes)
+
+
+def hf_fsdp2_settings(plan: Plan, model: ModelSpec) -> dict[str, Any]:
+    """FSDP2 settings for Hugging Face model code, as Accelerate's FSDP plugin and the Trainer's fsdp_config
+    name them without the `fsdp_` prefix. ZeRO-3 = reshard after forward, ZeRO-2 = keep the gathered
+    parameters until backward; checkpointing is per decoder layer (HF models have no selective mode);
+    offload moves parameters, gradients and optimizer together."""
+    if plan.engine != "fsdp" or plan.zero not in (2, 3) or plan.tp * plan.pp * plan.cp > 1:
+        raise PlannerError(
+            f"Hugging Face FSDP runs data-parallel ZeRO-2/3 FSDP plans, got {plan.engine} ZeRO-{plan.zero} "
+            f"tp{plan.tp} pp{plan.pp} cp{plan.cp}",
+            "use the plan's fsdp-hf variant",
+        )
+    if plan.checkpointing == "selective":
+        raise PlannerError("Hugging Face models checkpoint whole layers only", "use the plan's fsdp-hf variant")
+    settings: dict[str, Any] = {
+        "version": 2,
+        "reshard_after_forward": plan.zero == 3,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "transformer_layer_cls_to_wrap": HF_DECODER_LAYER.get(model.hf_model_type or ""),
+        "cpu_offload": plan.offload == "optimizer+params",
+        "activation_checkpointing": plan.checkpointing == "full",
+        "state_dict_type": "SHARDED_STATE_DICT",
+        "cpu_ram_efficient_loading": True,
+    }
+    return {k: v for k, v in settings.items() if v is not None}

@@ -12,7 +12,7 @@ from typing import Any
 
 from planner.catalog import ModelSpec
 from planner.errors import PlannerError
-from planner.launch.layout import HF_DECODER_LAYER
+from planner.launch.layout import hf_fsdp2_settings
 from planner.plan import Plan
 
 OPTIM = {"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit", "sgd": "sgd", "adafactor": "adafactor"}
@@ -45,22 +45,9 @@ def trainer_arguments(plan: Plan, model: ModelSpec, ds_config_path: str = "ds_co
             args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
         args["deepspeed"] = ds_config_path
         return args
-    if plan.zero not in (2, 3):
-        raise PlannerError("the Trainer's FSDP runs ZeRO 2 or 3 (reshard after forward or not)", "use ZeRO 2 or 3")
-    fsdp_config: dict[str, Any] = {
-        "version": 2,
-        "reshard_after_forward": plan.zero == 3,
-        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-    }
-    layer_class = HF_DECODER_LAYER.get(model.hf_model_type or "")
-    if layer_class:
-        fsdp_config["transformer_layer_cls_to_wrap"] = [layer_class]
-    fsdp_config.update(
-        cpu_offload=plan.offload == "optimizer+params",
-        activation_checkpointing=plan.checkpointing == "full",
-        state_dict_type="SHARDED_STATE_DICT",
-        cpu_ram_efficient_loading=True,
-    )
+    fsdp_config = hf_fsdp2_settings(plan, model)
+    if "transformer_layer_cls_to_wrap" in fsdp_config:
+        fsdp_config["transformer_layer_cls_to_wrap"] = [fsdp_config["transformer_layer_cls_to_wrap"]]
     args.update(gradient_checkpointing=False, fsdp=True, fsdp_config=fsdp_config)
     return args
 
