@@ -236,6 +236,36 @@ def launch(plan: str, rank: int | None, targets: str, out: Path | None) -> None:
 
 
 @main.group()
+def calibrate() -> None:
+    """Calibrate the models against real runs (needs the calibrate extra: torch, transformers)."""
+
+
+@calibrate.command("measure")
+@click.option(
+    "--grid",
+    type=click.Choice(["default", "tiny"]),
+    default="default",
+    show_default=True,
+    help="default: Llama-3.2-1B/3B on one GPU (a few minutes on an H100); tiny: a 2-layer model (CPU, seconds).",
+)
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--steps", type=int, default=5, show_default=True, help="Optimizer steps per point (2 are warm-up).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="CSV to write (default: calibration/measured/<gpu>-<date>.csv).",
+)
+@click.option("--max-minutes", type=float, default=7.5, show_default=True, help="Stop starting new points after this.")
+def calibrate_measure(grid: str, device: str, steps: int, out: Path | None, max_minutes: float) -> None:
+    """Run real training steps over a grid of one-device plans and record memory and step time (CSV)."""
+    from planner.calibrate.measure import measure, summary
+
+    path, rows = measure(grid, device, steps, out, max_minutes, sys.stderr.isatty())
+    click.echo(summary(path, rows), nl=False)
+
+
+@main.group()
 def validate() -> None:
     """Compare the models with measured runs."""
 
@@ -244,7 +274,7 @@ def validate() -> None:
 @click.argument("cases", type=click.Path(path_type=Path, dir_okay=False))
 @_FORMAT
 def validate_memory_cmd(cases: Path, fmt: str) -> None:
-    """Predicted vs measured peak memory for every case in CASES (YAML)."""
+    """Predicted vs measured peak memory for every case in CASES (YAML, or a calibrate measure CSV)."""
     summary = validate_memory(load_memory_cases(cases))
     click.echo(render_validation_json(summary) if fmt == "json" else render_validation_table(summary), nl=False)
 
@@ -253,7 +283,7 @@ def validate_memory_cmd(cases: Path, fmt: str) -> None:
 @click.argument("cases", type=click.Path(path_type=Path, dir_okay=False))
 @_FORMAT
 def validate_throughput_cmd(cases: Path, fmt: str) -> None:
-    """Predicted vs measured tokens/s per GPU for every case in CASES (YAML)."""
+    """Predicted vs measured tokens/s per GPU for every case in CASES (YAML, or a calibrate measure CSV)."""
     summary = validate_throughput(load_throughput_cases(cases))
     click.echo(render_throughput_json(summary) if fmt == "json" else render_throughput_table(summary), nl=False)
 

@@ -101,7 +101,12 @@ def _measured(raw: Any, case_id: str, path: Path) -> Measured:
 
 
 def load_memory_cases(path: Path) -> list[MemoryCase]:
-    """Read a memory cases file; model paths are taken relative to it."""
+    """Read a memory cases file (YAML; model paths are taken relative to it) or a CSV written by
+    `planner calibrate measure`."""
+    if Path(path).suffix == ".csv":
+        from planner.validate.measured_csv import memory_cases_from_csv
+
+        return memory_cases_from_csv(Path(path), Measured)
     return load_cases(path, _measured)
 
 

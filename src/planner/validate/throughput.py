@@ -106,6 +106,11 @@ def _measured(raw: Any, case_id: str, path: Path) -> MeasuredThroughput:
 
 
 def load_throughput_cases(path: Path) -> list[ThroughputCase]:
+    """Read a throughput cases file (YAML) or a CSV written by `planner calibrate measure`."""
+    if Path(path).suffix == ".csv":
+        from planner.validate.measured_csv import throughput_cases_from_csv
+
+        return throughput_cases_from_csv(Path(path), MeasuredThroughput)
     return load_cases(path, _measured)
 
 
