@@ -13,6 +13,7 @@ def test_wheel_ships_catalogs_search_spaces_and_example_script(tmp_path):
     assert "planner/_data/hardware/a100-80gb.yaml" in names
     assert "planner/_data/search_spaces/default.yaml" in names
     assert "planner/_data/examples/train.py" in names  # launch folders carry it as train.py
+    assert "planner/_data/calibration/traced/llama-2.yaml" in names  # traced constants the memory model reads
     assert "planner/cli.py" in names
 
 

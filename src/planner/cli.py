@@ -265,6 +265,28 @@ def calibrate_measure(grid: str, device: str, steps: int, out: Path | None, max_
     click.echo(summary(path, rows), nl=False)
 
 
+@calibrate.command("trace")
+@click.option(
+    "--models",
+    default="llama-2-7b,llama-3.1-8b,mistral-7b,qwen2.5-7b",
+    show_default=True,
+    help="Catalog models (comma-separated); one calibration file per model family.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("calibration/traced"),
+    show_default=True,
+    help="Folder for <family>.yaml.",
+)
+def calibrate_trace(models: str, out: Path) -> None:
+    """Trace the real model code on fake tensors (CPU) and write the activation constants per family."""
+    from planner.calibrate.trace import trace
+
+    for path in trace(tuple(m.strip() for m in models.split(",") if m.strip()), out):
+        click.echo(f"wrote {path}")
+
+
 @main.group()
 def validate() -> None:
     """Compare the models with measured runs."""

@@ -315,8 +315,8 @@ def render_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def write_csv(path: Path, text: str) -> Path:
-    """Write atomically: the CSV appears whole or not at all."""
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write atomically: the file appears whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     staging.write_text(text, encoding="utf-8")
@@ -352,7 +352,7 @@ def measure(grid: str, device_name: str, steps: int, out: Path | None, max_minut
         ) from None
     device = resolve_device(device_name)
     rows = run_grid(GRIDS[grid], steps, device, max_minutes, progress)
-    path = write_csv(out or default_output(environment(device)), render_csv(rows))
+    path = write_text_atomically(out or default_output(environment(device)), render_csv(rows))
     return path, rows
 
 

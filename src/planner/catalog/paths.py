@@ -1,4 +1,4 @@
-"""Where the user-editable data folders (models/, hardware/, search_spaces/, examples/) are read from.
+"""Where the data folders (models/, hardware/, search_spaces/, examples/, calibration/) are read from.
 
 Order: the folder named by the environment variable `PLANNER_DATA_DIR` (holding any of the three
 sub-folders), then the source checkout (an editable install reads the YAML the user edits), then the

@@ -12,10 +12,11 @@ elementwise ops, kernel statistics), in the implementation family the engine run
 * `megatron`: Megatron-Core with TransformerEngine: fused LayerNorm+Linear saves input and normalised
   output; flash attention with native GQA; fused SwiGLU saves the fc1 output.
 
-Check: for Llama-2-7B (h=4096, f=11008) in bf16 the `hf` walk gives 24h + 8f = 45.5 bytes per
-(token x h) per layer, equal to the fake-tensor MemTracker slope in ../shared/notes/memory-model.md
-§1.4; Korthikanti et al. (2022) give 34 for the GPT-3 layer. The `autocast` walk gives 55.5 against a
-traced 59.5 (7% low; the tracer of `planner calibrate` refines it).
+Check: for Llama-2-7B (h=4096, f=11008) in bf16 the `hf` walk gives 24h + 8f + 8 = 45.5 bytes per
+(token x h) per layer (Korthikanti et al. (2022) give 34 for the GPT-3 layer). `planner calibrate trace`
+runs transformers' own code on fake tensors: its per-layer slope is 186,504 bytes per token for both
+this walk and the trace, and the `autocast` walk (55.5 h) equals its trace too
+(calibration/traced/*.yaml).
 """
 
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ theoretical_memory_usage.py; labels add the same)."""
 
 LSE_BYTES_PER_HEAD = 4
 """Flash attention keeps one fp32 log-sum-exp per query head and token for its backward."""
+
+RSTD_BYTES = 4
+"""RMSNorm keeps one fp32 reciprocal root-mean-square per token for its backward."""
 
 MASK_BYTES = 1
 """A dropout mask is stored as one byte (bool) per element (Korthikanti et al. 2022, Table 1 notes)."""
@@ -93,8 +97,9 @@ class LayerActivations:
 def _norm_bytes(arch: Architecture, plan: Plan, consumers: int) -> float:
     """One norm plus the copy of its output that the following linear(s) save, per token.
 
-    hf RMSNorm (LlamaRMSNorm): fp32 input (4h, saved by pow), the normalised tensor in the input dtype
-    (saved by the weight multiply) and the weighted output (saved by the linear): 4h + 2*a*h.
+    hf RMSNorm (LlamaRMSNorm): fp32 input (4h, saved by pow), the fp32 reciprocal RMS (4 bytes, saved by
+    rsqrt), the normalised tensor in the input dtype (saved by the weight multiply) and the weighted
+    output (saved by the linear): 4h + 4 + 2*a*h (the 4 found by `planner calibrate trace`).
     hf LayerNorm (native kernel): input + output, plus fp32 mean and rstd (8 bytes).
     autocast: input and normalised tensor in fp32 (8h) and one bf16 cast per consuming linear.
     megatron: TE LayerNormLinear saves the input and the normalised output (+ fp32 statistics).
@@ -109,9 +114,9 @@ def _norm_bytes(arch: Architecture, plan: Plan, consumers: int) -> float:
     if family == "megatron":
         return (2 * a * h + 8) / sp
     if family == "autocast":
-        norm, linear_input = 8 * h, consumers * 2 * h
+        norm, linear_input = 8 * h + (RSTD_BYTES if arch.norm == "rmsnorm" else 8), consumers * 2 * h
     elif arch.norm == "rmsnorm":
-        norm, linear_input = 4 * h + a * h, a * h
+        norm, linear_input = 4 * h + RSTD_BYTES + a * h, a * h
     else:
         norm, linear_input = a * h + 8, a * h
     return norm / sp + linear_input

@@ -15,7 +15,7 @@ reserved = allocated x (1 + allocator fragmentation).
 peak (nvidia-smi) = reserved + CUDA context + NCCL communicators.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from planner.memory.buffers import (
     deepspeed_bucket_bytes,
     gathered_parameter_bytes,
 )
+from planner.memory.calibration import TEXTBOOK, activation_calibration
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads, nccl_communicators
 from planner.memory.stages import StageShard, first_and_last_stage
 from planner.memory.states import (
@@ -95,6 +96,9 @@ class MemoryEstimate:
     host_ram_capacity_gib: float | None
     host_ram_fits: bool | None
     notes: list[str] = field(default_factory=list)
+    activations_source: str = TEXTBOOK
+    """`traced: <calibration file> ...` when the per-layer activation constant comes from a trace of the
+    real model code (planner calibrate trace), else `textbook: ...` (the walk of the saved tensors)."""
 
     @property
     def headroom_gib(self) -> float:
@@ -119,6 +123,7 @@ class MemoryEstimate:
             "host_ram_capacity_gib": self.host_ram_capacity_gib,
             "host_ram_fits": self.host_ram_fits,
             "notes": list(self.notes),
+            "activations_source": self.activations_source,
         }
 
 
@@ -154,12 +159,14 @@ def stage_phases(model: ModelSpec, plan: Plan, stage: StageShard) -> dict[str, d
 
     tokens = plan.tokens_per_micro_batch
     in_flight = stage.in_flight_micro_batches
-    saved = in_flight * stage.num_layers * act.saved_bytes_per_layer(arch, plan) * tokens
+    traced = activation_calibration(model, plan).ratio
+    traced_no_recompute = activation_calibration(model, replace(plan, checkpointing="none")).ratio
+    saved = in_flight * stage.num_layers * act.saved_bytes_per_layer(arch, plan) * traced * tokens
     edge_tokens = stage.is_first * 1 + stage.is_last * 1  # ids on the first stage, labels on the last
     saved = saved + in_flight * act.INPUT_IDS_AND_LABELS_BYTES / 2 * edge_tokens * tokens
     saved = saved + stage.is_last * act.final_norm_bytes(arch, plan) * tokens
     block_backward = (
-        act.recompute_bytes(arch, plan)
+        act.recompute_bytes(arch, plan) * traced_no_recompute
         + act.backward_workspace_bytes(arch, plan)
         + act.context_parallel_buffer_bytes(arch, plan)
     ) * tokens
@@ -224,6 +231,8 @@ class MemoryArrays:
     """phase -> allocated GiB on the peak stage (NaN where the phase does not exist there)."""
     stage_peaks_gib: tuple[object, object]
     """allocated GiB at the peak phase of the first and of the last stage."""
+    activations_source: str = TEXTBOOK
+    """Where the per-layer activation constant comes from: a trace of the real code, or the walk."""
 
 
 def runtime_view(allocated_gib, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS):
@@ -277,6 +286,7 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
         breakdown_gib=breakdown,
         phases_gib=phases,
         stage_peaks_gib=(totals[: len(PHASES)].max(axis=0) / GIB, totals[len(PHASES) :].max(axis=0) / GIB),
+        activations_source=activation_calibration(model, plan).label,
     )
 
 
@@ -325,6 +335,7 @@ def memory_estimate_at(
         host_ram_gib_per_node=host,
         host_ram_capacity_gib=capacity,
         host_ram_fits=host_fits,
+        activations_source=arrays.activations_source,
     )
 
 

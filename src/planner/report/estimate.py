@@ -97,6 +97,7 @@ def render_table(estimate: Estimate, width: int = 100) -> str:
         capacity = memory.host_ram_capacity_gib
         cap = f" of {capacity:.0f} GiB" if capacity is not None else " (node RAM unknown)"
         console.print(f"host RAM for offloaded states: {memory.host_ram_gib_per_node:.1f} GiB per node{cap}")
+    console.print(f"activation constants: {memory.activations_source}")
     verdict = "FITS" if memory.fits else "DOES NOT FIT"
     console.print(f"verdict: {verdict} ({memory.peak_gib:.1f} of {memory.usable_gib:.1f} usable GiB)")
     _print_performance(console, estimate)
