@@ -167,6 +167,45 @@ def modelled_state_bytes_per_param(model: ModelSpec, implementation: str) -> dic
     return {t.name: float(t.bytes_per_param) for t in state_layout(model.architecture, plan)}
 
 
+SEAM_SEQ_LENS = (4096, 8192, 16384)
+"""Long enough that the loss/backward seam, not the end of backward (gradients), is the step's peak."""
+
+
+def trace_loss_seam(model: ModelSpec) -> dict[str, float]:
+    """Bytes per token outside the blocks at the step's peak (start of backward: logits, their fp32
+    log-softmax and its gradient, final norm, ids), traced with one bf16 block, against the model's
+    `logits_and_loss` + final norm + ids/labels terms for the same plan. A check, not applied."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from planner.calibrate.hf_model import build_hf_model
+
+    rows, values = [], []
+    for s in SEAM_SEQ_LENS:
+        with FakeTensorMode():
+            built = build_hf_model(model, num_layers=1, dtype=torch.bfloat16)
+            tokens = torch.randint(0, model.architecture.vocab_size, (1, s))
+            tracker = MemTracker()
+            tracker.track_external(built)
+            with tracker:
+                built(input_ids=tokens, labels=tokens).loss.backward()
+                peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
+        rows.append([s, s * s, 1.0])
+        values.append({str(k).rsplit(".", 1)[-1]: v for k, v in peak.items()}["Total"])
+    per_token, _, _ = np.linalg.solve(np.array(rows), np.array(values, dtype=float))
+    plan = reference_plan(model, "hf", "none")
+    arch = model.architecture
+    traced = per_token - walk_bytes_per_token_per_layer(model, "hf", "none")
+    modelled = float(act.logits_bytes(arch, plan) + act.final_norm_bytes(arch, plan) + act.INPUT_IDS_AND_LABELS_BYTES)
+    return {
+        "traced_bytes_per_token": _clean(traced, 3),
+        "modelled_bytes_per_token": _clean(modelled, 3),
+        "traced_in_vocab_units": _clean(traced / arch.vocab_size, 4),
+        "ratio": _clean(traced / modelled),
+    }
+
+
 def walk_bytes_per_token_per_layer(model: ModelSpec, implementation: str, mode: str) -> float:
     """What the analytic walk says one block keeps per token (tp = 1, flash attention)."""
     plan = reference_plan(model, implementation, mode)
@@ -230,6 +269,7 @@ def trace_model(model: ModelSpec) -> dict:
         "activations": activations,
         "autocast_weight_copy_bytes_per_param": copies,
         "states_after_one_adamw_step": states,
+        "loss_seam_outside_blocks": trace_loss_seam(model),
     }
 
 
