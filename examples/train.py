@@ -155,6 +155,8 @@ def build(plan: dict, arch: dict, device: torch.device) -> nn.Module:
         raise SystemExit("examples/train.py runs data-parallel plans; use torchtitan or Megatron-LM for tp/pp/cp")
     if plan["engine"] != "fsdp":
         raise SystemExit(f"examples/train.py runs the fsdp variant, got engine {plan['engine']}")
+    if plan["precision"] not in DTYPES:
+        raise SystemExit(f"examples/train.py trains in {', '.join(DTYPES)}; use torchtitan for {plan['precision']}")
     torch.manual_seed(0)
     model = Decoder(arch)
     model.checkpointing = plan["checkpointing"]
@@ -189,9 +191,21 @@ def _autocast(plan: dict, device: torch.device):
     return contextlib.nullcontext()
 
 
+def _grad_scaler(plan: dict, device: torch.device):
+    """fp16 needs loss scaling; FSDP's sharded gradients need the sharded scaler (one inf check for all)."""
+    if plan["precision"] != "fp16":
+        return None
+    if plan["zero"] in (2, 3):
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type)
+
+
 def train(plan: dict, arch: dict, steps: int, device: torch.device) -> None:
     model = build(plan, arch, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
+    scaler = _grad_scaler(plan, device)
     rank, world = dist.get_rank(), dist.get_world_size()
     generator = torch.Generator().manual_seed(1234 + rank)
     mbs, accumulation, seq = plan["micro_batch"], plan["grad_accum"], plan["seq_len"]
@@ -209,17 +223,23 @@ def train(plan: dict, arch: dict, steps: int, device: torch.device) -> None:
         total = torch.zeros((), device=device)
         for micro in range(accumulation):
             last = micro == accumulation - 1
-            if sharded:
-                model.set_requires_gradient_sync(last)
+            # FSDP reduce-scatters every micro-batch, so only the gradient shards accumulate (as torchtitan
+            # does and the memory model assumes); DDP skips the all-reduce until the last micro-batch.
             sync = contextlib.nullcontext() if sharded or last or world == 1 else model.no_sync()
             tokens = torch.randint(vocab, (mbs, seq + 1), generator=generator).to(device)
             with sync, _autocast(plan, device):
                 logits = model(tokens[:, :-1])
                 loss = F.cross_entropy(logits.float().view(-1, vocab), tokens[:, 1:].reshape(-1)) / accumulation
-                loss.backward()
+                (scaler.scale(loss) if scaler else loss).backward()
             total += loss.detach()
+        if scaler:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

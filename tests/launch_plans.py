@@ -39,6 +39,11 @@ HAND_PLANS = {
             checkpointing="full",
         ),
     ),
+    "ds-zero2-offload-sgd": (
+        "llama-2-7b",
+        "A100-80GB",
+        dict(gpus=8, zero=2, micro_batch=2, global_batch=32, optimizer="sgd", offload="optimizer"),
+    ),
     "ds-zero0": ("llama-3.2-1b", "A100-80GB", dict(gpus=4, zero=0, micro_batch=4, global_batch=32)),
     "fsdp-zero2-compile": (
         "llama-3.1-8b",

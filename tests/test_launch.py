@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests.conftest import plan_for
 from tests.launch_plans import HAND_PLANS, hand_estimate, top_folder
 
 from planner.cli import main
 from planner.errors import PlannerError
-from planner.launch import parse_targets
+from planner.estimate import evaluate
+from planner.launch import TARGETS, SearchContext, build_launch_folder, parse_targets
 from planner.launch.accelerate import accelerate_deepspeed_config, accelerate_fsdp_config
 from planner.launch.deepspeed import deepspeed_command, deepspeed_config
 from planner.launch.megatron import megatron_arguments, pipeline_layout
@@ -74,9 +76,12 @@ def test_deepspeed_pure_bf16_and_autotp_blocks():
     assert pure["bf16"] == {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
     autotp = deepspeed_config(plan("ds-zero2-autotp"))
     assert autotp["tensor_parallel"] == {"autotp_size": 2}
-    # the batch rule counts data-parallel ranks only: 32 = 2 x 4 x (8 / tp 2)
-    assert (autotp["train_batch_size"], autotp["train_micro_batch_size_per_gpu"]) == (32, 2)
-    assert autotp["gradient_accumulation_steps"] == 4
+    # 32 = 2 x 4 x (8 / tp 2) data-parallel ranks; DeepSpeed 0.19 would check train_batch_size against the
+    # whole world (8) under AutoTP without an mpu, so only micro-batch and accumulation are written.
+    assert "train_batch_size" not in autotp
+    assert (autotp["train_micro_batch_size_per_gpu"], autotp["gradient_accumulation_steps"]) == (2, 4)
+    offload_sgd = deepspeed_config(plan("ds-zero2-offload-sgd"))
+    assert offload_sgd["zero_force_ds_cpu_optimizer"] is False and "optimizer" not in offload_sgd
     assert deepspeed_config(plan("ds-zero0"))["zero_optimization"] == {"stage": 0}
 
 
@@ -153,6 +158,11 @@ def test_trainer_arguments_deepspeed_and_fsdp():
     flags = trainer_flags(args)
     assert flags[flags.index("--fsdp") + 1] == "--fsdp_config"  # bare flag: a value would be the legacy string
     assert flags[flags.index("--fsdp_config") + 1] == "trainer_fsdp_config.json"
+
+
+def test_trainer_pure_bf16_keeps_bf16_on_for_deepspeed():
+    est = hand_estimate("ds-zero3-offload-all-pure-bf16")
+    assert trainer_arguments(est.plan, est.model)["bf16"] is True  # matches bf16.enabled in the DeepSpeed file
 
 
 def test_trainer_refuses_what_hf_models_cannot_run():
@@ -257,6 +267,27 @@ def test_torchtitan_module_exact_flavor_and_custom_model():
 # ---- variants --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["fsdp-ddp", "fsdp-tp-pp-fp8"])
+def test_hf_fsdp_variant_translates_ddp_and_fp8_plans(name):
+    variant = build_variant("fsdp-hf", hand_estimate(name))
+    assert variant.origin in ("translated", "none")
+    if variant.estimate is not None:
+        assert variant.plan.zero in (2, 3) and variant.plan.precision != "fp8"
+        accelerate_fsdp_config(variant.plan, hand_estimate(name).model)  # writable
+
+
+def test_folder_skips_what_a_target_cannot_run_and_falls_back_for_the_trainer():
+    folder = build_launch_folder(hand_estimate("fsdp-tp-pp-fp8"), ("torchrun",), None, "test")
+    assert "launch_torchtitan.sh" in folder.skipped["torchrun"] and "launch_torchrun.sh" not in folder.files
+    no_search = build_launch_folder(hand_estimate("ds-zero2-autotp"), ("trainer",), None, "test")
+    assert no_search.skipped["trainer"].startswith("deepspeed: the Trainer runs data-parallel")
+    context = SearchContext(model_ref="llama-2-13b", budget="8xA100")
+    autotp = build_launch_folder(hand_estimate("ds-zero2-autotp"), ("trainer",), context, "test")
+    assert "trainer" not in autotp.skipped
+    assert json.loads(autotp.files["trainer_args.json"])["fsdp"] is True  # AutoTP: the HF-FSDP variant instead
+    assert any("fsdp-hf variant" in label for label in autotp.commands)
+
+
 def test_variant_translation_rules():
     chosen = hand_estimate("fsdp-zero2-compile")
     ds = build_variant("deepspeed", chosen)
@@ -290,13 +321,17 @@ def test_top_plans_get_all_six_configs_and_every_variant_fits(name):
         assert variant.estimate.memory.fits, (variant.code, variant.estimate.memory.peak_gib)
 
 
-def test_launch_scripts_are_valid_bash(tmp_path):
+def test_launch_scripts_are_valid_bash_and_run_from_any_directory(tmp_path):
     folder = top_folder("70b-64xH100")
     for name, text in folder.files.items():
         if name.endswith(".sh"):
             path = tmp_path / name
             path.write_text(text)
             subprocess.run(["bash", "-n", str(path)], check=True)
+            assert "\ncd " not in text  # a relative TRAIN_SCRIPT or argument keeps meaning the caller's path
+    assert '"$HERE/trainer_fsdp_config.json"' in folder.files["launch_trainer.sh"]
+    assert '--main_process_port "${MASTER_PORT:-29500}"' in folder.files["launch_accelerate_fsdp.sh"]
+    assert '--hostfile "$HERE/hostfile"' in folder.files["launch_deepspeed.sh"]
 
 
 def test_parse_targets():
@@ -363,6 +398,8 @@ def test_planner_launch_is_deterministic(report_dir, tmp_path):
         (["launch", "nowhere/report.json"], "no solve report at nowhere/report.json"),
         (["launch", "{report}/report.json#99"], "there is no rank 99"),
         (["launch", "{report}#x"], "cannot read the plan rank"),
+        (["launch", "{report}#x", "--rank", "2"], "cannot read the plan rank"),
+        (["launch", "{report}", "--rank", "0"], "--rank must be 1 or more"),
         (["launch", "{report}", "--targets", "slurm"], "unknown launch target(s): slurm"),
         (["solve", "--model", "13b", "--budget", "16xA100", "--emit", "slurm"], "unknown launch target(s): slurm"),
     ],
@@ -373,3 +410,48 @@ def test_launch_errors_are_one_line_exit_2(report_dir, tmp_path, args, message):
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_every_valid_plan_gets_a_launch_folder_without_error():
+    """A sweep of engines, ZeRO stages, precisions, offload, TP/PP/CP, checkpointing and optimizers on 16
+    H100s: every plan the rules accept yields a folder (targets it cannot run are listed as skipped), and
+    every translated variant fits."""
+    import itertools
+
+    count = 0
+    for engine, zero, precision, offload, (tp, pp, cp), checkpointing, optimizer in itertools.product(
+        ("deepspeed", "fsdp", "megatron"),
+        (0, 1, 2, 3),
+        ("bf16", "fp16", "fp32", "pure-bf16", "fp8"),
+        ("none", "optimizer", "optimizer+params"),
+        ((1, 1, 1), (2, 1, 1), (2, 2, 1), (1, 1, 2)),
+        ("none", "selective", "full"),
+        ("adamw", "sgd"),
+    ):
+        try:
+            model, gpu, plan = plan_for(
+                "llama-3.1-8b",
+                "H100",
+                engine=engine,
+                gpus=16,
+                zero=zero,
+                precision=precision,
+                offload=offload,
+                tp=tp,
+                pp=pp,
+                cp=cp,
+                checkpointing=checkpointing,
+                optimizer=optimizer,
+                micro_batch=1,
+                global_batch=64,
+                seq_len=4096,
+            )
+        except PlannerError:
+            continue
+        folder = build_launch_folder(evaluate(model, gpu, plan), TARGETS, None, "sweep")
+        count += 1
+        assert "README.md" in folder.files and "plan.json" in folder.files
+        for variant in folder.variants.values():
+            if variant.origin == "translated":
+                assert variant.estimate.memory.fits
+    assert count > 900

@@ -29,7 +29,13 @@ from planner.launch.trainer import trainer_arguments, trainer_flags
 pytestmark = pytest.mark.engines
 
 TOPS = ["13b-16xA100", "70b-64xH100"]
-DS_PLANS = ["ds-zero1-offload-fp16", "ds-zero2-autotp", "ds-zero3-offload-all-pure-bf16", "ds-zero0"]
+DS_PLANS = [
+    "ds-zero1-offload-fp16",
+    "ds-zero2-autotp",
+    "ds-zero3-offload-all-pure-bf16",
+    "ds-zero0",
+    "ds-zero2-offload-sgd",
+]
 FSDP_PLANS = ["fsdp-zero2-compile", "fsdp-offload-llama2"]
 TITAN_PLANS = ["fsdp-zero2-compile", "fsdp-tp-pp-fp8", "fsdp-offload-llama2", "fsdp-ddp"]
 MEGATRON_PLANS = ["megatron-tp-pp", "megatron-cp-full", "megatron-uneven-pp"]
@@ -61,16 +67,22 @@ def test_deepspeed_accepts_config(monkeypatch, label, plan):
     from deepspeed.runtime.config import DeepSpeedConfig
 
     config = deepspeed_config(plan)
-    with _deepspeed_world(monkeypatch, plan.dp):
+    # Without an mpu DeepSpeed divides by its whole world, which under AutoTP is every GPU (verified on 4
+    # gloo ranks with autotp_size 2); the planner's own rule (global = micro x GA x dp) is checked here.
+    world = plan.dp if plan.tp == 1 else plan.gpus
+    with _deepspeed_world(monkeypatch, world):
         parsed = DeepSpeedConfig(json.loads(json.dumps(config)))
-    assert parsed.train_batch_size == plan.global_batch
+    assert parsed.train_micro_batch_size_per_gpu * parsed.gradient_accumulation_steps * plan.dp == plan.global_batch
+    assert parsed.train_batch_size == plan.global_batch * plan.tp
     assert parsed.train_micro_batch_size_per_gpu == plan.micro_batch
     assert parsed.gradient_accumulation_steps == plan.grad_accum
     assert parsed.zero_optimization_stage == plan.zero
     assert parsed.zero_config.reduce_bucket_size == 500_000_000
-    # The patch is what makes the batch rule meaningful: one rank more and DeepSpeed must refuse the file.
-    with _deepspeed_world(monkeypatch, plan.dp + 1), pytest.raises(AssertionError, match="train_batch_size"):
-        DeepSpeedConfig(json.loads(json.dumps(config)))
+    assert parsed.zero_force_ds_cpu_optimizer is (plan.offload == "none" or plan.optimizer == "adamw")
+    if plan.tp == 1:
+        # The patch is what makes the batch rule meaningful: one rank more and DeepSpeed must refuse the file.
+        with _deepspeed_world(monkeypatch, plan.dp + 1), pytest.raises(AssertionError, match="train_batch_size"):
+            DeepSpeedConfig(json.loads(json.dumps(config)))
 
 
 def test_deepspeed_launcher_parses_the_command():
@@ -175,7 +187,8 @@ def test_accelerate_nested_key_check_catches_a_typo():
 
 
 def _trainer_cases():
-    cases = [(name, hand_estimate(name)) for name in ("ds-zero1-offload-fp16", "ds-zero2-autotp", *FSDP_PLANS)]
+    names = ("ds-zero1-offload-fp16", "ds-zero2-autotp", "ds-zero3-offload-all-pure-bf16", *FSDP_PLANS)
+    cases = [(name, hand_estimate(name)) for name in names]
     cases = [(n, e) for n, e in cases if e.plan.tp == 1]
     for name in TOPS:
         folder = top_folder(name)
@@ -205,7 +218,7 @@ def test_training_arguments_accept_args_file_and_flags(tmp_path, monkeypatch, la
     for parsed in (from_file, from_flags):
         assert parsed.per_device_train_batch_size == est.plan.micro_batch
         assert parsed.gradient_accumulation_steps == est.plan.grad_accum
-        assert parsed.bf16 is (est.plan.precision == "bf16")
+        assert parsed.bf16 is (est.plan.precision in ("bf16", "pure-bf16"))
     if est.plan.engine == "deepspeed":
         hf_ds = from_file.hf_deepspeed_config
         model = type("Stub", (), {"config": type("Cfg", (), {"hidden_size": est.model.architecture.hidden_size})()})

@@ -16,8 +16,9 @@ from planner.catalog import ModelSpec
 from planner.launch.layout import DEFAULT_MASTER_PORT, hf_fsdp2_settings, node_layout
 from planner.plan import Plan
 
-MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "pure-bf16": "no"}
-"""Accelerate's `mixed_precision` per plan precision; pure-bf16 loads the model in bf16 with no autocast."""
+MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "pure-bf16": "bf16"}
+"""Accelerate's `mixed_precision` per plan precision; for pure-bf16 the script loads the model in bf16, so
+the bf16 policy casts nothing and weights, gradients and optimizer states stay bf16."""
 
 
 def accelerate_deepspeed_config(plan: Plan, ds_config_path: str = "ds_config.json") -> dict[str, Any]:
@@ -68,4 +69,5 @@ def accelerate_command(plan: Plan, config_path: str) -> list[str]:
     args = ["accelerate", "launch", "--config_file", config_path]
     if node_layout(plan).nodes > 1:
         args += ["--machine_rank", "${NODE_RANK}", "--main_process_ip", "${MASTER_ADDR}"]
+        args += ["--main_process_port", f"${{MASTER_PORT:-{DEFAULT_MASTER_PORT}}}"]
     return [*args, "${TRAIN_SCRIPT}"]

@@ -3,8 +3,9 @@
 Which variant of the plan each target runs (planner.launch.variants):
     deepspeed   -> deepspeed      accelerate -> deepspeed and fsdp-hf    trainer -> the plan's own
     torchrun    -> fsdp           megatron   -> megatron                 torchtitan -> fsdp
-(`trainer` takes the DeepSpeed variant for DeepSpeed plans and the FSDP one otherwise). A target whose
-variant cannot exist is listed in the README with the reason instead of being written.
+(`trainer` takes the DeepSpeed variant for DeepSpeed plans and the HF-FSDP one otherwise, falling back to
+the other when the Trainer cannot run the first, e.g. DeepSpeed AutoTP). A target whose variant cannot
+exist, or that cannot run it, is listed in the README with the reason instead of being written.
 """
 
 import json
@@ -58,7 +59,7 @@ def target_codes(target: str, chosen: Estimate) -> tuple[str, ...]:
     if target == "accelerate":
         return ("deepspeed", "fsdp-hf")
     if target == "trainer":
-        return ("deepspeed",) if chosen.plan.engine == "deepspeed" else ("fsdp-hf", "deepspeed")
+        return ("deepspeed", "fsdp-hf") if chosen.plan.engine == "deepspeed" else ("fsdp-hf", "deepspeed")
     return {"deepspeed": ("deepspeed",), "torchrun": ("fsdp",), "megatron": ("megatron",)}.get(target, ("fsdp",))
 
 
@@ -112,14 +113,12 @@ def _write_deepspeed(folder: LaunchFolder) -> None:
     _ensure_ds_config(folder, variant)
     if node_layout(plan).nodes > 1:
         folder.files["hostfile"] = hostfile_example(plan)
-    command = deepspeed_command(plan, "${TRAIN_SCRIPT}", "$HERE/ds_config.json")
+    command = deepspeed_command(plan, "${TRAIN_SCRIPT}", "$HERE/ds_config.json", "$HERE/hostfile")
     comments = ["Run once, on the main node: the launcher starts every node over ssh (pdsh) from hostfile."]
     if node_layout(plan).nodes > 1:
         comments.append("Edit hostfile first; MASTER_ADDR = the main node's address.")
     comments.append("TRAIN_SCRIPT: your DeepSpeed training script (it must accept --deepspeed CONFIG).")
     setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your training script}"']
-    if node_layout(plan).nodes > 1:
-        setup.insert(0, 'cd "$HERE"  # the launcher reads ./hostfile')
     folder.files["launch_deepspeed.sh"] = render_script(
         "DeepSpeed launcher, written by planner launch", comments, setup, command
     )
@@ -153,44 +152,66 @@ def _accelerate_script(variant: Variant, config_name: str) -> str:
     command = accelerate_command(variant.plan, f"$HERE/{config_name}")
     comments = ["TRAIN_SCRIPT: your Accelerate training script; its batch and accumulation must match the plan."]
     if node_layout(variant.plan).nodes > 1:
-        comments = NODE_COMMENTS + comments
+        comments = [
+            "Run the same script on every node with NODE_RANK set (0 on the main node) and MASTER_ADDR set to",
+            "the main node's address; MASTER_PORT is optional. Extra arguments are passed on.",
+            *comments,
+        ]
     setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your training script}"']
     return render_script(f"accelerate launch ({config_name}), written by planner launch", comments, setup, command)
 
 
 def _write_trainer(folder: LaunchFolder) -> None:
-    for code in target_codes("trainer", folder.chosen):
-        variant = _variant(folder, "trainer", code)
-        if variant is not None:
-            folder.skipped.pop("trainer", None)
-            break
-    else:
-        return
     model = folder.chosen.model
-    args = trainer_arguments(variant.plan, model, "ds_config_trainer.json")
+    variant, args, reasons = None, None, []
+    for code in target_codes("trainer", folder.chosen):
+        candidate = folder.variants[code]
+        if candidate.estimate is None:
+            reasons.append(f"{code}: {candidate.reason}")
+            continue
+        try:
+            args = trainer_arguments(candidate.plan, model, "ds_config_trainer.json")
+        except PlannerError as error:
+            reasons.append(f"{code}: {error.message}")
+            continue
+        variant = candidate
+        break
+    if variant is None:
+        folder.skipped["trainer"] = "; ".join(reasons)
+        return
     if variant.plan.engine == "deepspeed":
         folder.files["ds_config_trainer.json"] = _json(deepspeed_config(variant.plan, hf_auto=True))
     else:
         folder.files["trainer_fsdp_config.json"] = _json(args["fsdp_config"])
     folder.files["trainer_args.json"] = _json(args)
-    flags = trainer_flags(args, "trainer_fsdp_config.json")
+    # The script gets absolute paths to this folder's files, so it runs from any directory.
+    flags = trainer_flags({**args, "deepspeed": "$HERE/ds_config_trainer.json"} if "deepspeed" in args else args)
+    flags = [("$HERE/" + f) if f == "trainer_fsdp_config.json" else f for f in flags]
     command = [*torchrun_args(variant.plan), "${TRAIN_SCRIPT}", *flags]
     comments = [
         *NODE_COMMENTS,
         "TRAIN_SCRIPT: a script that parses TrainingArguments with HfArgumentParser, e.g. transformers'",
         "examples/pytorch/language-modeling/run_clm.py; add its model and data flags after this script's name.",
+        "trainer_args.json holds the same arguments (its file names are relative to this folder).",
     ]
-    setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your Trainer script}"', 'cd "$HERE"']
+    setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your Trainer script}"']
     script = render_script("Hugging Face Trainer via torchrun, written by planner launch", comments, setup, command)
     folder.files["launch_trainer.sh"] = script
-    folder.commands["HF Trainer (trainer_args.json)"] = ["launch_trainer.sh"]
+    folder.commands[f"HF Trainer (trainer_args.json, {variant.code} variant)"] = ["launch_trainer.sh"]
 
 
 def _write_torchrun(folder: LaunchFolder) -> None:
     variant = _variant(folder, "torchrun", "fsdp")
     if variant is None:
         return
-    command = [*torchrun_args(variant.plan), "${TRAIN_SCRIPT}", "--plan", "$HERE/plan.json", "--variant", "fsdp"]
+    plan = variant.plan
+    if plan.tp * plan.pp * plan.cp > 1 or plan.precision == "fp8":
+        folder.skipped["torchrun"] = (
+            f"examples/train.py runs data-parallel bf16/fp16/fp32 plans; this one has tp {plan.tp}, pp {plan.pp}, "
+            f"cp {plan.cp}, {plan.precision}: launch it with launch_torchtitan.sh"
+        )
+        return
+    command = [*torchrun_args(plan), "${TRAIN_SCRIPT}", "--plan", "$HERE/plan.json", "--variant", "fsdp"]
     comments = [
         *NODE_COMMENTS,
         "TRAIN_SCRIPT defaults to planner's examples/train.py (FSDP2 on a Llama-style model built from",

@@ -43,8 +43,11 @@ def deepspeed_config(plan: Plan, *, hf_auto: bool = False) -> dict[str, Any]:
             gradient_clipping=AUTO,
         )
     else:
+        if plan.tp == 1:
+            config["train_batch_size"] = plan.global_batch
+        # With AutoTP (tp > 1) and no model-parallel unit, DeepSpeed 0.19 checks train_batch_size against the
+        # whole world size, not the data-parallel ranks; leaving it out lets DeepSpeed derive it from these two.
         config.update(
-            train_batch_size=plan.global_batch,
             train_micro_batch_size_per_gpu=plan.micro_batch,
             gradient_accumulation_steps=plan.grad_accum,
             gradient_clipping=GRADIENT_CLIPPING,
@@ -52,9 +55,11 @@ def deepspeed_config(plan: Plan, *, hf_auto: bool = False) -> dict[str, Any]:
     config.update(_precision_blocks(plan, hf_auto))
     config["zero_optimization"] = zero_block(plan)
     if plan.tp > 1:
-        # AutoTP training (DeepSpeed >= 0.16.4): the data-parallel size DeepSpeed divides the batch by is
-        # world / autotp_size.
-        config["tensor_parallel"] = {"autotp_size": plan.tp}
+        config["tensor_parallel"] = {"autotp_size": plan.tp}  # AutoTP training (DeepSpeed >= 0.16.4)
+    if plan.offload != "none" and plan.optimizer != "adamw":
+        # The script's own optimizer (8-bit Adam, SGD, Adafactor) steps on the CPU copy; DeepSpeed refuses a
+        # client optimizer under ZeRO-Offload unless told to allow it.
+        config["zero_force_ds_cpu_optimizer"] = False
     optimizer = _optimizer_block(plan, hf_auto)
     if optimizer is not None:
         config["optimizer"] = optimizer
@@ -124,12 +129,14 @@ def _optimizer_block(plan: Plan, hf_auto: bool) -> dict[str, Any] | None:
     return {"type": "AdamW", "params": params}
 
 
-def deepspeed_command(plan: Plan, script: str = "${TRAIN_SCRIPT}", config_path: str = "ds_config.json") -> list[str]:
+def deepspeed_command(
+    plan: Plan, script: str = "${TRAIN_SCRIPT}", config_path: str = "ds_config.json", hostfile: str = "hostfile"
+) -> list[str]:
     """`deepspeed` launcher arguments (pdsh over a hostfile; `--num_gpus` per node)."""
     layout = node_layout(plan)
     args = ["deepspeed"]
     if layout.nodes > 1:
-        args += ["--hostfile", "hostfile", "--num_nodes", str(layout.nodes)]
+        args += ["--hostfile", hostfile, "--num_nodes", str(layout.nodes)]
         args += ["--master_addr", "${MASTER_ADDR}", "--master_port", f"${{MASTER_PORT:-{DEFAULT_MASTER_PORT}}}"]
     args += ["--num_gpus", str(layout.procs_per_node), script, "--deepspeed", config_path]
     return args

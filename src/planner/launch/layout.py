@@ -51,10 +51,12 @@ def hf_fsdp2_settings(plan: Plan, model: ModelSpec) -> dict[str, Any]:
         raise PlannerError(
             f"Hugging Face FSDP runs data-parallel ZeRO-2/3 FSDP plans, got {plan.engine} ZeRO-{plan.zero} "
             f"tp{plan.tp} pp{plan.pp} cp{plan.cp}",
-            "use the plan's fsdp-hf variant",
+            "planner launch writes these files for the plan's HF-FSDP variant",
         )
     if plan.checkpointing == "selective":
-        raise PlannerError("Hugging Face models checkpoint whole layers only", "use the plan's fsdp-hf variant")
+        raise PlannerError(
+            "Hugging Face models checkpoint whole layers only", "planner launch translates selective to full"
+        )
     settings: dict[str, Any] = {
         "version": 2,
         "reshard_after_forward": plan.zero == 3,

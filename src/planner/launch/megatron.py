@@ -33,7 +33,10 @@ def megatron_arguments(model: ModelSpec, plan: Plan) -> list[str]:
     """Flags for `torchrun ... pretrain_gpt.py`, model first, then the plan. Data, tokenizer, learning rate
     and checkpoint paths are the user's and are left out."""
     if plan.engine != "megatron":
-        raise PlannerError(f"Megatron arguments need a megatron plan, got {plan.engine}", "use the megatron variant")
+        raise PlannerError(
+            f"Megatron arguments need a megatron plan, got {plan.engine}",
+            "planner launch writes them for the plan's Megatron variant",
+        )
     return _model_flags(model, plan) + _parallel_flags(model, plan) + _memory_flags(plan) + _precision_flags(plan)
 
 

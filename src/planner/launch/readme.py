@@ -85,16 +85,37 @@ def render_readme(folder, targets: tuple[str, ...], origin_note: str) -> str:
         lines += ["", "## Not written", ""]
         for target, reason in folder.skipped.items():
             lines.append(f"- {target}: {reason}")
+    lines += ["", "## Before launching", "", *(f"- {duty}" for duty in script_duties(folder))]
     lines += [
-        "",
-        "## Before launching",
-        "",
         "- Learning rate, data, tokenizer and checkpoint paths are not part of the plan: add yours.",
         "- The batch per GPU, accumulation and global batch are the plan's; changing them changes memory.",
         f"- Predictions keep a {chosen.memory.safety_margin:.0%} safety margin of GPU memory free; they are "
         "estimates, so watch the first steps' peak memory (torch.cuda.max_memory_reserved).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def script_duties(folder) -> list[str]:
+    """What a training script must do itself for the prediction to hold (the configs cannot say it)."""
+    duties = []
+    hf_launchers = {"deepspeed": "the DeepSpeed launcher and Accelerate + DeepSpeed", "fsdp-hf": "Accelerate FSDP"}
+    for code, who in hf_launchers.items():
+        variant = folder.variants.get(code)
+        if variant is None or variant.estimate is None:
+            continue
+        plan = variant.plan
+        if plan.checkpointing == "full" and code == "deepspeed":
+            duties.append(
+                f"With {who}, call `model.gradient_checkpointing_enable()` in your script: the {code} variant is "
+                "predicted with full checkpointing, which DeepSpeed's JSON cannot switch on for Hugging Face "
+                "models (the Trainer files do it)."
+            )
+        if plan.precision == "pure-bf16":
+            duties.append(
+                f"With {who} and the Trainer, load the model in bf16 (`torch_dtype=torch.bfloat16`): the {code} "
+                "variant keeps weights, gradients and optimizer states in bf16."
+            )
+    return duties
 
 
 def _code_of(est: Estimate) -> str:

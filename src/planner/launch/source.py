@@ -29,17 +29,19 @@ class ReportPlan:
 
 def parse_plan_ref(ref: str, rank: int | None) -> tuple[Path, int]:
     """`reports/x/report.json#3`, `reports/x#3` or a path plus `--rank` -> (report.json path, rank)."""
-    path_text, _, fragment = ref.partition("#")
+    path_text, hash_sign, fragment = ref.partition("#")
+    if hash_sign and (not fragment.isdigit() or int(fragment) < 1):
+        raise PlannerError(f"cannot read the plan rank in {ref!r}", "write REPORT.json#N with N >= 1")
+    if rank is not None and rank < 1:
+        raise PlannerError(f"--rank must be 1 or more, got {rank}", "ranks start at 1 (the best plan)")
     if fragment and rank is not None and int(fragment) != rank:
         raise PlannerError(f"{ref} names rank {fragment} but --rank is {rank}", "give the rank once")
     if fragment:
-        if not fragment.isdigit() or int(fragment) < 1:
-            raise PlannerError(f"cannot read the plan rank in {ref!r}", "write REPORT.json#N with N >= 1")
         rank = int(fragment)
     path = Path(path_text)
     if path.is_dir():
         path = path / "report.json"
-    return path, rank or 1
+    return path, rank if rank is not None else 1
 
 
 def load_report_plan(ref: str, rank: int | None = None) -> ReportPlan:

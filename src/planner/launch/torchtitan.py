@@ -56,7 +56,9 @@ def torchtitan_module(model: ModelSpec, plan: Plan) -> str:
 def _check(model: ModelSpec, plan: Plan) -> None:
     arch = model.architecture
     if plan.engine != "fsdp":
-        raise PlannerError(f"torchtitan runs FSDP plans, got {plan.engine}", "use the fsdp variant")
+        raise PlannerError(
+            f"torchtitan runs FSDP plans, got {plan.engine}", "planner launch writes it for the plan's FSDP variant"
+        )
     if plan.optimizer != "adamw":
         raise PlannerError(f"torchtitan's recipes train with AdamW, not {plan.optimizer}", "use --optimizer adamw")
     if plan.loss == "fused":

@@ -25,15 +25,19 @@ def trainer_arguments(plan: Plan, model: ModelSpec, ds_config_path: str = "ds_co
     if plan.engine not in ("deepspeed", "fsdp") or plan.tp * plan.pp * plan.cp > 1:
         raise PlannerError(
             f"the Trainer runs data-parallel DeepSpeed or FSDP plans, got {plan.engine} tp{plan.tp} pp{plan.pp}",
-            "use the deepspeed or fsdp-hf variant",
+            "planner launch writes the Trainer files for the plan's DeepSpeed or HF-FSDP variant",
         )
     if plan.checkpointing == "selective":
-        raise PlannerError("Hugging Face models checkpoint whole layers only", "use the fsdp-hf variant")
+        raise PlannerError(
+            "Hugging Face models checkpoint whole layers only", "planner launch translates selective to full"
+        )
     args: dict[str, Any] = {
         "output_dir": "output",
         "per_device_train_batch_size": plan.micro_batch,
         "gradient_accumulation_steps": plan.grad_accum,
-        "bf16": plan.precision == "bf16",
+        # pure-bf16: the model is loaded in bf16 (the script's torch_dtype) and the flag keeps DeepSpeed's and
+        # FSDP's bf16 settings consistent with it.
+        "bf16": plan.precision in ("bf16", "pure-bf16"),
         "fp16": plan.precision == "fp16",
         "optim": OPTIM[plan.optimizer],
         "max_grad_norm": MAX_GRAD_NORM,

@@ -92,6 +92,9 @@ def translated_request(plan: Plan, model: ModelSpec, code: str) -> tuple[PlanReq
     if engine == "fsdp" and plan.zero == 1:
         values["zero"] = 2
         why.append("FSDP has no optimizer-only sharding")
+    if code == "fsdp-hf" and plan.zero == 0:
+        values["zero"] = 2
+        why.append("the Accelerate and Trainer FSDP configs shard (SHARD_GRAD_OP is the closest to DDP)")
     if engine == "fsdp" and plan.offload == "optimizer":
         values.update(zero=3, offload="optimizer+params")
         why.append("FSDP offloads parameters, gradients and optimizer together")
@@ -159,7 +162,12 @@ def _runs_as_is(plan: Plan, code: str) -> bool:
     if plan.engine != CODE_ENGINE[code]:
         return False
     if code == "fsdp-hf":
-        return plan.checkpointing != "selective" and plan.tp == plan.pp == plan.cp == 1
+        return (
+            plan.checkpointing != "selective"
+            and plan.tp == plan.pp == plan.cp == 1
+            and plan.zero in (2, 3)
+            and plan.precision != "fp8"
+        )
     return True
 
 
@@ -195,7 +203,7 @@ def _search_replacement(code: str, chosen: Estimate, context: SearchContext) -> 
     if code in ("deepspeed", "fsdp-hf"):
         pins["checkpointing"] = ("none", "full")
     if code == "fsdp-hf":
-        pins.update(tp=1, pp=1, cp=1)
+        pins.update(tp=1, pp=1, cp=1, zero=(2, 3))
     search = SolveRequest(
         model=context.model_ref,
         budget=context.budget,
