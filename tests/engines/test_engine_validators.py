@@ -210,6 +210,8 @@ def test_training_arguments_accept_args_file_and_flags(tmp_path, monkeypatch, la
     Path("ds_config_trainer.json").write_text(json.dumps(deepspeed_config(est.plan, hf_auto=True)))
     if "fsdp_config" in args:
         Path("trainer_fsdp_config.json").write_text(json.dumps(args["fsdp_config"]))
+    if "accelerator_config" in args:
+        Path("trainer_accelerator_config.json").write_text(json.dumps(args["accelerator_config"]))
     Path("trainer_args.json").write_text(json.dumps(args))
 
     parser = transformers.HfArgumentParser(transformers.TrainingArguments)
@@ -228,6 +230,8 @@ def test_training_arguments_accept_args_file_and_flags(tmp_path, monkeypatch, la
         assert hf_ds.config["zero_optimization"]["stage"] == est.plan.zero
     else:
         for parsed in (from_file, from_flags):
+            sync = parsed.accelerator_config.gradient_accumulation_kwargs or {}
+            assert sync.get("sync_each_batch", False) is (est.plan.grad_accum > 1)
             assert parsed.fsdp_plugin_args["reshard_after_forward"] is (est.plan.zero == 3)
             assert parsed.fsdp_plugin_args["activation_checkpointing"] is (est.plan.checkpointing == "full")
 

@@ -183,10 +183,15 @@ def _write_trainer(folder: LaunchFolder) -> None:
         folder.files["ds_config_trainer.json"] = _json(deepspeed_config(variant.plan, hf_auto=True))
     else:
         folder.files["trainer_fsdp_config.json"] = _json(args["fsdp_config"])
+    if "accelerator_config" in args:
+        folder.files["trainer_accelerator_config.json"] = _json(args["accelerator_config"])
     folder.files["trainer_args.json"] = _json(args)
     # The script gets absolute paths to this folder's files, so it runs from any directory.
-    flags = trainer_flags({**args, "deepspeed": "$HERE/ds_config_trainer.json"} if "deepspeed" in args else args)
-    flags = [("$HERE/" + f) if f == "trainer_fsdp_config.json" else f for f in flags]
+    flags = trainer_flags(
+        {**args, "deepspeed": "$HERE/ds_config_trainer.json"} if "deepspeed" in args else args,
+        "$HERE/trainer_fsdp_config.json",
+        "$HERE/trainer_accelerator_config.json",
+    )
     command = [*torchrun_args(variant.plan), "${TRAIN_SCRIPT}", *flags]
     comments = [
         *NODE_COMMENTS,

@@ -110,6 +110,13 @@ def script_duties(folder) -> list[str]:
                 "predicted with full checkpointing, which DeepSpeed's JSON cannot switch on for Hugging Face "
                 "models (the Trainer files do it)."
             )
+        if code == "fsdp-hf" and plan.grad_accum > 1:
+            duties.append(
+                "With Accelerate FSDP, create the Accelerator with `GradientAccumulationPlugin(num_steps="
+                f"{plan.grad_accum}, sync_each_batch=True)`: by default `accelerator.accumulate` defers the "
+                "reduce-scatter to the last micro-batch and keeps unsharded fp32 gradients of the whole model "
+                "meanwhile, which the prediction does not include (the Trainer files set it)."
+            )
         if plan.precision == "pure-bf16":
             duties.append(
                 f"With {who} and the Trainer, load the model in bf16 (`torch_dtype=torch.bfloat16`): the {code} "

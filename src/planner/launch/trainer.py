@@ -53,18 +53,30 @@ def trainer_arguments(plan: Plan, model: ModelSpec, ds_config_path: str = "ds_co
     if "transformer_layer_cls_to_wrap" in fsdp_config:
         fsdp_config["transformer_layer_cls_to_wrap"] = [fsdp_config["transformer_layer_cls_to_wrap"]]
     args.update(gradient_checkpointing=False, fsdp=True, fsdp_config=fsdp_config)
+    if plan.grad_accum > 1:
+        # The Trainer skips FSDP's gradient reduction until the last micro-batch by default, which keeps
+        # unsharded fp32 gradients of the whole model between micro-batches; reduce-scattering every
+        # micro-batch is what the memory model (and torchtitan) assume.
+        args["accelerator_config"] = {"gradient_accumulation_kwargs": {"sync_each_batch": True}}
     return args
 
 
-def trainer_flags(args: dict[str, Any], fsdp_config_path: str = "trainer_fsdp_config.json") -> list[str]:
+def trainer_flags(
+    args: dict[str, Any],
+    fsdp_config_path: str = "trainer_fsdp_config.json",
+    accelerator_config_path: str = "trainer_accelerator_config.json",
+) -> list[str]:
     """The same arguments as command-line flags of a script that parses TrainingArguments with
-    HfArgumentParser (e.g. transformers' examples/pytorch/language-modeling/run_clm.py)."""
+    HfArgumentParser (e.g. transformers' examples/pytorch/language-modeling/run_clm.py). Nested settings
+    go by file: on the command line the Trainer reads a string as a path to JSON."""
     flags: list[str] = []
     for name, value in args.items():
         if name == "fsdp":
             flags.append("--fsdp")  # bare flag = True; a value would take the deprecated string path
         elif name == "fsdp_config":
             flags += ["--fsdp_config", fsdp_config_path]
+        elif name == "accelerator_config":
+            flags += ["--accelerator_config", accelerator_config_path]
         elif isinstance(value, dict):
             flags += [f"--{name}", json.dumps(value)]
         else:
