@@ -30,6 +30,7 @@ import platform
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
@@ -77,8 +78,15 @@ def reference_plan(model: ModelSpec, implementation: str, checkpointing: str, se
     return plan
 
 
-def _activation_bytes_after_forward(model: ModelSpec, layers: int, seq_len: int, implementation: str, mode: str):
-    """MemTracker's activation bytes right after the forward (loss computed), on fake tensors."""
+Stop = Literal["forward", "backward", "step"]
+
+
+def fake_step(
+    model: ModelSpec, layers: int, seq_len: int, implementation: str, mode: str = "none", stop: Stop = "forward"
+) -> dict[str, int | dict[str, int]]:
+    """Run the transformers model on fake tensors under MemTracker up to `stop` (the forward with its loss,
+    its backward, or one AdamW step too). Returns MemTracker's `current` and `peak` bytes by category
+    (PARAM, GRAD, ACT, TEMP, OPT, Total) and the number of parameter tensors."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
@@ -91,16 +99,26 @@ def _activation_bytes_after_forward(model: ModelSpec, layers: int, seq_len: int,
         if mode == "full":
             built.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         built.train()
+        optimizer = torch.optim.AdamW(built.parameters(), lr=1e-4, foreach=False)  # foreach inflates fake OPT
         tokens = torch.randint(0, model.architecture.vocab_size, (1, seq_len))
         tracker = MemTracker()
-        tracker.track_external(built)
+        tracker.track_external(built, optimizer)
         with tracker:
             # The loss is computed inside autocast and read after it: leaving the context drops autocast's
             # cache of bf16 weights, so what remains is what autograd keeps for backward.
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                built(input_ids=tokens, labels=tokens)
-            snapshot = next(iter(tracker.get_tracker_snapshot("current").values()))
-    return {str(k).rsplit(".", 1)[-1]: v for k, v in snapshot.items()}["ACT"]
+                loss = built(input_ids=tokens, labels=tokens).loss
+            if stop != "forward":
+                loss.backward()
+            if stop == "step":
+                optimizer.step()
+            current, peak = (next(iter(tracker.get_tracker_snapshot(k).values())) for k in ("current", "peak"))
+        tensors = sum(1 for _ in built.parameters())
+
+    def by_category(snapshot) -> dict[str, int]:
+        return {str(k).rsplit(".", 1)[-1]: v for k, v in snapshot.items()}
+
+    return {"current": by_category(current), "peak": by_category(peak), "param_tensors": tensors}
 
 
 def fit_activations(model: ModelSpec, implementation: str, mode: str) -> ActivationFit:
@@ -109,7 +127,7 @@ def fit_activations(model: ModelSpec, implementation: str, mode: str) -> Activat
     for layers in TRACE_LAYERS:
         for s in TRACE_SEQ_LENS:
             rows.append([layers * s, layers * s * s, layers, s, s * s, 1.0])
-            values.append(_activation_bytes_after_forward(model, layers, s, implementation, mode))
+            values.append(fake_step(model, layers, s, implementation, mode)["current"]["ACT"])
     design, target = np.array(rows, dtype=float), np.array(values, dtype=float)
     coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
     residual = float(np.max(np.abs(design @ coefficients - target)))
@@ -128,32 +146,13 @@ AdamW states (`hf` here is traced with bf16 parameters), or fp32 weights under a
 def trace_states(model: ModelSpec, implementation: str, layers: int = 1, seq_len: int = 64) -> dict[str, int]:
     """Weights, gradients and AdamW states after one real training step on fake tensors (MemTracker), and
     the number of parameter tensors (AdamW keeps a step counter per tensor)."""
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    from planner.calibrate.hf_model import build_hf_model
-
-    autocast = implementation == "autocast"
-    with FakeTensorMode():
-        built = build_hf_model(model, num_layers=layers, dtype=torch.float32 if autocast else torch.bfloat16)
-        optimizer = torch.optim.AdamW(built.parameters(), lr=1e-4, foreach=False)  # foreach inflates fake OPT
-        tokens = torch.randint(0, model.architecture.vocab_size, (1, seq_len))
-        tracker = MemTracker()
-        tracker.track_external(built, optimizer)
-        with tracker:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                loss = built(input_ids=tokens, labels=tokens).loss
-            loss.backward()
-            optimizer.step()
-            snapshot = next(iter(tracker.get_tracker_snapshot("current").values()))
-        tensors = sum(1 for _ in built.parameters())
-    current = {str(k).rsplit(".", 1)[-1]: v for k, v in snapshot.items()}
+    run = fake_step(model, layers, seq_len, implementation, stop="step")
+    current = run["current"]
     return {
         "weights": current["PARAM"],
         "gradients": current["GRAD"],
         "optimizer_states": current["OPT"],
-        "param_tensors": tensors,
+        "param_tensors": run["param_tensors"],
     }
 
 
@@ -175,24 +174,10 @@ def trace_loss_seam(model: ModelSpec) -> dict[str, float]:
     """Bytes per token outside the blocks at the step's peak (start of backward: logits, their fp32
     log-softmax and its gradient, final norm, ids), traced with one bf16 block, against the model's
     `logits_and_loss` + final norm + ids/labels terms for the same plan. A check, not applied."""
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
-
-    from planner.calibrate.hf_model import build_hf_model
-
     rows, values = [], []
     for s in SEAM_SEQ_LENS:
-        with FakeTensorMode():
-            built = build_hf_model(model, num_layers=1, dtype=torch.bfloat16)
-            tokens = torch.randint(0, model.architecture.vocab_size, (1, s))
-            tracker = MemTracker()
-            tracker.track_external(built)
-            with tracker:
-                built(input_ids=tokens, labels=tokens).loss.backward()
-                peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
         rows.append([s, s * s, 1.0])
-        values.append({str(k).rsplit(".", 1)[-1]: v for k, v in peak.items()}["Total"])
+        values.append(fake_step(model, 1, s, "hf", stop="backward")["peak"]["Total"])
     per_token, _, _ = np.linalg.solve(np.array(rows), np.array(values, dtype=float))
     plan = reference_plan(model, "hf", "none")
     arch = model.architecture
