@@ -42,6 +42,14 @@ def node_layout(plan: Plan) -> NodeLayout:
     return NodeLayout(nodes, plan.gpus // nodes)
 
 
+def require_whole_layer_checkpointing(plan: Plan) -> None:
+    """Hugging Face model code recomputes whole decoder layers or nothing (no selective mode)."""
+    if plan.checkpointing == "selective":
+        raise PlannerError(
+            "Hugging Face models checkpoint whole layers only", "planner launch translates selective to full"
+        )
+
+
 def hf_fsdp2_settings(plan: Plan, model: ModelSpec) -> dict[str, Any]:
     """FSDP2 settings for Hugging Face model code, as Accelerate's FSDP plugin and the Trainer's fsdp_config
     name them without the `fsdp_` prefix. ZeRO-3 = reshard after forward, ZeRO-2 = keep the gathered
@@ -53,10 +61,7 @@ def hf_fsdp2_settings(plan: Plan, model: ModelSpec) -> dict[str, Any]:
             f"tp{plan.tp} pp{plan.pp} cp{plan.cp}",
             "planner launch writes these files for the plan's HF-FSDP variant",
         )
-    if plan.checkpointing == "selective":
-        raise PlannerError(
-            "Hugging Face models checkpoint whole layers only", "planner launch translates selective to full"
-        )
+    require_whole_layer_checkpointing(plan)
     settings: dict[str, Any] = {
         "version": 2,
         "reshard_after_forward": plan.zero == 3,

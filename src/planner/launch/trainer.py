@@ -12,7 +12,7 @@ from typing import Any
 
 from planner.catalog import ModelSpec
 from planner.errors import PlannerError
-from planner.launch.layout import hf_fsdp2_settings
+from planner.launch.layout import hf_fsdp2_settings, require_whole_layer_checkpointing
 from planner.plan import Plan
 
 OPTIM = {"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit", "sgd": "sgd", "adafactor": "adafactor"}
@@ -27,10 +27,7 @@ def trainer_arguments(plan: Plan, model: ModelSpec, ds_config_path: str = "ds_co
             f"the Trainer runs data-parallel DeepSpeed or FSDP plans, got {plan.engine} tp{plan.tp} pp{plan.pp}",
             "planner launch writes the Trainer files for the plan's DeepSpeed or HF-FSDP variant",
         )
-    if plan.checkpointing == "selective":
-        raise PlannerError(
-            "Hugging Face models checkpoint whole layers only", "planner launch translates selective to full"
-        )
+    require_whole_layer_checkpointing(plan)
     args: dict[str, Any] = {
         "output_dir": "output",
         "per_device_train_batch_size": plan.micro_batch,

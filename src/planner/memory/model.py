@@ -146,9 +146,13 @@ def _total(terms: dict[str, object]):
     return sum(terms.values())
 
 
-def stage_phases(model: ModelSpec, plan: Plan, stage: StageShard) -> dict[str, dict[str, object]]:
+def stage_phases(
+    model: ModelSpec, plan: Plan, stage: StageShard, traced: float = 1.0, traced_no_recompute: float = 1.0
+) -> dict[str, dict[str, object]]:
     """Allocated bytes by phase and term on one pipeline stage (values are arrays for bulk plans).
-    The loss phase only exists on the last stage; elsewhere its terms are zero."""
+    The loss phase only exists on the last stage; elsewhere its terms are zero. `traced` scales the
+    per-layer activations of the plan's checkpointing mode, `traced_no_recompute` those of the block being
+    recomputed (planner.memory.calibration)."""
     arch = model.architecture
     terms = state_layout(arch, plan)
     sizes = _state_bytes(terms, stage, plan)
@@ -159,8 +163,6 @@ def stage_phases(model: ModelSpec, plan: Plan, stage: StageShard) -> dict[str, d
 
     tokens = plan.tokens_per_micro_batch
     in_flight = stage.in_flight_micro_batches
-    traced = activation_calibration(model, plan).ratio
-    traced_no_recompute = activation_calibration(model, replace(plan, checkpointing="none")).ratio
     saved = in_flight * stage.num_layers * act.saved_bytes_per_layer(arch, plan) * traced * tokens
     edge_tokens = stage.is_first * 1 + stage.is_last * 1  # ids on the first stage, labels on the last
     saved = saved + in_flight * act.INPUT_IDS_AND_LABELS_BYTES / 2 * edge_tokens * tokens
@@ -249,9 +251,12 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
     earlier phase). Works on scalar and on array-valued plans alike."""
     arch = model.architecture
     first, last = first_and_last_stage(arch, plan)
+    calibration = activation_calibration(model, plan)
+    no_recompute = activation_calibration(model, replace(plan, checkpointing="none")).ratio
     slots = []  # (stage index, phase index, terms, valid)
     for stage in (first, last):
-        for index, (phase, terms) in enumerate(stage_phases(model, plan, stage).items()):
+        stage_terms = stage_phases(model, plan, stage, calibration.ratio, no_recompute)
+        for index, (phase, terms) in enumerate(stage_terms.items()):
             valid = stage.is_last if phase == "loss" else True
             slots.append((stage.stage, index, terms, valid))
     totals = np.stack(
@@ -286,7 +291,7 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
         breakdown_gib=breakdown,
         phases_gib=phases,
         stage_peaks_gib=(totals[: len(PHASES)].max(axis=0) / GIB, totals[len(PHASES) :].max(axis=0) / GIB),
-        activations_source=activation_calibration(model, plan).label,
+        activations_source=calibration.label,
     )
 
 
