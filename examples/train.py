@@ -2,13 +2,17 @@
 
 It builds a Llama-style decoder from the architecture in plan.json (random weights, no downloads), lays it
 out as the plan's `fsdp` variant says (FSDP2 `fully_shard` per block for ZeRO-2/3, DDP for ZeRO-0,
-activation checkpointing, mixed precision, CPU offload, torch.compile), and trains on random tokens with
-the plan's micro-batch, gradient accumulation and sequence length. Rank 0 prints loss, step time,
-tokens/s per GPU and peak GPU memory per step, which is what `planner estimate` predicts.
+tensor parallelism with or without sequence parallelism, activation checkpointing, mixed precision, CPU
+offload, torch.compile), and trains on random tokens with the plan's micro-batch, gradient accumulation
+and sequence length. Rank 0 prints loss, gradient norm, step time, tokens/s per GPU and peak GPU memory per step, which
+is what `planner estimate` predicts.
 
-Data-parallel plans only (tp = pp = cp = 1); for tensor, pipeline or context parallelism use the
-torchtitan or Megatron-LM configs of the same folder. Runs on GPUs (NCCL) or, for smoke tests, on CPUs
-(gloo):
+Tensor parallelism follows torchtitan's Llama layout: column-parallel q/k/v and up/gate projections,
+row-parallel output and down projections, a vocabulary-parallel LM head with a loss_parallel
+cross-entropy, and with sequence parallelism the norms and residual stream split along the sequence
+(Korthikanti et al. 2022). FSDP then shards over the data-parallel dimension of the 2-D mesh (dp x tp).
+Pipeline and context parallelism are not run here: use the torchtitan or Megatron-LM configs of the same
+folder. Runs on GPUs (NCCL) or, for smoke tests, on CPUs (gloo):
 
     torchrun --nproc-per-node=2 examples/train.py --plan launch/plan.json --variant fsdp --steps 2
 
@@ -28,7 +32,17 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    loss_parallel,
+    parallelize_module,
+)
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
@@ -63,38 +77,54 @@ def _rope(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-class Block(nn.Module):
+class Attention(nn.Module):
     def __init__(self, arch: dict):
         super().__init__()
         h, a, kv = arch["hidden_size"], arch["num_attention_heads"], arch["num_kv_heads"]
-        self.heads, self.kv_heads = a, kv
         self.head_dim = arch.get("head_dim") or h // a
-        self.attn_norm, self.mlp_norm = _norm(arch), _norm(arch)
+        self.grouped = kv != a
         qkv_bias = arch.get("qkv_bias", False)
         self.q = nn.Linear(h, a * self.head_dim, bias=qkv_bias)
         self.k = nn.Linear(h, kv * self.head_dim, bias=qkv_bias)
         self.v = nn.Linear(h, kv * self.head_dim, bias=qkv_bias)
         self.o = nn.Linear(a * self.head_dim, h, bias=arch.get("attn_out_bias", False))
-        f, bias = arch["ffn_hidden_size"], arch.get("mlp_bias", False)
+        self.rope = arch["position_embedding"] == "rope"
+
+    def forward(self, x, cos, sin):
+        # Heads are counted from the projections' outputs: with tensor parallelism each rank holds 1/tp of them.
+        b, s = x.shape[0], x.shape[1]
+        q = self.q(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        if self.rope:
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.grouped)
+        return self.o(attn.transpose(1, 2).reshape(b, s, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, arch: dict):
+        super().__init__()
+        h, f, bias = arch["hidden_size"], arch["ffn_hidden_size"], arch.get("mlp_bias", False)
         self.gated = arch["mlp"] == "swiglu"
         self.up = nn.Linear(h, f, bias=bias)
         self.gate = nn.Linear(h, f, bias=bias) if self.gated else None
         self.down = nn.Linear(f, h, bias=bias)
-        self.rope = arch["position_embedding"] == "rope"
+
+    def forward(self, x):
+        hidden = F.silu(self.gate(x)) * self.up(x) if self.gated else F.gelu(self.up(x), approximate="tanh")
+        return self.down(hidden)
+
+
+class Block(nn.Module):
+    def __init__(self, arch: dict):
+        super().__init__()
+        self.attn_norm, self.attn = _norm(arch), Attention(arch)
+        self.mlp_norm, self.mlp = _norm(arch), MLP(arch)
 
     def forward(self, x, cos, sin):
-        b, s, _ = x.shape
-        y = self.attn_norm(x)
-        q = self.q(y).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(y).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        if self.rope:
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
-        x = x + self.o(attn.transpose(1, 2).reshape(b, s, -1))
-        y = self.mlp_norm(x)
-        hidden = F.silu(self.gate(y)) * self.up(y) if self.gated else F.gelu(self.up(y), approximate="tanh")
-        return x + self.down(hidden)
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class Decoder(nn.Module):
@@ -126,8 +156,9 @@ class Decoder(nn.Module):
         for layer in self.layers:
             x = self._run_block(layer, x, cos, sin)
         x = self.norm(x)
-        weight = self.embed.weight if self.head is None else self.head.weight
-        return F.linear(x, weight)
+        if self.head is not None:
+            return self.head(x)
+        return F.linear(x, self.embed.weight)
 
     def _run_block(self, layer, x, cos, sin):
         if self.checkpointing == "full":
@@ -151,18 +182,90 @@ def load_plan(path: str, variant: str) -> tuple[dict, dict]:
     return entry["plan"], data["chosen"]["model"]["architecture"]
 
 
-def build(plan: dict, arch: dict, device: torch.device) -> nn.Module:
-    if plan["tp"] * plan["pp"] * plan["cp"] != 1:
-        raise SystemExit("examples/train.py runs data-parallel plans; use torchtitan or Megatron-LM for tp/pp/cp")
+def check_runnable(plan: dict, arch: dict) -> None:
+    """Refuse, with the reason, the plans this script does not lay out."""
+    if plan["pp"] * plan["cp"] != 1:
+        raise SystemExit("examples/train.py runs data and tensor parallelism; use torchtitan or Megatron-LM for pp/cp")
     if plan["engine"] != "fsdp":
         raise SystemExit(f"examples/train.py runs the fsdp variant, got engine {plan['engine']}")
     if plan["precision"] not in DTYPES:
         raise SystemExit(f"examples/train.py trains in {', '.join(DTYPES)}; use torchtitan for {plan['precision']}")
+    if plan["tp"] > 1 and plan["zero"] == 0:
+        raise SystemExit("examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3), not DDP; use torchtitan")
+    if plan["tp"] > 1 and arch["tied_embeddings"]:
+        raise SystemExit("examples/train.py shards the LM head for tensor parallelism, which tied embeddings share")
+    if plan["tp"] > 1 and plan["sequence_parallel"] and arch["position_embedding"] == "learned":
+        raise SystemExit("examples/train.py adds learned positions to the whole sequence; use Megatron-LM for SP")
+
+
+def make_mesh(plan: dict, device: torch.device) -> DeviceMesh | None:
+    """The (dp, tp) mesh for tensor-parallel plans; None for data parallelism alone."""
+    tp = plan["tp"]
+    if tp == 1:
+        return None
+    return init_device_mesh(device.type, (dist.get_world_size() // tp, tp), mesh_dim_names=("dp", "tp"))
+
+
+def apply_tensor_parallel(model: "Decoder", mesh: DeviceMesh, sequence_parallel: bool) -> None:
+    """torchtitan's Llama TP plan. With sequence parallelism the residual stream between blocks is split
+    along the sequence (Shard(1)): the norms run on 1/tp of the tokens, the block inputs are all-gathered and
+    the row-parallel outputs reduce-scattered. Without it the stream is whole on every rank and the
+    row-parallel outputs are all-reduced. The LM head keeps its vocabulary shard (Shard(-1)) for the
+    loss_parallel cross-entropy."""
+    stream = Shard(1) if sequence_parallel else Replicate()
+    outer = {
+        "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=stream),
+        "head": ColwiseParallel(input_layouts=stream, output_layouts=Shard(-1), use_local_output=False),
+    }
+    if sequence_parallel:
+        outer["norm"] = SequenceParallel()
+    parallelize_module(model, mesh, outer)
+    for block in model.layers:
+        plan = {
+            "attn": PrepareModuleInput(
+                input_layouts=(stream, None, None), desired_input_layouts=(Replicate(), None, None)
+            ),
+            "attn.q": ColwiseParallel(),
+            "attn.k": ColwiseParallel(),
+            "attn.v": ColwiseParallel(),
+            "attn.o": RowwiseParallel(output_layouts=stream),
+            "mlp": PrepareModuleInput(input_layouts=(stream,), desired_input_layouts=(Replicate(),)),
+            "mlp.up": ColwiseParallel(),
+            "mlp.down": RowwiseParallel(output_layouts=stream),
+        }
+        if block.mlp.gate is not None:
+            plan["mlp.gate"] = ColwiseParallel()
+        if sequence_parallel:
+            plan.update({"attn_norm": SequenceParallel(), "mlp_norm": SequenceParallel()})
+        parallelize_module(block, mesh, plan)
+    _replicate_the_rest(model, mesh)
+
+
+def _replicate_the_rest(model: nn.Module, mesh: DeviceMesh) -> None:
+    """Without sequence parallelism the norms (and learned positions) run whole on every TP rank. Their
+    parameters still become DTensors replicated over the TP mesh, so that after FSDP every parameter lives on
+    the same 2-D mesh (gradient clipping reduces over all of them at once); inputs and outputs stay local."""
+
+    def to_replicate(module, inputs, mesh):
+        return tuple(DTensor.from_local(x, mesh, [Replicate()], run_check=False) for x in inputs)
+
+    def to_local(module, output, mesh):
+        return output.to_local()
+
+    for module in model.modules():
+        if any(not isinstance(p, DTensor) for p in module.parameters(recurse=False)):
+            distribute_module(module, mesh, input_fn=to_replicate, output_fn=to_local)
+
+
+def build(plan: dict, arch: dict, device: torch.device, mesh: DeviceMesh | None) -> nn.Module:
+    check_runnable(plan, arch)
     torch.manual_seed(0)
     model = Decoder(arch)
     model.checkpointing = plan["checkpointing"]
     if plan["precision"] == "pure-bf16":
         model = model.to(torch.bfloat16)
+    if mesh is not None:
+        apply_tensor_parallel(model, mesh["tp"], plan["sequence_parallel"])
     if plan["compile"]:
         for i, layer in enumerate(model.layers):
             model.layers[i] = torch.compile(layer)
@@ -174,6 +277,8 @@ def build(plan: dict, arch: dict, device: torch.device) -> nn.Module:
     mixed = plan["precision"] in ("bf16", "fp16")
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[plan["precision"]], reduce_dtype=torch.float32) if mixed else None
     kwargs = {"reshard_after_forward": plan["zero"] == 3}
+    if mesh is not None:
+        kwargs["mesh"] = mesh["dp"]
     if policy is not None:
         kwargs["mp_policy"] = policy
     if plan["offload"] == "optimizer+params":
@@ -203,19 +308,36 @@ def _grad_scaler(plan: dict, device: torch.device):
     return torch.amp.GradScaler(device.type)
 
 
+def _layout(plan: dict, world: int) -> str:
+    layout = "DDP" if plan["zero"] == 0 else f"FSDP2 ZeRO-{plan['zero']}"
+    if plan["tp"] > 1:
+        layout += f" + TP {plan['tp']}" + (" (sequence parallel)" if plan["sequence_parallel"] else "")
+    return f"{layout} on {world} ranks"
+
+
+def _cross_entropy(logits, targets):
+    """Mean cross-entropy in fp32. A vocabulary-sharded DTensor (tensor parallelism) is reduced with
+    loss_parallel, so the full logits are never gathered; the caller runs backward in the same context."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(0, 1))
+
+
 def train(plan: dict, arch: dict, steps: int, device: torch.device) -> None:
-    model = build(plan, arch, device)
+    mesh = make_mesh(plan, device)
+    model = build(plan, arch, device, mesh)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
     scaler = _grad_scaler(plan, device)
     rank, world = dist.get_rank(), dist.get_world_size()
-    generator = torch.Generator().manual_seed(1234 + rank)
+    dp_rank = rank if mesh is None else mesh["dp"].get_local_rank()
+    # The ranks of one tensor-parallel group must see the same tokens, so the data seed is the dp rank.
+    generator = torch.Generator().manual_seed(1234 + dp_rank)
     mbs, accumulation, seq = plan["micro_batch"], plan["grad_accum"], plan["seq_len"]
+    tokens_per_step = mbs * seq * accumulation * (world // plan["tp"])
     vocab = arch["vocab_size"]
     sharded = plan["zero"] in (2, 3)
+    loss_context = loss_parallel if mesh is not None else contextlib.nullcontext
     if rank == 0:
-        layout = "DDP" if plan["zero"] == 0 else f"FSDP2 ZeRO-{plan['zero']}"
         print(
-            f"plan: {layout} on {world} ranks, micro-batch {mbs} x accumulation {accumulation} x seq {seq}, "
+            f"plan: {_layout(plan, world)}, micro-batch {mbs} x accumulation {accumulation} x seq {seq}, "
             f"checkpointing {plan['checkpointing']}, {plan['precision']}, offload {plan['offload']}",
             flush=True,
         )
@@ -228,14 +350,15 @@ def train(plan: dict, arch: dict, steps: int, device: torch.device) -> None:
             # does and the memory model assumes); DDP skips the all-reduce until the last micro-batch.
             sync = contextlib.nullcontext() if sharded or last or world == 1 else model.no_sync()
             tokens = torch.randint(vocab, (mbs, seq + 1), generator=generator).to(device)
-            with sync, _autocast(plan, device):
-                logits = model(tokens[:, :-1])
-                loss = F.cross_entropy(logits.float().view(-1, vocab), tokens[:, 1:].reshape(-1)) / accumulation
+            with sync, _autocast(plan, device), loss_context():
+                loss = _cross_entropy(model(tokens[:, :-1]), tokens[:, 1:]) / accumulation
                 (scaler.scale(loss) if scaler else loss).backward()
-            total += loss.detach()
+            loss = loss.detach()
+            total += loss.full_tensor() if isinstance(loss, DTensor) else loss
         if scaler:
             scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm  # every rank joins the reduction
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -248,10 +371,9 @@ def train(plan: dict, arch: dict, steps: int, device: torch.device) -> None:
         elapsed = time.perf_counter() - start
         if rank == 0:
             peak = torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else math.nan
-            tokens_per_gpu = mbs * seq * accumulation / elapsed
             print(
-                f"step {step} loss {total.item() / world:.4f} time {elapsed:.3f} s "
-                f"tokens/s/GPU {tokens_per_gpu:,.0f} peak_reserved_gib {peak:.2f}",
+                f"step {step} loss {total.item() / world:.4f} grad_norm {norm.item():.4f} time {elapsed:.3f} s "
+                f"tokens/s/GPU {tokens_per_step / world / elapsed:,.0f} peak_reserved_gib {peak:.2f}",
                 flush=True,
             )
 

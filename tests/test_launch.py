@@ -288,6 +288,28 @@ def test_folder_skips_what_a_target_cannot_run_and_falls_back_for_the_trainer():
     assert any("fsdp-hf variant" in label for label in autotp.commands)
 
 
+@pytest.mark.parametrize(
+    "model, fields, refusal",
+    [
+        ("llama-2-13b", dict(zero=3), ""),
+        ("llama-2-13b", dict(zero=2, sequence_parallel=False), ""),
+        ("llama-2-13b", dict(zero=0), "this plan is DDP + TP"),
+        ("llama-3.2-1b", dict(zero=3), "tied embeddings share"),
+    ],
+)
+def test_torchrun_writes_tensor_parallel_fsdp_plans_and_says_why_not_others(model, fields, refusal):
+    # examples/train.py lays out FSDP2 over the dp dimension of a (dp, tp) mesh with torchtitan's TP plan;
+    # it has no DDP + TP path and cannot shard an LM head that the embedding shares.
+    estimate = evaluate(
+        *plan_for(model, "A100-80GB", engine="fsdp", gpus=8, tp=2, micro_batch=1, global_batch=32, **fields)
+    )
+    folder = build_launch_folder(estimate, ("torchrun",), None, "test")
+    if refusal:
+        assert refusal in folder.skipped["torchrun"] and "launch_torchrun.sh" not in folder.files
+    else:
+        assert not folder.skipped and "launch_torchrun.sh" in folder.files
+
+
 def test_variant_translation_rules():
     chosen = hand_estimate("fsdp-zero2-compile")
     ds = build_variant("deepspeed", chosen)

@@ -11,6 +11,7 @@ exist, or that cannot run it, is listed in the README with the reason instead of
 import json
 from dataclasses import dataclass, field
 
+from planner.catalog.models import Architecture
 from planner.errors import PlannerError
 from planner.estimate import Estimate
 from planner.launch.accelerate import (
@@ -26,6 +27,7 @@ from planner.launch.shell import NODE_COMMENTS, render_script, torchrun_args
 from planner.launch.torchtitan import torchtitan_module
 from planner.launch.trainer import trainer_arguments, trainer_flags
 from planner.launch.variants import SearchContext, Variant, build_variant
+from planner.plan import Plan
 
 TARGETS: tuple[str, ...] = ("deepspeed", "accelerate", "trainer", "torchrun", "megatron", "torchtitan")
 TARGET_TITLES = {
@@ -205,16 +207,29 @@ def _write_trainer(folder: LaunchFolder) -> None:
     folder.commands[f"HF Trainer (trainer_args.json, {variant.code} variant)"] = ["launch_trainer.sh"]
 
 
+def _train_script_refusal(plan: Plan, arch: Architecture) -> str:
+    """Why examples/train.py cannot lay the plan out (its `check_runnable`), or "" when it can."""
+    if plan.pp * plan.cp > 1:
+        return f"examples/train.py runs data and tensor parallelism; this plan has pp {plan.pp}, cp {plan.cp}"
+    if plan.precision == "fp8":
+        return "examples/train.py trains in bf16/fp16/fp32; this plan is fp8"
+    if plan.tp > 1 and plan.zero == 0:
+        return "examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3); this plan is DDP + TP"
+    if plan.tp > 1 and arch.tied_embeddings:
+        return "examples/train.py shards the LM head for tensor parallelism, which this model's tied embeddings share"
+    if plan.sequence_parallel and arch.position_embedding == "learned":
+        return "examples/train.py runs sequence parallelism only with RoPE or ALiBi positions"
+    return ""
+
+
 def _write_torchrun(folder: LaunchFolder) -> None:
     variant = _variant(folder, "torchrun", "fsdp")
     if variant is None:
         return
     plan = variant.plan
-    if plan.tp * plan.pp * plan.cp > 1 or plan.precision == "fp8":
-        folder.skipped["torchrun"] = (
-            f"examples/train.py runs data-parallel bf16/fp16/fp32 plans; this one has tp {plan.tp}, pp {plan.pp}, "
-            f"cp {plan.cp}, {plan.precision}: launch it with launch_torchtitan.sh"
-        )
+    refusal = _train_script_refusal(plan, variant.estimate.model.architecture)
+    if refusal:
+        folder.skipped["torchrun"] = f"{refusal}: launch it with launch_torchtitan.sh"
         return
     command = [*torchrun_args(plan), "${TRAIN_SCRIPT}", "--plan", "$HERE/plan.json", "--variant", "fsdp"]
     comments = [
