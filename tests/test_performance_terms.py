@@ -7,7 +7,7 @@ from planner.catalog import load_gpu
 from planner.performance import comm
 from planner.performance.cost import estimate_cost
 from planner.performance.flops import block_matmul_params, flops_per_token
-from planner.performance.model import efficiency, estimate_performance, matmul_dtype
+from planner.performance.model import efficiency, estimate_performance, matmul_dtype, pointwise_width
 
 
 def test_block_matmul_params_llama_2_7b():
@@ -71,6 +71,17 @@ def test_efficiency_saturates_with_tokens_and_width():
     small, _ = efficiency(gpu, 512, 1024)
     large, params = efficiency(gpu, 65536, 16384)
     assert small < large < params.max
+
+
+def test_pointwise_width_is_split_only_with_sequence_parallelism():
+    # Sequence parallelism splits the norm/residual regions over the TP ranks like the matmuls, so their
+    # ratio is that of the full width; without it each rank repeats them and the ratio is that of h / tp.
+    _, _, with_sp = plan_for(model="llama-2-70b", gpus=8, tp=8, engine="megatron")
+    _, _, without_sp = plan_for(model="llama-2-70b", gpus=8, tp=8, engine="megatron", sequence_parallel=False)
+    _, _, autotp = plan_for(model="llama-2-70b", gpus=8, tp=8, engine="deepspeed")
+    assert with_sp.sequence_parallel and not autotp.sequence_parallel
+    assert pointwise_width(8192, with_sp) == 8192
+    assert pointwise_width(8192, without_sp) == pointwise_width(8192, autotp) == 1024
 
 
 def test_fp32_runs_tf32_matmuls_and_fp8_runs_fp8():

@@ -40,14 +40,15 @@ class PriceSpec:
 class ComputeEfficiency:
     """Achieved fraction of the dense peak for a training step's matmuls:
     max * T / (T + half_tokens) * w / (w + half_width), with T the tokens one GPU processes per
-    micro-batch and w the hidden size per tensor-parallel shard (small GEMMs run below peak)."""
+    micro-batch and w the hidden size whose pointwise work one GPU does (the full hidden size with
+    sequence parallelism, the TP shard's without; planner.performance.model.pointwise_width)."""
 
     max: float
     """The fraction large GEMMs reach, including the step's non-matmul kernels."""
     half_tokens: float
     """Tokens per micro-batch at which the token factor is one half."""
     half_width: float
-    """Hidden size per TP shard at which the width factor is one half."""
+    """Pointwise width at which the width factor is one half."""
     source: str = ""
 
 

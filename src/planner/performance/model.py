@@ -7,6 +7,7 @@ Per micro-batch on the slowest pipeline stage:
     compute = matmul FLOPs / (peak[matmul dtype] x eff) + attention FLOPs / (peak[bf16] x eff)
               (+ score-matrix memory traffic for eager attention)
     eff     = max x T/(T + half_tokens) x w/(w + half_width)   (GPU-specific, fitted: hardware/*.yaml)
+              (w: pointwise_width, the hidden size whose pointwise work one GPU does per matmul FLOP)
 
 Per step: the 1F1B pipeline runs (grad_accum + pp - 1) micro-batch slots (the (pp-1)/(m+pp-1) bubble),
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
@@ -101,10 +102,21 @@ def _peak_tflops(gpu: GpuSpec, dtype: str) -> float:
     return float(value)
 
 
+def pointwise_width(hidden_size: int, plan: Plan):
+    """The width in the efficiency's pointwise factor. A block's pointwise work (norms, activation, RoPE,
+    residual adds) grows as T x h while its matmuls grow as T x h^2, so their ratio falls as 1/h. Tensor
+    parallelism splits the matmuls over tp GPUs; with sequence parallelism it splits the pointwise regions
+    too (Korthikanti et al. 2022, Sec. 4.2.2) and the ratio stays that of the full width h, without it
+    every TP rank repeats the norm/dropout/residual regions on the whole sequence and the ratio is that of
+    h / tp. (Using h / tp for all TP plans put every sequence-parallel TP-8 case of tests/data 10-35% too
+    slow: flagperf Megatron, Llama 3 405B, Korthikanti's selective-recompute rows.)"""
+    return np.where(plan.sequence_parallel, hidden_size, hidden_size / plan.tp)
+
+
 def efficiency(gpu: GpuSpec, tokens: float, width: float, compiled: bool = False) -> tuple[float, ComputeEfficiency]:
-    """Achieved fraction of peak for GEMMs with `tokens` rows and `width` = hidden size per TP shard.
-    The width factor stands for pointwise work, whose cost relative to the matmuls falls as 1/width;
-    torch.compile fuses part of it away."""
+    """Achieved fraction of peak for GEMMs with `tokens` rows; `width` is `pointwise_width`. The width
+    factor stands for pointwise work, whose cost relative to the matmuls falls as 1/width; torch.compile
+    fuses part of it away."""
     params = gpu.compute_efficiency or UNFITTED_EFFICIENCY
     half_width = params.half_width * (COMPILE_POINTWISE_REMAINING if compiled else 1.0)
     value = params.max * tokens / (tokens + params.half_tokens) * width / (width + half_width)
@@ -233,7 +245,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     arch = model.architecture
     flops = flops_per_token(arch, plan)
     tokens = plan.tokens_per_micro_batch
-    eff, eff_params = efficiency(gpu, tokens, arch.hidden_size / plan.tp, plan.compile)
+    eff, eff_params = efficiency(gpu, tokens, pointwise_width(arch.hidden_size, plan), plan.compile)
     peak_matmul = _peak_tflops(gpu, matmul_dtype(plan)) * 1e12
     peak_attention = _peak_tflops(gpu, "tf32" if plan.precision == "fp32" else "bf16") * 1e12
     a = compute_bytes(plan)
