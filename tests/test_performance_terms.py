@@ -4,10 +4,17 @@ import pytest
 from tests.conftest import plan_for
 
 from planner.catalog import load_gpu
+from planner.errors import PlanError
 from planner.performance import comm
 from planner.performance.cost import estimate_cost
 from planner.performance.flops import block_matmul_params, flops_per_token
-from planner.performance.model import efficiency, estimate_performance, matmul_dtype, pointwise_width
+from planner.performance.model import (
+    causal_attention_fraction,
+    efficiency,
+    estimate_performance,
+    matmul_dtype,
+    pointwise_width,
+)
 
 
 def test_block_matmul_params_llama_2_7b():
@@ -82,6 +89,53 @@ def test_pointwise_width_is_split_only_with_sequence_parallelism():
     assert with_sp.sequence_parallel and not autotp.sequence_parallel
     assert pointwise_width(8192, with_sp) == 8192
     assert pointwise_width(8192, without_sp) == pointwise_width(8192, autotp) == 1024
+
+
+def test_causal_flash_attention_executes_the_lower_triangle():
+    # Query i attends to min(i, w) keys: on average s/2 of the s the convention counts; with Mistral's
+    # 4096-token window at s = 8192, 4096 - 4096^2 / (2 x 8192) = 3072 of 4096; eager computes everything.
+    llama, _, flash = plan_for(seq_len=4096)
+    _, _, eager = plan_for(seq_len=4096, flash_attention=False)
+    assert causal_attention_fraction(llama.architecture, flash) == 0.5
+    assert causal_attention_fraction(llama.architecture, eager) == 1.0
+    mistral, _, windowed = plan_for(model="mistral-7b", seq_len=8192)
+    assert causal_attention_fraction(mistral.architecture, windowed) == 0.75
+
+
+def test_attention_time_is_the_causal_half_at_the_efficiency_of_the_micro_batch():
+    # Same tokens per micro-batch (8192), so the same efficiency and matmul work; the sequence doubles, so
+    # the conventional attention FLOPs per token double. The compute time grows by half the added attention
+    # (forward, backward, flash recompute and full-checkpointing recompute) over bf16 peak x efficiency.
+    m, g, short = plan_for(seq_len=2048, micro_batch=4, global_batch=32, gpus=8, zero=3, checkpointing="full")
+    _, _, long = plan_for(seq_len=4096, micro_batch=2, global_batch=16, gpus=8, zero=3, checkpointing="full")
+    fa, fb = flops_per_token(m.architecture, short), flops_per_token(m.architecture, long)
+    added = sum(getattr(fb, k) - getattr(fa, k) for k in ("attention", "flash_backward_recompute", "recompute"))
+    assert added == 4 * 32 * 4096 * 2048 * (3 + 0.5 + 1)  # 4 L q_width ds x (fwd+bwd, flash, recompute)
+    eff, _ = efficiency(g, 8192, 4096)
+    expected_s = 8192 * 0.5 * added / (312e12 * eff)
+    a, b = estimate_performance(m, g, short), estimate_performance(m, g, long)
+    assert b.breakdown_s["compute"] - a.breakdown_s["compute"] == pytest.approx(expected_s, rel=1e-9)
+    assert b.mfu > a.mfu  # MFU counts the whole span, so the longer sequence earns more model FLOPs
+
+
+def test_flash_attention_version_sets_the_attention_speed():
+    # H100 (hardware/h100-80gb.yaml, FlashAttention-3 paper): v2 runs at 0.35 / 0.75 = 0.47 of the GEMMs' speed,
+    # v3 at 1, so the attention part of the compute time shrinks by 0.47 between them; the matmuls stay.
+    m, g, v2 = plan_for(gpu="H100", seq_len=8192, micro_batch=1, global_batch=8, gpus=8, zero=3)
+    _, _, v3 = plan_for(
+        gpu="H100", seq_len=8192, micro_batch=1, global_batch=8, gpus=8, zero=3, flash_attention_version=3
+    )
+    assert g.flash_attention_speed == {1: 0.47, 2: 0.47, 3: 1.0}
+    f = flops_per_token(m.architecture, v2)
+    eff, _ = efficiency(g, 8192, 4096)
+    attention_s = 8192 * 0.5 * (f.attention + f.flash_backward_recompute) / (989.5e12 * eff)
+    a, b = estimate_performance(m, g, v2), estimate_performance(m, g, v3)
+    assert a.breakdown_s["compute"] - b.breakdown_s["compute"] == pytest.approx(attention_s * (1 / 0.47 - 1), rel=1e-9)
+
+
+def test_flash_attention_3_is_refused_where_it_does_not_run():
+    with pytest.raises(PlanError, match="FlashAttention-3 does not run on A100-80GB"):
+        plan_for(gpu="A100-80GB", flash_attention_version=3)
 
 
 def test_fp32_runs_tf32_matmuls_and_fp8_runs_fp8():

@@ -218,3 +218,20 @@ def test_limits_drop_slow_plans():
     limited = solve(replace(base, max_hours=limit))
     assert 0 < len(limited.feasible) < len(everything.feasible)
     assert limited.rejections.over_limits == len(everything.feasible) - len(limited.feasible)
+
+
+def test_flash_attention_version_pin_reaches_every_listed_plan():
+    # FlashAttention-3 on H100 runs the attention at GEMM speed (hardware/h100-80gb.yaml: v3 = 1 against v2 = 0.47):
+    # the same plans fit (memory does not depend on the version) and each one is faster.
+    base = SolveRequest(model="7b", budget="8xH100", global_batch=64, seq_len=8192)
+    v2, v3 = solve(base), solve(replace(base, pins={"flash_attention_version": 3}))
+    assert _searched(v2) == {(*row[:-1], 2) for row in _searched(v3)}
+    assert {row[-1] for row in _searched(v3)} == {3}
+    assert v3.candidates.tokens_per_s[v3.feasible[0]] > v2.candidates.tokens_per_s[v2.feasible[0]]
+
+
+def test_flash_attention_3_pin_on_a100_is_one_line_exit_2():
+    args = ["solve", "--model", "7b", "--budget", "8xA100", "--flash-attention-version", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "FlashAttention-3 does not run on A100-80GB" in result.output
+    assert "Traceback" not in result.output

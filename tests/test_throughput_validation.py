@@ -22,9 +22,10 @@ CSV = ROOT / "tests" / "data" / "throughput_measured.csv"
 KNOWN_RANKING_GAPS = {
     "internlm_train_perf": "throughput falls with scale (4062 -> 2271 tokens/s/GPU from 8 to 1024 GPUs) from network "
     "effects the ring-bandwidth model does not see; predictions are flat across GPU counts",
-    "vectorlm": "its single-GPU runs are 10% faster than its 2- and 4-GPU FSDP runs for reasons no modelled term "
-    "explains (communication is below 1% of the step there)",
-    "torchtune": "rows differ by optimisations the model does not distinguish (packing, optimizer-in-backward)",
+    "vectorlm": "its single-GPU runs are 10% faster than its 2- and 4-GPU FSDP runs (which the model matches within "
+    "2%) for reasons no modelled term explains (communication is below 1% of the step there)",
+    "torchtune": "torch.compile gains 27% on its 3B A100 run (7,075 -> 8,998 tokens/s) where the model, calibrated on "
+    "torchtitan's 16% for 8B on H100, gives 7.5%; its other rows are within 5%",
 }
 
 
@@ -75,7 +76,7 @@ def test_spearman_by_hand():
 
 def test_stored_efficiency_is_a_grid_optimum():
     """The fit script's full search takes about two minutes; here we check its result: no neighbour of the
-    stored constants on the script's grid scores better (same criterion as the script)."""
+    stored constants on the script's grid scores better (the script's objective, median + mean)."""
     spec = importlib.util.spec_from_file_location("fit", ROOT / "scripts" / "fit_throughput.py")
     fit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fit)
@@ -83,7 +84,7 @@ def test_stored_efficiency_is_a_grid_optimum():
         stored = load_gpu(names[0]).compute_efficiency
         assert all(load_gpu(n).compute_efficiency == stored for n in names)
         cases = fit.family_cases(family)
-        best = fit.score(cases, stored)
+        best = fit.objective(cases, stored)
         for grid, field in (
             (fit.MAX_GRID, "max"),
             (fit.HALF_TOKENS_GRID, "half_tokens"),
@@ -93,4 +94,4 @@ def test_stored_efficiency_is_a_grid_optimum():
             for j in (i - 1, i + 1):
                 if 0 <= j < len(grid):
                     neighbour = type(stored)(**{**stored.__dict__, field: grid[j]})
-                    assert fit.score(cases, neighbour) >= best, (family, field, grid[j])
+                    assert fit.objective(cases, neighbour) >= best, (family, field, grid[j])

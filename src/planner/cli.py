@@ -51,6 +51,12 @@ _FORMAT = click.option(
 )
 
 
+_FLASH_VERSION_HELP = (
+    "FlashAttention generation your stack runs, for its speed: 1 (FlashAttention-1, Triton, xformers), "
+    "2 (FlashAttention-2, PyTorch SDPA), 3 (FlashAttention-3 or cuDNN attention, Hopper only)."
+)
+
+
 @main.command()
 @click.option(
     "--model",
@@ -85,6 +91,14 @@ _FORMAT = click.option(
 @click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True)
 @click.option("--engine", type=click.Choice(ENGINES), default="deepspeed", show_default=True)
 @click.option("--flash-attention/--no-flash-attention", default=True, show_default=True)
+@click.option(
+    "--flash-attention-version",
+    type=click.Choice(["1", "2", "3"]),
+    callback=lambda ctx, param, value: None if value is None else int(value),
+    default="2",
+    show_default=True,
+    help=_FLASH_VERSION_HELP,
+)
 @click.option("--loss", type=click.Choice(LOSSES), default="standard", show_default=True)
 @click.option(
     "--sequence-parallel/--no-sequence-parallel", default=None, help="Default: on with --tp > 1 for Megatron and FSDP."
@@ -152,6 +166,13 @@ def estimate(
 @click.option("--offload", type=click.Choice(OFFLOADS), default=None)
 @click.option("--engine", type=click.Choice(ENGINES), default=None)
 @click.option("--flash-attention/--no-flash-attention", default=None)
+@click.option(
+    "--flash-attention-version",
+    type=click.Choice(["1", "2", "3"]),
+    callback=lambda ctx, param, value: None if value is None else int(value),
+    default=None,
+    help=_FLASH_VERSION_HELP + " Default: the search space's (2).",
+)
 @click.option("--loss", type=click.Choice(LOSSES), default=None)
 @click.option("--compile/--no-compile", "compile_", default=None)
 @click.option(

@@ -18,6 +18,7 @@ Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Engine = Literal["deepspeed", "fsdp", "megatron"]
 Loss = Literal["standard", "chunked", "fused"]
+FlashAttentionVersion = Literal[1, 2, 3]
 
 CHECKPOINTING: tuple[str, ...] = get_args(Checkpointing)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -25,6 +26,7 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 OFFLOADS: tuple[str, ...] = get_args(Offload)
 ENGINES: tuple[str, ...] = get_args(Engine)
 LOSSES: tuple[str, ...] = get_args(Loss)
+FLASH_ATTENTION_VERSIONS: tuple[int, ...] = get_args(FlashAttentionVersion)
 
 _MAX_GPUS = 1_000_000
 _MAX_SEQ_LEN = 16 * 1024 * 1024
@@ -81,6 +83,10 @@ class Plan:
     compile: bool = False
     """torch.compile the blocks: the partitioner saves matmul and attention outputs and recomputes
     pointwise ops (norms, activations, RoPE) in backward. Not applicable to Megatron (TE kernels)."""
+    flash_attention_version: FlashAttentionVersion = 2
+    """Which flash-attention kernel generation runs, for its speed (memory is the same): 1 =
+    FlashAttention-1 or the Triton/xformers kernels of its time, 2 = FlashAttention-2 (also PyTorch SDPA's
+    flash backend), 3 = FlashAttention-3 or cuDNN attention on Hopper. Ignored without flash attention."""
 
     @property
     def nodes(self) -> int:
@@ -129,6 +135,8 @@ class PlanRequest:
     offload: str = "none"
     engine: str = "deepspeed"
     flash_attention: bool = True
+    flash_attention_version: int = 2
+    """1, 2 or 3 (see Plan); the GPU catalog says which run on which GPU and how fast."""
     loss: str = "standard"
     sequence_parallel: bool | None = None
     """None: on whenever tp > 1 for Megatron and FSDP (torchtitan's TP plan always uses it; the launch
@@ -281,10 +289,22 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         offload=offload,
         engine=engine,
         flash_attention=request.flash_attention,
+        flash_attention_version=_flash_attention_version(request.flash_attention_version, gpu),
         loss=loss,
         sequence_parallel=sequence_parallel,
         compile=request.compile,
     )
+
+
+def _flash_attention_version(version: Any, gpu: GpuSpec) -> int:
+    if isinstance(version, bool) or version not in FLASH_ATTENTION_VERSIONS:
+        raise PlanError(f"--flash-attention-version must be 1, 2 or 3, got {version!r}", "pick one of those")
+    if version not in gpu.flash_attention_versions():
+        raise PlanError(
+            f"FlashAttention-{version} does not run on {gpu.name}",
+            f"use --flash-attention-version {gpu.flash_attention_versions()[-1]}",
+        )
+    return version
 
 
 def _check_engine(

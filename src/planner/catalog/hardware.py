@@ -1,6 +1,6 @@
 """GPU catalog: `hardware/*.yaml` -> `GpuSpec`. One file per GPU; see `hardware/README.md`."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,10 @@ class ComputeEfficiency:
     source: str = ""
 
 
+DEFAULT_FLASH_SPEED: dict[int, float | None] = {1: 0.5, 2: 1.0, 3: None}
+"""For a catalog file without `flash_attention_speed`: the A100 values."""
+
+
 @dataclass(frozen=True)
 class GpuSpec:
     """One accelerator: memory, peak throughput per dtype, links, node and price."""
@@ -76,9 +80,19 @@ class GpuSpec:
     """True when `--gpu-memory-gib` replaced the catalog capacity."""
     compute_efficiency: ComputeEfficiency | None = None
     """Fitted matmul efficiency (see scripts/fit_throughput.py); None until fitted for this GPU."""
+    flash_attention_speed: dict[int, float | None] = field(default_factory=lambda: dict(DEFAULT_FLASH_SPEED))
+    """FlashAttention version (1, 2, 3) -> how fast its kernels run relative to the step's GEMMs at the
+    same efficiency (their achieved share of peak over the GEMMs'); None where that version does not run.
+    A100: FlashAttention-2 is about as efficient as a GEMM (1), FlashAttention-1 half as fast; H100:
+    FlashAttention-2 reaches 35% of peak where FlashAttention-3 reaches GEMM-like 75%."""
+    flash_attention_source: str = ""
 
     def peak_tflops(self, dtype: str) -> float | None:
         return self.tflops.get(dtype)
+
+    def flash_attention_versions(self) -> tuple[int, ...]:
+        """The FlashAttention versions that run on this GPU, oldest first."""
+        return tuple(sorted(v for v, speed in self.flash_attention_speed.items() if speed is not None))
 
 
 def _number(data: dict[str, Any], key: str, path: Path, allow_none: bool = False) -> float | None:
@@ -125,7 +139,26 @@ def _gpu_from_file(path: Path) -> GpuSpec:
         tdp_w=_number(data, "tdp_w", path, allow_none=True),
         notes=str(data.get("notes") or ""),
         compute_efficiency=_efficiency(data.get("compute_efficiency"), path),
+        flash_attention_speed=_flash_attention_speed(data, path),
+        flash_attention_source=str(data.get("flash_attention_source") or ""),
     )
+
+
+def _flash_attention_speed(data: dict[str, Any], path: Path) -> dict[int, float | None]:
+    raw = data.get("flash_attention_speed")
+    if raw is None:
+        return dict(DEFAULT_FLASH_SPEED)
+    if not isinstance(raw, dict) or set(raw) - {"v1", "v2", "v3"}:
+        raise CatalogError(f"{path}: flash_attention_speed must map v1, v2, v3 to a number or null", "fix it")
+    speeds = {}
+    for version in (1, 2, 3):
+        value = _number(raw, f"v{version}", path, allow_none=True)
+        if value is not None and not 0 < value <= 1:
+            raise CatalogError(f"{path}: flash_attention_speed.v{version} must be in (0, 1]", "fix the value")
+        speeds[version] = value
+    if speeds[2] is None:
+        raise CatalogError(f"{path}: flash_attention_speed.v2 is needed (the default kernel)", "give a number")
+    return speeds
 
 
 def _efficiency(raw: Any, path: Path) -> ComputeEfficiency | None:

@@ -34,6 +34,7 @@ Origin = Literal["plan", "translated", "searched", "none"]
 
 _COMPARED = ("engine", "gpus", "tp", "pp", "cp", "zero", "micro_batch", "grad_accum", "checkpointing")
 _COMPARED += ("precision", "offload", "sequence_parallel", "compile", "optimizer", "loss", "flash_attention")
+_COMPARED += ("flash_attention_version",)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def _search_replacement(code: str, chosen: Estimate, context: SearchContext) -> 
         "optimizer": plan.optimizer,
         "loss": plan.loss,
         "flash_attention": plan.flash_attention,
+        "flash_attention_version": plan.flash_attention_version,
     }
     if code in ("deepspeed", "fsdp-hf"):
         pins["checkpointing"] = ("none", "full")

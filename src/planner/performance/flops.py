@@ -33,10 +33,18 @@ class FlopsPerToken:
     """Attention scores and weighted sum (forward + backward), full s x s."""
     lm_head: float
     """The vocabulary projection (forward + backward)."""
-    recompute: float
-    """Extra forward work of activation checkpointing (0 for `none`)."""
+    recompute_matmuls: float
+    """Dense matmuls activation checkpointing runs again (0 for `none`)."""
+    recompute_attention: float
+    """Attention scores and weighted sums activation checkpointing runs again (full: every block's;
+    selective under Megatron: the core attention; 0 otherwise)."""
     flash_backward_recompute: float
     """Scores recomputed by the flash-attention backward."""
+
+    @property
+    def recompute(self) -> float:
+        """Extra forward work of activation checkpointing."""
+        return self.recompute_matmuls + self.recompute_attention
 
     @property
     def model(self) -> float:
@@ -59,18 +67,18 @@ def attention_span(arch: Architecture, seq_len: int) -> int:
     return min(seq_len, arch.sliding_window) if arch.sliding_window else seq_len
 
 
-def selective_recompute_flops(arch: Architecture, plan: Plan, forward_attention: float) -> float:
-    """Forward work selective checkpointing redoes in backward, per token, whole model.
+def selective_recompute_flops(arch: Architecture, plan: Plan, forward_attention: float) -> tuple[float, float]:
+    """(matmul, attention) forward work selective checkpointing redoes in backward, per token, whole model.
 
     Megatron (core-attention recompute, Korthikanti et al.): the attention scores and weighted sum.
     PyTorch engines (torchtitan's op-level policy, see planner.memory.activations.selective_saved_bytes):
     the matmuls whose outputs were not kept and are needed again: wk (k feeds the attention backward), wo
     (its output is the next norm's input) and, for SwiGLU, w3 (the up projection)."""
     if plan.engine == "megatron":
-        return forward_attention
+        return 0.0, forward_attention
     h, f = arch.hidden_size, arch.ffn_hidden_size
     recomputed = h * arch.kv_width + arch.q_width * h + (h * f if arch.mlp == "swiglu" else 0)
-    return 2 * arch.num_layers * recomputed
+    return 2 * arch.num_layers * recomputed, 0.0
 
 
 def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
@@ -80,16 +88,17 @@ def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
     forward_attention = 4 * layers * arch.q_width * attention_span(arch, plan.seq_len)
     forward_head = 2 * arch.vocab_size * arch.hidden_size
     if plan.checkpointing == "full":
-        recompute = forward_matmuls + forward_attention
+        recompute = forward_matmuls, forward_attention
     elif plan.checkpointing == "selective":
         recompute = selective_recompute_flops(arch, plan, forward_attention)
     else:
-        recompute = 0.0
+        recompute = 0.0, 0.0
     flash = forward_attention / 2 if plan.flash_attention else 0.0
     return FlopsPerToken(
         block_matmuls=3 * forward_matmuls,
         attention=3 * forward_attention,
         lm_head=3 * forward_head,
-        recompute=recompute,
+        recompute_matmuls=recompute[0],
+        recompute_attention=recompute[1],
         flash_backward_recompute=flash,
     )

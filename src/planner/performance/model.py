@@ -4,10 +4,15 @@ Per micro-batch on the slowest pipeline stage:
 
     t_mb = compute + exposed tensor-parallel comm + exposed context-parallel comm + pipeline p2p
 
-    compute = matmul FLOPs / (peak[matmul dtype] x eff) + attention FLOPs / (peak[bf16] x eff)
+    compute = matmul FLOPs / (peak[matmul dtype] x eff)
+              + causal share x attention FLOPs / (peak[bf16] x flash speed x eff)
               (+ score-matrix memory traffic for eager attention)
     eff     = max x T/(T + half_tokens) x w/(w + half_width)   (GPU-specific, fitted: hardware/*.yaml)
               (w: pointwise_width, the hidden size whose pointwise work one GPU does per matmul FLOP)
+
+The attention FLOPs are the convention's (whole s x s, as MFU counts them); a causal flash kernel executes
+about half (causal_attention_fraction), at the speed its FlashAttention version reaches on the GPU
+relative to the GEMMs (flash_attention_speed, sourced per GPU in hardware/*.yaml).
 
 Per step: the 1F1B pipeline runs (grad_accum + pp - 1) micro-batch slots (the (pp-1)/(m+pp-1) bubble),
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
@@ -19,12 +24,13 @@ import numpy as np
 
 from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
+from planner.catalog.models import Architecture
 from planner.memory.activations import compute_bytes
 from planner.memory.buffers import compute_param_bytes
 from planner.memory.stages import first_and_last_stage, layers_on_stage
 from planner.memory.states import optimizer_bytes_per_param, state_layout
 from planner.performance import comm
-from planner.performance.flops import FlopsPerToken, flops_per_token
+from planner.performance.flops import FlopsPerToken, attention_span, flops_per_token
 from planner.plan import Plan
 
 UNFITTED_EFFICIENCY = ComputeEfficiency(
@@ -131,18 +137,36 @@ class _StageWork:
     layers: object
 
 
-def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage) -> _StageWork:
-    """Hardware FLOPs per token one pipeline stage executes (before dividing by TP)."""
+def causal_attention_fraction(arch: Architecture, plan: Plan):
+    """Share of the conventional attention FLOPs (every query against its whole span, flops.attention_span)
+    that a causal flash-attention kernel executes. FlashAttention skips the key tiles above the diagonal
+    (Dao 2023, FlashAttention-2 Sec. 3.1.1 "causal masking": about half the blocks), so query i computes
+    against min(i, w) keys for a window w (the sequence without one): on average w - w^2 / (2 s) of the
+    w the convention counts, 1/2 without a window. Eager attention computes and then masks the whole
+    s x s score matrix, so it executes all of it. The MFU/HFU conventions keep counting the whole span;
+    only the compute time uses this."""
+    s = plan.seq_len
+    w = attention_span(arch, s)
+    return np.where(plan.flash_attention, 1.0 - w / (2.0 * s), 1.0)
+
+
+def flash_attention_speed(gpu: GpuSpec, plan: Plan) -> float:
+    """The plan's flash-attention kernels relative to the GEMMs on this GPU (hardware/*.yaml, sourced per
+    FlashAttention version); 1 for a version the catalog does not list (make_plan refuses those)."""
+    speed = gpu.flash_attention_speed.get(plan.flash_attention_version)
+    return 1.0 if speed is None else speed
+
+
+def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage, causal_fraction) -> _StageWork:
+    """FLOPs per token one pipeline stage executes (before dividing by TP); the attention's are the causal
+    share `causal_fraction` of the conventional count."""
     layers = layers_on_stage(num_layers, plan.pp, stage)
     share = layers / num_layers
     head = flops.lm_head * (stage == plan.pp - 1)
-    attention = (flops.attention + flops.flash_backward_recompute) * share
-    block_recompute = flops.recompute * share
-    matmul = flops.block_matmuls * share + head + block_recompute
-    if plan.checkpointing == "selective" and plan.engine == "megatron":  # core-attention recompute
-        matmul = matmul - block_recompute
-        attention = attention + block_recompute
-    forward = (flops.block_matmuls + flops.attention) * share / 3 + head / 3
+    executed_attention = flops.attention + flops.flash_backward_recompute + flops.recompute_attention
+    attention = executed_attention * share * causal_fraction
+    matmul = (flops.block_matmuls + flops.recompute_matmuls) * share + head
+    forward = (flops.block_matmuls + flops.attention * causal_fraction) * share / 3 + head / 3
     return _StageWork(matmul, attention, forward / (matmul + attention), layers)
 
 
@@ -248,6 +272,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     eff, eff_params = efficiency(gpu, tokens, pointwise_width(arch.hidden_size, plan), plan.compile)
     peak_matmul = _peak_tflops(gpu, matmul_dtype(plan)) * 1e12
     peak_attention = _peak_tflops(gpu, "tf32" if plan.precision == "fp32" else "bf16") * 1e12
+    peak_attention = peak_attention * np.where(plan.flash_attention, flash_attention_speed(gpu, plan), 1.0)
     a = compute_bytes(plan)
 
     def stage_compute(work: _StageWork):
@@ -261,7 +286,8 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
             )
         return compute
 
-    first, last = (_stage_work(flops, plan, arch.num_layers, s) for s in (0, plan.pp - 1))
+    causal = causal_attention_fraction(arch, plan)
+    first, last = (_stage_work(flops, plan, arch.num_layers, s, causal) for s in (0, plan.pp - 1))
     first_s, last_s = stage_compute(first), stage_compute(last)
     slowest_is_first = first_s >= last_s
     compute_s = np.where(slowest_is_first, first_s, last_s)

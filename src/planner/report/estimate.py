@@ -59,8 +59,8 @@ def _plan_lines(estimate: Estimate) -> list[str]:
         f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum} x dp {p.dp} = global batch {p.global_batch}"
         f" sequences of {p.seq_len} tokens",
         f"checkpointing {p.checkpointing}, precision {p.precision}, optimizer {p.optimizer}, offload {p.offload}",
-        f"flash attention {'on' if p.flash_attention else 'off'}, loss {p.loss}"
-        + (", torch.compile" if p.compile else ""),
+        f"flash attention {f'on (FlashAttention-{p.flash_attention_version})' if p.flash_attention else 'off'}, "
+        f"loss {p.loss}" + (", torch.compile" if p.compile else ""),
     ]
 
 

@@ -82,6 +82,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "optimizer": p.optimizer,
         "loss": p.loss,
         "flash_attention": p.flash_attention,
+        "flash_attention_version": p.flash_attention_version,
         "compile": p.compile,
         "peak_gib": round(m.peak_gib, 2),
         "headroom_gib": round(m.headroom_gib, 2),

@@ -30,6 +30,7 @@ CATEGORIES = (
     "loss",
     "flash_attention",
     "compile",
+    "flash_attention_version",
 )
 """Categorical dimensions, in the order the CP-SAT model and the reports use."""
 

@@ -109,6 +109,17 @@ def _check_request(request: SolveRequest) -> None:
         raise PlanError(f"--top must be at least 1, got {request.top}", "fix it")
 
 
+def _check_flash_attention_versions(space: SearchSpace, budget: Budget) -> None:
+    """A FlashAttention version the GPU cannot run is the user's stack, not a search dimension: say so
+    rather than report that no plan is structurally valid."""
+    runs = budget.gpu.flash_attention_versions()
+    if not set(space.flash_attention_version) & set(runs):
+        versions = ", ".join(str(v) for v in space.flash_attention_version)
+        raise PlanError(
+            f"FlashAttention-{versions} does not run on {budget.gpu.name}", f"use --flash-attention-version {runs[-1]}"
+        )
+
+
 def _price(budget: Budget, request: SolveRequest) -> tuple[float | None, str]:
     if request.price_per_gpu_hour is not None:
         return float(request.price_per_gpu_hour), "--price-per-gpu-hour"
@@ -125,6 +136,7 @@ def solve(request: SolveRequest) -> SolveResult:
     model = load_model(request.model)
     budget = parse_budget(request.budget)
     space = load_space(request.space, budget).pinned(**request.pins)
+    _check_flash_attention_versions(space, budget)
     global_batch = _global_batch(request)
     cands = evaluate_candidates(model, budget, space, request.seq_len, global_batch)
     usable = budget.gpu.memory_gib * (1 - request.safety_margin)

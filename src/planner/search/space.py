@@ -9,7 +9,15 @@ from planner.catalog import GpuSpec, load_gpu
 from planner.catalog._yaml import read_yaml_mapping
 from planner.catalog.paths import data_dirs
 from planner.errors import CatalogError, PlanError
-from planner.plan import CHECKPOINTING, ENGINES, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS
+from planner.plan import (
+    CHECKPOINTING,
+    ENGINES,
+    FLASH_ATTENTION_VERSIONS,
+    LOSSES,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+)
 
 NUMERIC_DIMENSIONS = ("tp", "pp", "cp", "micro_batch")
 CHOICE_DIMENSIONS = {
@@ -22,7 +30,10 @@ CHOICE_DIMENSIONS = {
     "loss": LOSSES,
     "flash_attention": (True, False),
     "compile": (True, False),
+    "flash_attention_version": FLASH_ATTENTION_VERSIONS,
 }
+OPTIONAL_DIMENSIONS = {"flash_attention_version": [2]}
+"""Dimensions a search space file may leave out, and the values they then take."""
 GPU_POLICIES = ("powers_of_two", "whole_nodes")
 
 
@@ -81,6 +92,8 @@ class SearchSpace:
     loss: tuple[str, ...]
     flash_attention: tuple[bool, ...]
     compile: tuple[bool, ...]
+    flash_attention_version: tuple[int, ...] = (2,)
+    """Which FlashAttention generation the user's stack runs (a property of the software, usually pinned)."""
     source: str = ""
 
     def pinned(self, **pins: Any) -> "SearchSpace":
@@ -144,7 +157,7 @@ def load_space(path: Path | None, budget: Budget) -> SearchSpace:
     """Read a search space YAML (default: search_spaces/default.yaml) for `budget`."""
     source = str(path) if path is not None else "search_spaces/default.yaml"
     path = path or default_space_path()
-    data = read_yaml_mapping(Path(path))
+    data = {**OPTIONAL_DIMENSIONS, **read_yaml_mapping(Path(path))}
     unknown = set(data) - {"gpus", *NUMERIC_DIMENSIONS, *CHOICE_DIMENSIONS}
     if unknown:
         raise CatalogError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}", "see search_spaces/default.yaml")
