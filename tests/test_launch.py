@@ -477,3 +477,17 @@ def test_every_valid_plan_gets_a_launch_folder_without_error():
             if variant.origin == "translated":
                 assert variant.estimate.memory.fits
     assert count > 900
+
+
+def test_launch_from_a_report_keeps_its_network_override(tmp_path):
+    # The report records --network-gbps-per-gpu; planner launch re-estimates the plan on that network, so it
+    # finds the reported figures again (a different network would print "the catalogs or models changed").
+    out = tmp_path / "report"
+    args = ["solve", "--model", "13b", "--budget", "16xA100", "--network-gbps-per-gpu", "25", "--top", "3"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["network_gbps_per_gpu"] == 25.0
+    launched = CliRunner().invoke(main, ["launch", f"{out}/report.json#1", "--out", str(tmp_path / "l1")])
+    assert launched.exit_code == 0, launched.output
+    assert "changed since the report" not in launched.output

@@ -15,6 +15,7 @@ from planner.performance.model import (
     matmul_dtype,
     pointwise_width,
 )
+from planner.plan import PlanRequest, resolve
 
 
 def test_block_matmul_params_llama_2_7b():
@@ -158,6 +159,18 @@ def test_compile_gain_matches_torchtitan(gpus, before, after):
         return estimate_performance(m, g, p).tokens_per_s_per_gpu
 
     assert tokens_per_s(True) / tokens_per_s(False) == pytest.approx(after / before, abs=0.01)
+
+
+def test_network_override_sets_the_inter_node_bus_bandwidth():
+    # 8 x 200 Gb/s HDR per 8-GPU node = 25 GB/s per GPU; a dp group with 8 ranks per node moves data through
+    # 8 NICs: min(25 x 8 x 0.9, NVLink's 300 x 0.8) = 180 GB/s, against 6.25 x 8 x 0.9 = 45 in the catalog.
+    gpu = load_gpu("A100-80GB")
+    assert comm.group_bandwidth_gbps(gpu, 16, 1, 8) == pytest.approx(45.0)
+    assert comm.group_bandwidth_gbps(gpu.with_network(25), 16, 1, 8) == pytest.approx(180.0)
+    _, fast_gpu, _ = resolve(PlanRequest(model="llama-2-7b", gpus=16, zero=3, network_gbps_per_gpu=25))
+    assert fast_gpu.network_overridden and fast_gpu.node.inter_node_bandwidth_gbps_per_gpu == 25.0
+    with pytest.raises(PlanError, match="network-gbps-per-gpu"):
+        gpu.with_network(0)
 
 
 def test_fp32_runs_tf32_matmuls_and_fp8_runs_fp8():

@@ -235,3 +235,15 @@ def test_flash_attention_3_pin_on_a100_is_one_line_exit_2():
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "FlashAttention-3 does not run on A100-80GB" in result.output
     assert "Traceback" not in result.output
+
+
+def test_network_override_speeds_up_cross_node_plans_only():
+    # 25 GB/s per GPU (8 x 200 Gb/s HDR per node) against the catalog's 6.25 (p4de): plans within one node do
+    # not change, plans across two nodes get faster or stay the same, and the report records the override.
+    base = SolveRequest(model="13b", budget="16xA100", global_batch=256, seq_len=4096)
+    slow, fast = solve(base), solve(replace(base, network_gbps_per_gpu=25.0))
+    assert fast.budget.gpu.network_overridden and not slow.budget.gpu.network_overridden
+    one_node = slow.candidates.gpus <= 8
+    assert np.array_equal(slow.candidates.tokens_per_s[one_node], fast.candidates.tokens_per_s[one_node])
+    assert np.all(fast.candidates.tokens_per_s >= slow.candidates.tokens_per_s)
+    assert np.any(fast.candidates.tokens_per_s > slow.candidates.tokens_per_s * 1.2)

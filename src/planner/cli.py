@@ -51,6 +51,10 @@ _FORMAT = click.option(
 )
 
 
+_NETWORK_HELP = (
+    "Your cluster's network between nodes, GB/s per GPU one way (default: the catalog node's; "
+    "e.g. 25 for 8 x 200 Gb/s InfiniBand per 8-GPU node, 50 for 8 x 400 Gb/s)."
+)
 _FLASH_VERSION_HELP = (
     "FlashAttention generation your stack runs, for its speed: 1 (FlashAttention-1, Triton, xformers), "
     "2 (FlashAttention-2, PyTorch SDPA), 3 (FlashAttention-3 or cuDNN attention, Hopper only)."
@@ -65,6 +69,7 @@ _FLASH_VERSION_HELP = (
 )
 @click.option("--gpu", default="A100-80GB", show_default=True, help="GPU name from the hardware catalog.")
 @click.option("--gpu-memory-gib", type=float, default=None, help="Override the GPU's memory capacity.")
+@click.option("--network-gbps-per-gpu", type=float, default=None, help=_NETWORK_HELP)
 @click.option("--gpus", type=int, default=1, show_default=True, help="GPUs the job uses.")
 @click.option("--gpus-per-node", type=int, default=None, help="Default: the GPU's catalog node size.")
 @click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree.")
@@ -155,6 +160,7 @@ def estimate(
     help="Fraction of GPU memory every plan must leave free.",
 )
 @click.option("--price-per-gpu-hour", type=float, default=None, help="Override the catalog's on-demand price (USD).")
+@click.option("--network-gbps-per-gpu", type=float, default=None, help=_NETWORK_HELP)
 @click.option("--tp", type=int, default=None, help="Pin the tensor-parallel degree.")
 @click.option("--pp", type=int, default=None, help="Pin the pipeline-parallel degree.")
 @click.option("--cp", type=int, default=None, help="Pin the context-parallel degree.")
@@ -202,6 +208,7 @@ def solve(
     space: Path | None,
     safety_margin: float,
     price_per_gpu_hour: float | None,
+    network_gbps_per_gpu: float | None,
     compile_: bool | None,
     out: Path | None,
     emit: str | None,
@@ -226,6 +233,7 @@ def solve(
         space=space,
         safety_margin=safety_margin,
         price_per_gpu_hour=price_per_gpu_hour,
+        network_gbps_per_gpu=network_gbps_per_gpu,
         pins=pins,
     )
     text, error = run_solve(request, out, fmt, emit)

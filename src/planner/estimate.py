@@ -41,6 +41,8 @@ class Estimate:
                 "name": self.gpu.name,
                 "memory_gib": self.gpu.memory_gib,
                 "memory_overridden": self.gpu.memory_overridden,
+                "inter_node_bandwidth_gbps_per_gpu": self.gpu.node.inter_node_bandwidth_gbps_per_gpu,
+                "network_overridden": self.gpu.network_overridden,
                 "gpus_per_node": self.plan.gpus_per_node,
             },
             "plan": self.plan.to_dict(),

@@ -118,6 +118,8 @@ class PlanRequest:
     gpu: str = "A100-80GB"
     gpu_memory_gib: float | None = None
     """Override the catalog capacity (e.g. for a MIG slice or a card with a different memory size)."""
+    network_gbps_per_gpu: float | None = None
+    """Override the catalog's inter-node bandwidth, GB/s per GPU one way (your cluster's network)."""
     gpus: int = 1
     gpus_per_node: int | None = None
     """None: the catalog node size of the GPU, capped at `gpus`."""
@@ -185,6 +187,7 @@ def resolve(request: PlanRequest) -> tuple[ModelSpec, GpuSpec, Plan]:
         if isinstance(memory, bool) or not isinstance(memory, int | float) or not 0 < memory <= 4096:
             raise PlanError(f"--gpu-memory-gib must be between 0 and 4096, got {memory!r}", "pass GiB, e.g. 80")
         gpu = replace(gpu, memory_gib=float(memory), memory_overridden=True)
+    gpu = gpu.with_network(request.network_gbps_per_gpu)
     return model, gpu, make_plan(request, model, gpu)
 
 

@@ -1,6 +1,6 @@
 """GPU catalog: `hardware/*.yaml` -> `GpuSpec`. One file per GPU; see `hardware/README.md`."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -8,7 +8,7 @@ from typing import Any
 from planner.catalog._yaml import read_yaml_mapping, require
 from planner.catalog._yaml import suggestions as _suggestions
 from planner.catalog.paths import data_dirs
-from planner.errors import CatalogError
+from planner.errors import CatalogError, PlanError
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
 
@@ -78,6 +78,8 @@ class GpuSpec:
     notes: str = ""
     memory_overridden: bool = False
     """True when `--gpu-memory-gib` replaced the catalog capacity."""
+    network_overridden: bool = False
+    """True when `--network-gbps-per-gpu` replaced the catalog's inter-node bandwidth."""
     compute_efficiency: ComputeEfficiency | None = None
     """Fitted matmul efficiency (see scripts/fit_throughput.py); None until fitted for this GPU."""
     flash_attention_speed: dict[int, float | None] = field(default_factory=lambda: dict(DEFAULT_FLASH_SPEED))
@@ -89,6 +91,20 @@ class GpuSpec:
 
     def peak_tflops(self, dtype: str) -> float | None:
         return self.tflops.get(dtype)
+
+    def with_network(self, gbps_per_gpu: float | None) -> "GpuSpec":
+        """This GPU in a cluster whose network gives `gbps_per_gpu` GB/s per GPU between nodes (one
+        direction), e.g. 25 for 8 x 200 Gb/s InfiniBand HDR per 8-GPU node; None keeps the catalog's."""
+        if gbps_per_gpu is None:
+            return self
+        number = isinstance(gbps_per_gpu, int | float) and not isinstance(gbps_per_gpu, bool)
+        if not number or not 0 < gbps_per_gpu <= 10_000:
+            raise PlanError(
+                f"--network-gbps-per-gpu must be between 0 and 10000 GB/s, got {gbps_per_gpu!r}",
+                "pass GB/s per GPU, e.g. 25 for 8 x 200 Gb/s per 8-GPU node",
+            )
+        node = replace(self.node, inter_node_bandwidth_gbps_per_gpu=float(gbps_per_gpu))
+        return replace(self, node=node, network_overridden=True)
 
     def flash_attention_versions(self) -> tuple[int, ...]:
         """The FlashAttention versions that run on this GPU, oldest first."""

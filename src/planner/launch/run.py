@@ -51,6 +51,7 @@ def emitted_files(result, estimates: dict, targets: str) -> tuple[dict[str, str]
         objective=request.objective,
         tokens=request.tokens,
         price_per_gpu_hour=request.price_per_gpu_hour,
+        network_gbps_per_gpu=request.network_gbps_per_gpu,
     )
     chosen = estimates[int(result.feasible[0])]
     folder = build_launch_folder(chosen, parse_targets(targets), context, "rank 1 of this search (report.json)")

@@ -63,7 +63,7 @@ def load_report_plan(ref: str, rank: int | None = None) -> ReportPlan:
     entry = plans[rank - 1]
     inputs = report["inputs"]
     model = load_model(inputs["model"])
-    gpu = load_gpu(report["gpu"]["name"])
+    gpu = load_gpu(report["gpu"]["name"]).with_network(inputs.get("network_gbps_per_gpu"))
     plan_fields = {k: v for k, v in entry["plan"].items() if k in Plan.__dataclass_fields__}
     plan = Plan(**plan_fields)
     own_price = inputs.get("price_source") == "--price-per-gpu-hour"
@@ -78,6 +78,7 @@ def load_report_plan(ref: str, rank: int | None = None) -> ReportPlan:
         objective=inputs.get("objective", "throughput"),
         tokens=inputs.get("tokens"),
         price_per_gpu_hour=price,
+        network_gbps_per_gpu=inputs.get("network_gbps_per_gpu"),
     )
     return ReportPlan(
         estimate,

@@ -129,6 +129,8 @@ class SearchContext:
     objective: str = "throughput"
     tokens: float | None = None
     price_per_gpu_hour: float | None = None
+    network_gbps_per_gpu: float | None = None
+    """--network-gbps-per-gpu of the original search (None: the catalog's network)."""
 
 
 def build_variant(
@@ -216,6 +218,7 @@ def _search_replacement(code: str, chosen: Estimate, context: SearchContext) -> 
         space=Path(context.space) if context.space else None,
         safety_margin=context.safety_margin,
         price_per_gpu_hour=context.price_per_gpu_hour,
+        network_gbps_per_gpu=context.network_gbps_per_gpu,
         pins=pins,
     )
     result = solve(search)

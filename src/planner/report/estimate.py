@@ -53,7 +53,12 @@ def _plan_lines(estimate: Estimate) -> list[str]:
     gpu = estimate.gpu
     capacity_note = " (capacity overridden)" if gpu.memory_overridden else ""
     return [
-        f"{p.gpus} x {gpu.name}{capacity_note} on {p.nodes} node(s) of {p.gpus_per_node}",
+        f"{p.gpus} x {gpu.name}{capacity_note} on {p.nodes} node(s) of {p.gpus_per_node}"
+        + (
+            f", network {gpu.node.inter_node_bandwidth_gbps_per_gpu:g} GB/s per GPU (overridden)"
+            if gpu.network_overridden
+            else ""
+        ),
         f"dp {p.dp} x tp {p.tp} x pp {p.pp} x cp {p.cp}; {p.engine}, ZeRO-{p.zero}"
         + (", sequence parallel" if p.sequence_parallel else ""),
         f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum} x dp {p.dp} = global batch {p.global_batch}"

@@ -44,7 +44,12 @@ def assumptions(result) -> list[str]:
     alias = f" (alias '{model.resolved_from}')" if model.resolved_from else ""
     lines = [
         f"model: {model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters",
-        f"budget: up to {b.gpus} x {b.gpu.name} ({b.nodes} node(s) of {b.gpus_per_node}); plans may use fewer",
+        f"budget: up to {b.gpus} x {b.gpu.name} ({b.nodes} node(s) of {b.gpus_per_node}); plans may use fewer"
+        + (
+            f"; network {b.gpu.node.inter_node_bandwidth_gbps_per_gpu:g} GB/s per GPU (--network-gbps-per-gpu)"
+            if b.gpu.network_overridden
+            else ""
+        ),
         f"batch: sequences of {r.seq_len} tokens, global batch {result.global_batch} sequences "
         f"({result.global_batch * r.seq_len:,} tokens) per optimizer step",
         f"memory: a plan fits when its peak per GPU (nvidia-smi view) stays under {result.usable_gib:.1f} GiB = "
@@ -313,6 +318,7 @@ def solve_json(result, estimates: dict[int, Estimate]) -> dict:
             "safety_margin": r.safety_margin,
             "price_per_gpu_hour": result.price_per_gpu_hour,
             "price_source": result.price_source,
+            "network_gbps_per_gpu": r.network_gbps_per_gpu,
         },
         "model": {
             "name": result.model.name,

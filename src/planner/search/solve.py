@@ -6,7 +6,7 @@ limit constraints (planner.search.cpsat) -> ranking with pandas (planner.search.
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +45,8 @@ class SolveRequest:
     space: Path | None = None
     safety_margin: float = DEFAULT_SAFETY_MARGIN
     price_per_gpu_hour: float | None = None
+    network_gbps_per_gpu: float | None = None
+    """Override the catalog's inter-node bandwidth, GB/s per GPU one way."""
     pins: dict = field(default_factory=dict)
 
 
@@ -135,6 +137,7 @@ def solve(request: SolveRequest) -> SolveResult:
     _check_request(request)
     model = load_model(request.model)
     budget = parse_budget(request.budget)
+    budget = replace(budget, gpu=budget.gpu.with_network(request.network_gbps_per_gpu))
     space = load_space(request.space, budget).pinned(**request.pins)
     _check_flash_attention_versions(space, budget)
     global_batch = _global_batch(request)
