@@ -292,17 +292,18 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         offload=offload,
         engine=engine,
         flash_attention=request.flash_attention,
-        flash_attention_version=_flash_attention_version(request.flash_attention_version, gpu),
+        flash_attention_version=_flash_attention_version(request, gpu),
         loss=loss,
         sequence_parallel=sequence_parallel,
         compile=request.compile,
     )
 
 
-def _flash_attention_version(version: Any, gpu: GpuSpec) -> int:
+def _flash_attention_version(request: PlanRequest, gpu: GpuSpec) -> int:
+    version = request.flash_attention_version
     if isinstance(version, bool) or version not in FLASH_ATTENTION_VERSIONS:
         raise PlanError(f"--flash-attention-version must be 1, 2 or 3, got {version!r}", "pick one of those")
-    if version not in gpu.flash_attention_versions():
+    if request.flash_attention and version not in gpu.flash_attention_versions():
         raise PlanError(
             f"FlashAttention-{version} does not run on {gpu.name}",
             f"use --flash-attention-version {gpu.flash_attention_versions()[-1]}",

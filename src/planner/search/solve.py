@@ -115,7 +115,7 @@ def _check_flash_attention_versions(space: SearchSpace, budget: Budget) -> None:
     """A FlashAttention version the GPU cannot run is the user's stack, not a search dimension: say so
     rather than report that no plan is structurally valid."""
     runs = budget.gpu.flash_attention_versions()
-    if not set(space.flash_attention_version) & set(runs):
+    if True in space.flash_attention and not set(space.flash_attention_version) & set(runs):
         versions = ", ".join(str(v) for v in space.flash_attention_version)
         raise PlanError(
             f"FlashAttention-{versions} does not run on {budget.gpu.name}", f"use --flash-attention-version {runs[-1]}"
