@@ -190,6 +190,8 @@ def check_runnable(plan: dict, arch: dict) -> None:
         raise SystemExit(f"examples/train.py runs the fsdp variant, got engine {plan['engine']}")
     if plan["precision"] not in DTYPES:
         raise SystemExit(f"examples/train.py trains in {', '.join(DTYPES)}; use torchtitan for {plan['precision']}")
+    if arch["position_embedding"] == "alibi":
+        raise SystemExit("examples/train.py has no ALiBi bias (PyTorch SDPA's flash kernel takes none); use flash-attn")
     if plan["tp"] > 1 and plan["zero"] == 0:
         raise SystemExit("examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3), not DDP; use torchtitan")
     if plan["tp"] > 1 and arch["tied_embeddings"]:

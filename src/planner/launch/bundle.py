@@ -213,12 +213,14 @@ def _train_script_refusal(plan: Plan, arch: Architecture) -> str:
         return f"examples/train.py runs data and tensor parallelism; this plan has pp {plan.pp}, cp {plan.cp}"
     if plan.precision == "fp8":
         return "examples/train.py trains in bf16/fp16/fp32; this plan is fp8"
+    if arch.position_embedding == "alibi":
+        return "examples/train.py has no ALiBi bias (PyTorch SDPA's flash kernel takes none)"
     if plan.tp > 1 and plan.zero == 0:
         return "examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3); this plan is DDP + TP"
     if plan.tp > 1 and arch.tied_embeddings:
         return "examples/train.py shards the LM head for tensor parallelism, which this model's tied embeddings share"
     if plan.sequence_parallel and arch.position_embedding == "learned":
-        return "examples/train.py runs sequence parallelism only with RoPE or ALiBi positions"
+        return "examples/train.py runs sequence parallelism only with RoPE positions"
     return ""
 
 
