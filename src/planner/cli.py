@@ -55,10 +55,20 @@ _NETWORK_HELP = (
     "Your cluster's network between nodes, GB/s per GPU one way (default: the catalog node's; "
     "e.g. 25 for 8 x 200 Gb/s InfiniBand per 8-GPU node, 50 for 8 x 400 Gb/s)."
 )
-_FLASH_VERSION_HELP = (
-    "FlashAttention generation your stack runs, for its speed: 1 (FlashAttention-1, Triton, xformers), "
-    "2 (FlashAttention-2, PyTorch SDPA), 3 (FlashAttention-3 or cuDNN attention, Hopper only)."
-)
+
+
+def _flash_attention_version_option(default: str | None):
+    """`--flash-attention-version 1|2|3` as an int; estimate defaults to 2, solve to the search space's."""
+    return click.option(
+        "--flash-attention-version",
+        type=click.Choice(["1", "2", "3"]),
+        callback=lambda ctx, param, value: None if value is None else int(value),
+        default=default,
+        show_default=default is not None,
+        help="FlashAttention generation your stack runs, for its speed: 1 (FlashAttention-1, Triton, xformers), "
+        "2 (FlashAttention-2, PyTorch SDPA), 3 (FlashAttention-3 or cuDNN attention, Hopper only)."
+        + ("" if default is not None else " Default: the search space's (2)."),
+    )
 
 
 @main.command()
@@ -96,14 +106,7 @@ _FLASH_VERSION_HELP = (
 @click.option("--offload", type=click.Choice(OFFLOADS), default="none", show_default=True)
 @click.option("--engine", type=click.Choice(ENGINES), default="deepspeed", show_default=True)
 @click.option("--flash-attention/--no-flash-attention", default=True, show_default=True)
-@click.option(
-    "--flash-attention-version",
-    type=click.Choice(["1", "2", "3"]),
-    callback=lambda ctx, param, value: None if value is None else int(value),
-    default="2",
-    show_default=True,
-    help=_FLASH_VERSION_HELP,
-)
+@_flash_attention_version_option(default="2")
 @click.option("--loss", type=click.Choice(LOSSES), default="standard", show_default=True)
 @click.option(
     "--sequence-parallel/--no-sequence-parallel", default=None, help="Default: on with --tp > 1 for Megatron and FSDP."
@@ -172,13 +175,7 @@ def estimate(
 @click.option("--offload", type=click.Choice(OFFLOADS), default=None)
 @click.option("--engine", type=click.Choice(ENGINES), default=None)
 @click.option("--flash-attention/--no-flash-attention", default=None)
-@click.option(
-    "--flash-attention-version",
-    type=click.Choice(["1", "2", "3"]),
-    callback=lambda ctx, param, value: None if value is None else int(value),
-    default=None,
-    help=_FLASH_VERSION_HELP + " Default: the search space's (2).",
-)
+@_flash_attention_version_option(default=None)
 @click.option("--loss", type=click.Choice(LOSSES), default=None)
 @click.option("--compile/--no-compile", "compile_", default=None)
 @click.option(
