@@ -26,12 +26,12 @@ import json
 import math
 import os
 import time
-from functools import partial
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
@@ -44,7 +44,7 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "pure-bf16": torch.bfloat16}
 _SAVED_OPS = {
@@ -52,9 +52,11 @@ _SAVED_OPS = {
     torch.ops.aten._scaled_dot_product_flash_attention.default,
     torch.ops.aten._scaled_dot_product_efficient_attention.default,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+    torch.ops._c10d_functional.reduce_scatter_tensor.default,
 }
-"""Selective checkpointing keeps matmul and attention outputs and recomputes the cheap pointwise ops
-(torchtitan's op-level policy, which the memory model's `selective` mode describes for FSDP)."""
+"""Selective checkpointing is torchtitan's op-level policy, which the memory model's `selective` mode
+describes for FSDP: it keeps the attention outputs, the tensor-parallel reduce-scatters and every other
+matmul output of a block (q, v, gate and down: the 1st, 3rd, 5th and 7th), and recomputes the rest."""
 
 
 class RMSNorm(nn.Module):
@@ -139,7 +141,6 @@ class Decoder(nn.Module):
         self.norm = _norm(arch)
         self.head = None if arch["tied_embeddings"] else nn.Linear(h, vocab, bias=False)
         self.head_dim = arch.get("head_dim") or h // arch["num_attention_heads"]
-        self.checkpointing = "none"
 
     def rope_tables(self, seq_len: int, device):
         inv = 1.0 / (10000 ** (torch.arange(0, self.head_dim, 2, device=device).float() / self.head_dim))
@@ -154,23 +155,36 @@ class Decoder(nn.Module):
         cos, sin = self.rope_tables(tokens.shape[1], tokens.device)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for layer in self.layers:
-            x = self._run_block(layer, x, cos, sin)
+            x = layer(x, cos, sin)
         x = self.norm(x)
         if self.head is not None:
             return self.head(x)
         return F.linear(x, self.embed.weight)
 
-    def _run_block(self, layer, x, cos, sin):
-        if self.checkpointing == "full":
-            return checkpoint(layer, x, cos, sin, use_reentrant=False)
-        if self.checkpointing == "selective":
-            context = partial(create_selective_checkpoint_contexts, _selective_policy)
-            return checkpoint(layer, x, cos, sin, use_reentrant=False, context_fn=context)
-        return layer(x, cos, sin)
+
+def _selective_contexts():
+    """One policy per checkpointed block call, counting that block's matmuls (forward and recompute
+    separately, so both make the same choices)."""
+    counts = {False: 0, True: 0}
+
+    def policy(ctx, op, *args, **kwargs):
+        if op == torch.ops.aten.mm.default:
+            counts[ctx.is_recompute] += 1
+            if counts[ctx.is_recompute] % 2 == 0:
+                return CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
 
 
-def _selective_policy(ctx, op, *args, **kwargs):
-    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+def apply_checkpointing(model: "Decoder", mode: str) -> None:
+    """Wrap every block in activation checkpointing (before torch.compile and FSDP, as torchtitan does:
+    compiling the checkpointed block keeps the recompute inside the compiled graph)."""
+    for i, layer in enumerate(model.layers):
+        if mode == "full":
+            model.layers[i] = checkpoint_wrapper(layer, preserve_rng_state=False)
+        elif mode == "selective":
+            model.layers[i] = checkpoint_wrapper(layer, context_fn=_selective_contexts, preserve_rng_state=False)
 
 
 def load_plan(path: str, variant: str) -> tuple[dict, dict]:
@@ -196,6 +210,12 @@ def check_runnable(plan: dict, arch: dict) -> None:
         raise SystemExit("examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3), not DDP; use torchtitan")
     if plan["tp"] > 1 and arch["tied_embeddings"]:
         raise SystemExit("examples/train.py shards the LM head for tensor parallelism, which tied embeddings share")
+    if plan["tp"] > 1 and arch["ffn_hidden_size"] % plan["tp"]:
+        raise SystemExit(
+            f"examples/train.py splits the MLP evenly: tp {plan['tp']} must divide {arch['ffn_hidden_size']}"
+        )
+    if plan["tp"] > 1 and plan["sequence_parallel"] and plan["seq_len"] % plan["tp"]:
+        raise SystemExit(f"examples/train.py splits the sequence evenly: tp {plan['tp']} must divide {plan['seq_len']}")
     if plan["tp"] > 1 and plan["sequence_parallel"] and arch["position_embedding"] == "learned":
         raise SystemExit("examples/train.py adds learned positions to the whole sequence; use Megatron-LM for SP")
 
@@ -263,11 +283,11 @@ def build(plan: dict, arch: dict, device: torch.device, mesh: DeviceMesh | None)
     check_runnable(plan, arch)
     torch.manual_seed(0)
     model = Decoder(arch)
-    model.checkpointing = plan["checkpointing"]
     if plan["precision"] == "pure-bf16":
         model = model.to(torch.bfloat16)
     if mesh is not None:
         apply_tensor_parallel(model, mesh["tp"], plan["sequence_parallel"])
+    apply_checkpointing(model, plan["checkpointing"])
     if plan["compile"]:
         for i, layer in enumerate(model.layers):
             model.layers[i] = torch.compile(layer)

@@ -296,6 +296,7 @@ def test_folder_skips_what_a_target_cannot_run_and_falls_back_for_the_trainer():
         ("llama-2-13b", dict(zero=0), "this plan is DDP + TP"),
         ("llama-3.2-1b", dict(zero=3), "tied embeddings share"),
         ("mpt-7b", dict(zero=3), "no ALiBi bias"),
+        ("llama-2-13b", dict(zero=3, seq_len=2049), "tp 2 does not divide 2049"),
     ],
 )
 def test_torchrun_writes_tensor_parallel_fsdp_plans_and_says_why_not_others(model, fields, refusal):

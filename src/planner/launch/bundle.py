@@ -208,19 +208,41 @@ def _write_trainer(folder: LaunchFolder) -> None:
 
 
 def _train_script_refusal(plan: Plan, arch: Architecture) -> str:
-    """Why examples/train.py cannot lay the plan out (its `check_runnable`), or "" when it can."""
+    """Why examples/train.py cannot lay the plan out (its `check_runnable`) and what to use instead, or ""
+    when it can."""
+    torchtitan = "launch it with launch_torchtitan.sh"
     if plan.pp * plan.cp > 1:
-        return f"examples/train.py runs data and tensor parallelism; this plan has pp {plan.pp}, cp {plan.cp}"
+        return (
+            f"examples/train.py runs data and tensor parallelism; this plan has pp {plan.pp}, cp {plan.cp}: "
+            f"{torchtitan}"
+        )
     if plan.precision == "fp8":
-        return "examples/train.py trains in bf16/fp16/fp32; this plan is fp8"
+        return f"examples/train.py trains in bf16/fp16/fp32; this plan is fp8: {torchtitan}"
     if arch.position_embedding == "alibi":
-        return "examples/train.py has no ALiBi bias (PyTorch SDPA's flash kernel takes none)"
+        return (
+            "examples/train.py has no ALiBi bias (PyTorch SDPA's flash kernel takes none): train with the model's "
+            "own code and flash-attn's alibi_slopes (the Accelerate, Trainer or DeepSpeed configs)"
+        )
     if plan.tp > 1 and plan.zero == 0:
-        return "examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3); this plan is DDP + TP"
+        return (
+            f"examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3); this plan is DDP + TP: {torchtitan}"
+        )
     if plan.tp > 1 and arch.tied_embeddings:
-        return "examples/train.py shards the LM head for tensor parallelism, which this model's tied embeddings share"
+        return (
+            "examples/train.py shards the LM head for tensor parallelism, which this model's tied embeddings "
+            f"share: {torchtitan}"
+        )
+    if plan.tp > 1 and arch.ffn_hidden_size % plan.tp:
+        return (
+            f"examples/train.py splits the MLP evenly; tp {plan.tp} does not divide {arch.ffn_hidden_size}: "
+            f"{torchtitan}"
+        )
+    if plan.sequence_parallel and plan.seq_len % plan.tp:
+        return (
+            f"examples/train.py splits the sequence evenly; tp {plan.tp} does not divide {plan.seq_len}: {torchtitan}"
+        )
     if plan.sequence_parallel and arch.position_embedding == "learned":
-        return "examples/train.py runs sequence parallelism only with RoPE positions"
+        return f"examples/train.py runs sequence parallelism only with RoPE positions: {torchtitan}"
     return ""
 
 
@@ -231,7 +253,7 @@ def _write_torchrun(folder: LaunchFolder) -> None:
     plan = variant.plan
     refusal = _train_script_refusal(plan, variant.estimate.model.architecture)
     if refusal:
-        folder.skipped["torchrun"] = f"{refusal}: launch it with launch_torchtitan.sh"
+        folder.skipped["torchrun"] = refusal
         return
     command = [*torchrun_args(plan), "${TRAIN_SCRIPT}", "--plan", "$HERE/plan.json", "--variant", "fsdp"]
     comments = [
