@@ -14,6 +14,7 @@ from planner.performance.model import (
     estimate_performance,
     matmul_dtype,
     pointwise_width,
+    recomputed_tp_collectives,
 )
 from planner.plan import PlanRequest, resolve
 
@@ -171,6 +172,19 @@ def test_network_override_sets_the_inter_node_bus_bandwidth():
     assert fast_gpu.network_overridden and fast_gpu.node.inter_node_bandwidth_gbps_per_gpu == 25.0
     with pytest.raises(PlanError, match="network-gbps-per-gpu"):
         gpu.with_network(0)
+
+
+def test_checkpointing_reruns_tensor_parallel_collectives():
+    # Full recompute re-runs the block's forward collectives (4); torchtitan's op-level selective policy
+    # re-runs the 2 all-gathers in front of the column-parallel matmuls; Megatron's selective recompute is
+    # the core attention, which has none.
+    def count(**fields):
+        return recomputed_tp_collectives(plan_for(model="llama-2-70b", gpus=8, tp=8, **fields)[2])
+
+    assert count(engine="fsdp", zero=3, checkpointing="full") == 4
+    assert count(engine="fsdp", zero=3, checkpointing="selective") == 2
+    assert count(engine="megatron", zero=1, checkpointing="selective") == 0
+    assert count(engine="fsdp", zero=3, checkpointing="none") == 0
 
 
 def test_fp32_runs_tf32_matmuls_and_fp8_runs_fp8():

@@ -109,6 +109,20 @@ def _peak_tflops(gpu: GpuSpec, dtype: str) -> float:
     return float(value)
 
 
+def recomputed_tp_collectives(plan: Plan) -> int:
+    """Tensor-parallel collectives per block that checkpointing runs again in backward. Full: the whole
+    forward, 4. Selective under the PyTorch engines (torchtitan's op-level policy): the policy keeps the
+    reduce-scatters but not the all-gathers in front of the column-parallel matmuls, whose outputs the
+    recomputed matmuls need again, 2 (a count of examples/train.py's collectives found the recompute
+    before the reduce-scatters were saved). Megatron's selective
+    recompute is the core attention, inside one TP rank: 0."""
+    if plan.checkpointing == "full":
+        return 4
+    if plan.checkpointing == "selective" and plan.engine != "megatron":
+        return 2
+    return 0
+
+
 def pointwise_width(hidden_size: int, plan: Plan):
     """The width in the efficiency's pointwise factor. A block's pointwise work (norms, activation, RoPE,
     residual adds) grows as T x h while its matmuls grow as T x h^2, so their ratio falls as 1/h. Tensor
@@ -298,7 +312,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     backward_s = compute_s - forward_s
 
     tp_bw = comm.group_bandwidth_gbps(gpu, plan.tp, 1, plan.gpus_per_node)
-    collectives = TP_COLLECTIVES_PER_LAYER + (4 if plan.checkpointing == "full" else 0)
+    collectives = TP_COLLECTIVES_PER_LAYER + recomputed_tp_collectives(plan)
     tp_s = layers * collectives * comm.all_gather_s(tokens * arch.hidden_size * a, plan.tp, tp_bw)
 
     cp_bw = comm.group_bandwidth_gbps(gpu, plan.cp, plan.tp, plan.gpus_per_node)
