@@ -5,6 +5,7 @@ import itertools
 import json
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from planner.search.candidates import CATEGORIES
 from planner.search.ranking import pareto_front
 from planner.search.solve import SolveRequest, require_feasible, solve
 from planner.search.space import load_space, parse_budget
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _exhaustive(request: SolveRequest) -> set[tuple]:
@@ -247,3 +250,18 @@ def test_network_override_speeds_up_cross_node_plans_only():
     assert np.array_equal(slow.candidates.tokens_per_s[one_node], fast.candidates.tokens_per_s[one_node])
     assert np.all(fast.candidates.tokens_per_s >= slow.candidates.tokens_per_s)
     assert np.any(fast.candidates.tokens_per_s > slow.candidates.tokens_per_s * 1.2)
+
+
+def test_flash_attention_versions_do_not_duplicate_plans_without_flash_attention(tmp_path):
+    # The version only times flash kernels, so with flash attention off the space's versions give one plan.
+    space = tmp_path / "space.yaml"
+    text = (ROOT / "search_spaces" / "default.yaml").read_text()
+    text = text.replace("flash_attention: [true]", "flash_attention: [true, false]")
+    space.write_text(text.replace("flash_attention_version: [2]", "flash_attention_version: [2, 3]"))
+    result = solve(SolveRequest(model="llama-3.1-8b", budget="8xH100", seq_len=2048, global_batch=64, space=space))
+    rows = _searched(result)
+    position = CATEGORIES.index("flash_attention")
+    without_flash = [row[:-1] for row in rows if not row[5 + position]]
+    assert without_flash and len(without_flash) == len(set(without_flash))
+    assert {row[-1] for row in rows if not row[5 + position]} == {2}
+    assert {row[-1] for row in rows if row[5 + position]} == {2, 3}

@@ -118,6 +118,8 @@ def allowed_combinations(model: ModelSpec, budget: Budget, space: SearchSpace, s
     allowed = []
     for values in itertools.product(*(getattr(space, name) for name in CATEGORIES)):
         chosen = dict(zip(CATEGORIES, values, strict=True))
+        if not chosen["flash_attention"] and chosen["flash_attention_version"] != space.flash_attention_version[0]:
+            continue  # the version only times flash kernels: without them one version stands for all
         for flags in itertools.product((False, True), repeat=3):
             degrees = {}
             for name, flag in zip(("tp", "pp", "cp"), flags, strict=True):
