@@ -44,12 +44,11 @@ def assumptions(result) -> list[str]:
     alias = f" (alias '{model.resolved_from}')" if model.resolved_from else ""
     lines = [
         f"model: {model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters",
-        f"budget: up to {b.gpus} x {b.gpu.name} ({b.nodes} node(s) of {b.gpus_per_node}); plans may use fewer"
-        + (
-            f"; network {b.gpu.node.inter_node_bandwidth_gbps_per_gpu:g} GB/s per GPU (--network-gbps-per-gpu)"
-            if b.gpu.network_overridden
-            else ""
-        ),
+        f"budget: up to {b.gpus} x {b.gpu.name} ({b.nodes} node(s) of {b.gpus_per_node}); plans may use fewer",
+        _network_line(b.gpu),
+        "attention: FlashAttention-"
+        + "/".join(str(v) for v in result.space.flash_attention_version)
+        + " kernels for the speed (--flash-attention-version to change)",
         f"batch: sequences of {r.seq_len} tokens, global batch {result.global_batch} sequences "
         f"({result.global_batch * r.seq_len:,} tokens) per optimizer step",
         f"memory: a plan fits when its peak per GPU (nvidia-smi view) stays under {result.usable_gib:.1f} GiB = "
@@ -64,6 +63,18 @@ def assumptions(result) -> list[str]:
     if r.max_hours is not None:
         lines.append(f"limit: duration <= {r.max_hours:,.1f} hours")
     return lines
+
+
+def _network_line(gpu) -> str:
+    bandwidth = gpu.node.inter_node_bandwidth_gbps_per_gpu
+    if bandwidth is None:
+        return "network between nodes: not in the catalog (pass --network-gbps-per-gpu for multi-node plans)"
+    if gpu.network_overridden:
+        return f"network between nodes: {bandwidth:g} GB/s per GPU (--network-gbps-per-gpu)"
+    return (
+        f"network between nodes: {bandwidth:g} GB/s per GPU as in {gpu.node.example}; "
+        "change with --network-gbps-per-gpu"
+    )
 
 
 def _row(rank: int, pareto: bool, est: Estimate) -> dict:
@@ -209,7 +220,9 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
         console.print()
         console.print(
             f"Top {len(shown)} of {len(table_rows):,} plans that fit, by {result.request.objective} "
-            "(* = on the throughput-vs-cost Pareto front; headroom = capacity - peak, GiB):"
+            "(* = on the throughput-vs-cost Pareto front; headroom = capacity - peak, GiB"
+            + ("; hours and $ need --tokens" if result.request.tokens is None else "")
+            + "):"
         )
         console.print(table)
     console.print("Rejected:")
