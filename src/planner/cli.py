@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -9,6 +10,7 @@ from planner import __version__
 from planner.catalog import list_gpus, list_models
 from planner.errors import PlannerError
 from planner.estimate import estimate_plan
+from planner.inputs import one_line
 from planner.memory import DEFAULT_SAFETY_MARGIN
 from planner.plan import CHECKPOINTING, ENGINES, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS, PlanRequest
 from planner.report.estimate import render_json, render_table
@@ -24,15 +26,30 @@ from planner.validate.memory import load_memory_cases, validate_memory
 from planner.validate.throughput import load_throughput_cases, validate_throughput
 
 
-class _PlannerGroup(click.Group):
-    """Turns every PlannerError into one line on stderr and its exit code (2, or 3 for no feasible plan)."""
+def _fail(message: str, exit_code: int) -> NoReturn:
+    """The one place errors reach the user: one line on stderr (control characters escaped), then exit."""
+    click.echo(f"error: {one_line(message, 2000)}", err=True)
+    sys.exit(exit_code)
 
-    def invoke(self, ctx: click.Context):
+
+class _PlannerGroup(click.Group):
+    """Turns every PlannerError into one line on stderr and its exit code (2, or 3 for no feasible plan),
+    and click's own usage errors (bad flag values, unknown options) into one line and exit 2 as well."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            return super().invoke(ctx)
+            super().main(*args, standalone_mode=False, **kwargs)
         except PlannerError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(exc.message, exc.exit_code)
+        except click.ClickException as exc:
+            path = exc.ctx.command_path.split()[1:] if isinstance(exc, click.UsageError) and exc.ctx else []
+            command = " ".join(["planner", *path])
+            _fail(f"{exc.format_message()} (see `{command} --help`)", 2)
+        except click.Abort:
+            _fail("aborted", 1)
+        sys.exit(0)
 
 
 @click.group(cls=_PlannerGroup)
@@ -221,8 +238,10 @@ def solve(
         budget=budget,
         seq_len=seq_len,
         global_batch=global_batch,
-        global_batch_tokens=parse_count(global_batch_tokens, "--global-batch-tokens") if global_batch_tokens else None,
-        tokens=parse_count(tokens, "--tokens") if tokens else None,
+        global_batch_tokens=None
+        if global_batch_tokens is None
+        else parse_count(global_batch_tokens, "--global-batch-tokens"),
+        tokens=parse_count(tokens, "--tokens") if tokens is not None else None,
         objective=objective,
         max_cost=max_cost,
         max_hours=max_hours,

@@ -10,6 +10,7 @@ from typing import Any
 from planner import __version__
 from planner.architecture import embedding_params, total_params
 from planner.catalog import GpuSpec, ModelSpec
+from planner.inputs import run_figures
 from planner.memory import DEFAULT_SAFETY_MARGIN, MemoryEstimate, estimate_memory
 from planner.performance import CostEstimate, PerformanceEstimate, estimate_cost, estimate_performance
 from planner.plan import Plan, PlanRequest, resolve
@@ -60,6 +61,7 @@ def estimate_plan(
 ) -> Estimate:
     """Resolve a request against the catalogs and run the models on it. `tokens` is the run's total
     training tokens (for hours and dollars); `price_per_gpu_hour` overrides the catalog price."""
+    run_figures(safety_margin, tokens, price_per_gpu_hour)
     model, gpu, plan = resolve(request)
     return evaluate(model, gpu, plan, safety_margin, tokens, price_per_gpu_hour)
 

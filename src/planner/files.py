@@ -1,12 +1,72 @@
 """Writing output folders atomically: a report or a launch folder appears whole, or not at all."""
 
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
+
+from planner.errors import PlannerError
+from planner.inputs import one_line
 
 EXECUTABLE_SUFFIXES = (".sh",)
 """Files written with the executable bit (launch scripts)."""
+STALE_STAGING_S = 3600
+"""Age after which a staging or backup folder of ours (`.NAME.<8 random>`, `.NAME.old-<pid>`) beside an
+output folder is taken as left behind by a killed run and removed. A live write takes seconds."""
+
+
+def _our_leftovers(folder: Path) -> re.Pattern:
+    """Names of the staging folders tempfile.mkdtemp makes for `folder` (8 characters of
+    [a-z0-9_]) and of the backups write_folder makes of a previous folder."""
+    return re.compile(rf"\.{re.escape(folder.name)}\.(?:[a-z0-9_]{{8}}|old-[0-9]+)")
+
+
+def remove_stale_staging(folder: Path, now: float | None = None) -> list[Path]:
+    """Remove staging and backup folders of `folder` older than STALE_STAGING_S (runs killed between
+    mkdtemp and the final rename leave them); returns what was removed. Only our own name pattern, only
+    folders, only old ones: a concurrent run's staging folder is seconds old and is left alone."""
+    now = time.time() if now is None else now
+    pattern = _our_leftovers(folder)
+    removed = []
+    try:
+        siblings = list(folder.parent.iterdir())
+    except OSError:
+        return removed
+    for path in siblings:
+        try:
+            stale = now - path.lstat().st_mtime > STALE_STAGING_S
+        except OSError:
+            continue
+        if pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink() and stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def check_output_folder(folder: Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that cannot be written: no name (`.`, `/`), a name too
+    long for the file system, a file in the way, or a parent the user may not write to."""
+    folder = Path(folder)
+    shown = one_line(str(folder))
+    if folder.name in ("", ".", ".."):
+        raise PlannerError(f"{flag} {shown} names no folder of its own", f"pass a new folder, e.g. {flag} reports/run1")
+    for part in folder.parts:
+        if len(os.fsencode(part)) > 255:
+            raise PlannerError(f"{flag}: the name {one_line(part, 40)} is longer than 255 bytes", "use a shorter name")
+    if len(os.fsencode(str(folder))) > 4000:
+        raise PlannerError(f"{flag} path is longer than 4000 bytes", "use a shorter path")
+    if folder.exists() and not folder.is_dir():
+        raise PlannerError(f"{flag} {shown} is a file", "pass a folder name, or move the file")
+    ancestor = folder.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PlannerError(f"{flag} {shown}: {one_line(str(ancestor))} is a file, not a folder", "pick another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PlannerError(f"{flag} {shown}: cannot write in {one_line(str(ancestor))}", "pick a folder you can write")
+    return folder
 
 
 def write_folder(folder: Path, files: dict[str, str]) -> Path:
@@ -14,9 +74,23 @@ def write_folder(folder: Path, files: dict[str, str]) -> Path:
 
     Everything is written into a staging folder beside the target and moved into place with one rename,
     so an interrupted run never leaves a half-written report or config; a previous folder of the same name
-    is replaced only once the new one is complete."""
+    is replaced only once the new one is complete. The one window: between the two renames at the end
+    (microseconds) the old folder sits at `.NAME.old-<pid>` and the new one at `.NAME.<random>`; a kill
+    exactly then leaves both there, and the next write of the same folder removes them after an hour.
+    Any OSError (disk full, permissions) becomes a one-line PlannerError and leaves no staging folder."""
     folder = Path(folder)
+    try:
+        return _write_folder(folder, files)
+    except OSError as exc:
+        raise PlannerError(
+            f"cannot write {one_line(str(folder))}: {one_line(exc.strerror or exc, 100)}",
+            "check the folder's permissions and free space, or pass another --out",
+        ) from None
+
+
+def _write_folder(folder: Path, files: dict[str, str]) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         for name, text in files.items():

@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args
 
 from planner.catalog import GpuSpec, ModelSpec, load_gpu, load_model
 from planner.errors import PlanError
+from planner.inputs import quoted
 
 Checkpointing = Literal["none", "selective", "full"]
 Precision = Literal["bf16", "fp16", "fp32", "pure-bf16", "fp8"]
@@ -152,28 +153,29 @@ class PlanRequest:
         unknown = sorted(set(data) - known)
         if unknown:
             raise PlanError(f"unknown plan key(s): {', '.join(unknown)}", f"valid keys: {', '.join(sorted(known))}")
-        if "model" not in data:
+        if not isinstance(data.get("model"), str):
             raise PlanError("a plan needs a model", "add `model: <name or config.json>`")
         return cls(**{k: v for k, v in data.items() if v is not None})
 
 
 def _positive_int(value: Any, name: str, upper: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-        raise PlanError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}", "pass an integer")
+    flag = f"--{name.replace('_', '-')}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PlanError(f"{flag} must be a whole number, got {quoted(value)}", "pass an integer")
+    if isinstance(value, float) and not value.is_integer():  # also NaN and infinities
+        raise PlanError(f"{flag} must be a whole number, got {quoted(value)}", "pass an integer")
     value = int(value)
     if value < 1:
-        raise PlanError(f"--{name.replace('_', '-')} must be at least 1, got {value}", "pass a positive value")
+        raise PlanError(f"{flag} must be at least 1, got {value}", "pass a positive value")
     if value > upper:
-        raise PlanError(
-            f"--{name.replace('_', '-')} = {value} is beyond what this tool models ({upper:,})", "check the number"
-        )
+        raise PlanError(f"{flag} = {value} is beyond what this tool models ({upper:,})", "check the number")
     return value
 
 
 def _choice(value: Any, name: str, options: tuple[str, ...]) -> str:
     if value not in options:
         raise PlanError(
-            f"--{name.replace('_', '-')} must be one of {', '.join(options)}, got {value!r}", "pick one of those"
+            f"--{name.replace('_', '-')} must be one of {', '.join(options)}, got {quoted(value)}", "pick one of those"
         )
     return value
 
@@ -185,7 +187,7 @@ def resolve(request: PlanRequest) -> tuple[ModelSpec, GpuSpec, Plan]:
     if request.gpu_memory_gib is not None:
         memory = request.gpu_memory_gib
         if isinstance(memory, bool) or not isinstance(memory, int | float) or not 0 < memory <= 4096:
-            raise PlanError(f"--gpu-memory-gib must be between 0 and 4096, got {memory!r}", "pass GiB, e.g. 80")
+            raise PlanError(f"--gpu-memory-gib must be between 0 and 4096, got {quoted(memory)}", "pass GiB, e.g. 80")
         gpu = replace(gpu, memory_gib=float(memory), memory_overridden=True)
     gpu = gpu.with_network(request.network_gbps_per_gpu)
     return model, gpu, make_plan(request, model, gpu)
@@ -201,7 +203,8 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
     micro_batch = _positive_int(request.micro_batch, "micro_batch", _MAX_BATCH)
     seq_len = _positive_int(request.seq_len, "seq_len", _MAX_SEQ_LEN)
     per_node_default = min(gpus, gpu.node.gpus_per_node)
-    gpus_per_node = _positive_int(request.gpus_per_node or per_node_default, "gpus_per_node", 1024)
+    requested_per_node = per_node_default if request.gpus_per_node is None else request.gpus_per_node
+    gpus_per_node = _positive_int(requested_per_node, "gpus_per_node", 1024)
     gpus_per_node = min(gpus_per_node, gpus)
     if isinstance(request.zero, bool) or request.zero not in (0, 1, 2, 3):
         raise PlanError(f"--zero must be 0, 1, 2 or 3, got {request.zero!r}", "pick a ZeRO stage")

@@ -9,8 +9,13 @@ from planner.catalog._yaml import read_yaml_mapping, require
 from planner.catalog._yaml import suggestions as _suggestions
 from planner.catalog.paths import data_dirs
 from planner.errors import CatalogError, PlanError
+from planner.inputs import one_line, quantity, quoted, text, whole_number
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
+MIN_NETWORK_GBPS = 0.01
+"""Slowest network accepted, GB/s per GPU (80 Mb/s): below it no training job communicates, and the
+times it would give are meaningless."""
+MAX_NETWORK_GBPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -98,9 +103,10 @@ class GpuSpec:
         if gbps_per_gpu is None:
             return self
         number = isinstance(gbps_per_gpu, int | float) and not isinstance(gbps_per_gpu, bool)
-        if not number or not 0 < gbps_per_gpu <= 10_000:
+        if not number or not MIN_NETWORK_GBPS <= gbps_per_gpu <= MAX_NETWORK_GBPS:
             raise PlanError(
-                f"--network-gbps-per-gpu must be between 0 and 10000 GB/s, got {gbps_per_gpu!r}",
+                f"--network-gbps-per-gpu must be between {MIN_NETWORK_GBPS} and {MAX_NETWORK_GBPS:,} GB/s, "
+                f"got {quoted(gbps_per_gpu)}",
                 "pass GB/s per GPU, e.g. 25 for 8 x 200 Gb/s per 8-GPU node",
             )
         node = replace(self.node, inter_node_bandwidth_gbps_per_gpu=float(gbps_per_gpu))
@@ -111,47 +117,61 @@ class GpuSpec:
         return tuple(sorted(v for v, speed in self.flash_attention_speed.items() if speed is not None))
 
 
-def _number(data: dict[str, Any], key: str, path: Path, allow_none: bool = False) -> float | None:
+MAX_CATALOG_NUMBER = 1e9
+"""Largest number a GPU file may hold (TFLOP/s, GB/s, GiB, watts, dollars): far above any real part."""
+
+
+def _number(
+    data: dict[str, Any], key: str, path: Path, allow_none: bool = False, positive: bool = False
+) -> float | None:
+    """data[key] as a finite number in [0, 1e9] (or (0, 1e9] when `positive`); None only if allowed."""
     value = data.get(key)
     if value is None and allow_none:
         return None
     value = require(data, key, (int, float), path)
-    if value < 0:
-        raise CatalogError(f"{path}: '{key}' must not be negative", "fix the value")
-    return float(value)
+    return quantity(value, f"{path}: '{key}'", 0.0, MAX_CATALOG_NUMBER, low_open=positive, error=CatalogError)
+
+
+def _mapping(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise CatalogError(f"{path}: '{key}' must be a mapping, got {quoted(value)}", "see hardware/README.md")
+    return value
 
 
 def _gpu_from_file(path: Path) -> GpuSpec:
     data = read_yaml_mapping(path)
+    path = Path(one_line(str(path)))
     tflops_raw = require(data, "tflops", dict, path)
     tflops = {dtype: _number(tflops_raw, dtype, path, allow_none=True) for dtype in DTYPES}
     node_raw = require(data, "node", dict, path)
-    price_raw = data.get("price") or {}
-    memory = _number(data, "memory_gib", path)
-    if not memory:
-        raise CatalogError(f"{path}: memory_gib must be positive", "fix the value")
+    price_raw = _mapping(data, "price", path)
+    aliases = data.get("aliases") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str | int) and not isinstance(a, bool) for a in aliases):
+        raise CatalogError(f"{path}: 'aliases' must be a list of names", "fix it")
+    gpus_per_node = whole_number(node_raw.get("gpus_per_node"), f"{path}: 'gpus_per_node'", 1, 1024, CatalogError)
     return GpuSpec(
-        name=str(require(data, "name", str, path)),
-        memory_gib=memory,
+        name=text(require(data, "name", str, path), f"{path}: 'name'", CatalogError, 200),
+        memory_gib=_number(data, "memory_gib", path, positive=True),
         tflops=tflops,
-        hbm_bandwidth_gbps=_number(data, "hbm_bandwidth_gbps", path),
+        hbm_bandwidth_gbps=_number(data, "hbm_bandwidth_gbps", path, positive=True),
         nvlink_bandwidth_gbps=_number(data, "nvlink_bandwidth_gbps", path),
-        pcie_bandwidth_gbps=_number(data, "pcie_bandwidth_gbps", path),
+        pcie_bandwidth_gbps=_number(data, "pcie_bandwidth_gbps", path, positive=True),
         node=NodeSpec(
-            gpus_per_node=int(_number(node_raw, "gpus_per_node", path)),
+            gpus_per_node=gpus_per_node,
             inter_node_bandwidth_gbps_per_gpu=_number(
-                node_raw, "inter_node_bandwidth_gbps_per_gpu", path, allow_none=True
+                node_raw, "inter_node_bandwidth_gbps_per_gpu", path, allow_none=True, positive=True
             ),
-            host_ram_gib=_number(node_raw, "host_ram_gib", path, allow_none=True),
+            host_ram_gib=_number(node_raw, "host_ram_gib", path, allow_none=True, positive=True),
             example=str(node_raw.get("example") or ""),
         ),
         price=PriceSpec(
-            usd_per_gpu_hour=_number(price_raw, "usd_per_gpu_hour", path, allow_none=True),
+            usd_per_gpu_hour=_number(price_raw, "usd_per_gpu_hour", path, allow_none=True, positive=True),
             instance=str(price_raw.get("instance") or ""),
             source=str(price_raw.get("source") or ""),
             date=str(price_raw.get("date") or ""),
         ),
-        aliases=tuple(str(a) for a in data.get("aliases") or ()),
+        aliases=tuple(str(a) for a in aliases),
         tdp_w=_number(data, "tdp_w", path, allow_none=True),
         notes=str(data.get("notes") or ""),
         compute_efficiency=_efficiency(data.get("compute_efficiency"), path),
@@ -183,7 +203,7 @@ def _efficiency(raw: Any, path: Path) -> ComputeEfficiency | None:
     if not isinstance(raw, dict):
         raise CatalogError(f"{path}: compute_efficiency must be a mapping", "see hardware/README.md")
     value = ComputeEfficiency(
-        max=_number(raw, "max", path),
+        max=_number(raw, "max", path, positive=True),
         half_tokens=_number(raw, "half_tokens", path),
         half_width=_number(raw, "half_width", path),
         source=str(raw.get("source") or ""),
@@ -216,16 +236,14 @@ def list_gpus() -> list[GpuSpec]:
 
 def load_gpu(name: str) -> GpuSpec:
     """Resolve `--gpu` (name or alias, case-insensitive) or a path to a GPU YAML file."""
-    text = str(name).strip()
-    path = Path(text).expanduser()
-    if text.endswith((".yaml", ".yml")):
-        if not path.is_file():
-            raise CatalogError(f"GPU file {text} does not exist", "check the path")
+    name = text(name, "--gpu", CatalogError).strip()
+    path = Path(name).expanduser()
+    if name.endswith((".yaml", ".yml")):
         return _gpu_from_file(path)
     catalog = _current_catalog()
-    spec = catalog.get(text.lower())
+    spec = catalog.get(name.lower())
     if spec is None:
-        close = _suggestions(text, catalog, cutoff=0.4)
+        close = _suggestions(name, catalog, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else "see `planner gpus` for the catalog"
-        raise CatalogError(f"unknown GPU '{text}'", hint)
+        raise CatalogError(f"unknown GPU '{one_line(name)}'", hint)
     return spec

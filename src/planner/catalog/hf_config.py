@@ -13,6 +13,7 @@ from typing import Any
 
 from planner.catalog.models import Architecture, ModelSpec, check_architecture, read_json_mapping
 from planner.errors import CatalogError
+from planner.inputs import one_line, quoted
 
 
 def _get(cfg: dict[str, Any], path: Path, *keys: str, default: Any = None, required: bool = True) -> Any:
@@ -62,9 +63,16 @@ def _qwen2(cfg: dict[str, Any], path: Path) -> Architecture:
     return _llama_like({**cfg, "attention_bias": False}, path, qkv_bias=True)
 
 
+def _sub_config(cfg: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = cfg.get(key) or {}
+    if not isinstance(value, dict):
+        raise CatalogError(f"{path}: '{key}' must be an object, got {quoted(value)}", "check the config.json")
+    return value
+
+
 def _mpt(cfg: dict[str, Any], path: Path) -> Architecture:
-    attn = cfg.get("attn_config") or {}
-    ffn = cfg.get("ffn_config") or {}
+    attn = _sub_config(cfg, "attn_config", path)
+    ffn = _sub_config(cfg, "ffn_config", path)
     d_model = _get(cfg, path, "d_model")
     heads = _get(cfg, path, "n_heads")
     no_bias = bool(cfg.get("no_bias", True))
@@ -157,20 +165,22 @@ SUPPORTED_MODEL_TYPES = tuple(sorted(_PARSERS))
 def model_from_hf_config(path: Path) -> ModelSpec:
     """Build a ModelSpec from a Hugging Face config.json without any download."""
     cfg = read_json_mapping(path)
+    path = Path(one_line(str(path)))
     model_type = cfg.get("model_type")
-    if model_type not in _PARSERS:
+    if not isinstance(model_type, str) or model_type not in _PARSERS:
         raise CatalogError(
-            f"{path}: model_type {model_type!r} is not supported",
+            f"{path}: model_type {quoted(model_type)} is not supported",
             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}; or describe it as a model YAML",
         )
     try:
         arch = _PARSERS[model_type](cfg, path)
-    except (TypeError, ValueError) as exc:
-        raise CatalogError(f"{path}: malformed config value ({exc})", "check the config.json") from None
+    except (TypeError, ValueError, OverflowError) as exc:  # int("abc"), float([1]), int(inf)
+        raise CatalogError(f"{path}: malformed config value ({one_line(exc, 80)})", "check the config.json") from None
     check_architecture(arch, str(path))
-    name = cfg.get("_name_or_path") or path.parent.name or path.stem
+    name = cfg.get("_name_or_path")
+    name = name if isinstance(name, str) and name.strip() else path.parent.name or path.stem
     return ModelSpec(
-        name=str(name),
+        name=one_line(name, 200),
         family=model_type,
         architecture=arch,
         source=str(path),

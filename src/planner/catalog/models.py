@@ -11,16 +11,17 @@ A catalog file holds one model::
 Every architecture key is documented on `Architecture`.
 """
 
-import json
 from dataclasses import MISSING, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from planner import inputs
 from planner.catalog._yaml import read_yaml_mapping, require
 from planner.catalog._yaml import suggestions as _suggestions
 from planner.catalog.paths import data_dirs
 from planner.errors import CatalogError
+from planner.inputs import one_line, quoted
 
 NormKind = Literal["rmsnorm", "layernorm"]
 MlpKind = Literal["swiglu", "gelu"]
@@ -113,6 +114,11 @@ class ModelSpec:
     """The file the spec was read from."""
 
 
+MAX_ARCHITECTURE_SIZE = 2**24
+"""Largest architecture number accepted (16,777,216): above every real model's layers, widths, vocabulary
+(256k) and context (10M), and small enough that products of them stay exact in 64-bit arithmetic."""
+
+
 def _architecture_from_mapping(raw: dict[str, Any], path: Path) -> Architecture:
     known = {f.name for f in fields(Architecture)}
     unknown = sorted(set(raw) - known)
@@ -127,50 +133,57 @@ def _architecture_from_mapping(raw: dict[str, Any], path: Path) -> Architecture:
                 continue
             raise CatalogError(f"{path}: architecture is missing '{f.name}'", "add it")
         value = raw[f.name]
-        if f.name == "sliding_window":
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise CatalogError(f"{path}: 'sliding_window' must be a positive integer or null", "fix it")
-        elif f.type in (int, "int"):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise CatalogError(f"{path}: '{f.name}' must be a non-negative integer, got {value!r}", "fix the value")
-        elif f.type in (float, "float"):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise CatalogError(
-                    f"{path}: '{f.name}' must be a probability in [0, 1), got {value!r}", "fix the value"
-                )
+        if f.type in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif f.type in (bool, "bool") and not isinstance(value, bool):
-            raise CatalogError(f"{path}: '{f.name}' must be true or false, got {value!r}", "fix it")
         values[f.name] = value
     arch = Architecture(**values)
     check_architecture(arch, str(path))
     return arch
 
 
+def _check_field(arch: Architecture, f, where: str) -> None:
+    """One architecture field has the type its annotation says, in a range a real model can have."""
+    value = getattr(arch, f.name)
+    if f.name == "sliding_window":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise CatalogError(
+                f"{where}: 'sliding_window' must be a positive integer or null, got {quoted(value)}", "fix it"
+            )
+        if value is not None and value > MAX_ARCHITECTURE_SIZE:
+            raise CatalogError(f"{where}: 'sliding_window' must be at most {MAX_ARCHITECTURE_SIZE:,}", "fix it")
+    elif f.type in (int, "int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CatalogError(f"{where}: '{f.name}' must be an integer, got {quoted(value)}", "fix the value")
+        if value < 0 or (value == 0 and f.name != "head_dim"):
+            raise CatalogError(f"{where}: '{f.name}' must be positive, got {value}", "fix the value")
+        if value > MAX_ARCHITECTURE_SIZE:
+            raise CatalogError(
+                f"{where}: '{f.name}' = {value} is beyond any real model (at most {MAX_ARCHITECTURE_SIZE:,})",
+                "fix the value",
+            )
+    elif f.type in (float, "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+            raise CatalogError(
+                f"{where}: '{f.name}' must be a probability in [0, 1), got {quoted(value)}", "fix the value"
+            )
+    elif f.type in (bool, "bool") and not isinstance(value, bool):
+        raise CatalogError(f"{where}: '{f.name}' must be true or false, got {quoted(value)}", "fix it")
+
+
 def check_architecture(arch: Architecture, where: str) -> None:
-    """Reject architectures that cannot exist (zero sizes, heads not dividing, unknown kinds)."""
-    for name in (
-        "num_layers",
-        "hidden_size",
-        "num_attention_heads",
-        "num_kv_heads",
-        "ffn_hidden_size",
-        "vocab_size",
-        "max_position_embeddings",
-        "head_dim",
-    ):
-        value = getattr(arch, name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise CatalogError(f"{where}: '{name}' must be an integer, got {value!r}", "fix the value")
-        if value < 0 or (value == 0 and name != "head_dim"):
-            raise CatalogError(f"{where}: '{name}' must be positive", "fix the value")
+    """Reject architectures that cannot exist (wrong types, zero or absurd sizes, heads not dividing,
+    unknown kinds)."""
+    where = one_line(where)
+    for f in fields(Architecture):
+        _check_field(arch, f, where)
     if arch.norm not in ("rmsnorm", "layernorm"):
-        raise CatalogError(f"{where}: norm must be rmsnorm or layernorm, got {arch.norm!r}", "fix it")
+        raise CatalogError(f"{where}: norm must be rmsnorm or layernorm, got {quoted(arch.norm)}", "fix it")
     if arch.mlp not in ("swiglu", "gelu"):
-        raise CatalogError(f"{where}: mlp must be swiglu or gelu, got {arch.mlp!r}", "fix it")
+        raise CatalogError(f"{where}: mlp must be swiglu or gelu, got {quoted(arch.mlp)}", "fix it")
     if arch.position_embedding not in ("rope", "learned", "alibi"):
         raise CatalogError(
-            f"{where}: position_embedding must be rope, learned or alibi, got {arch.position_embedding!r}", "fix it"
+            f"{where}: position_embedding must be rope, learned or alibi, got {quoted(arch.position_embedding)}",
+            "fix it",
         )
     if arch.num_attention_heads % arch.num_kv_heads:
         raise CatalogError(
@@ -187,15 +200,18 @@ def _model_from_file(path: Path) -> ModelSpec:
     data = read_yaml_mapping(path)
     arch_raw = require(data, "architecture", dict, path)
     aliases = data.get("aliases") or []
-    if not isinstance(aliases, list) or not all(isinstance(a, str | int) for a in aliases):
+    if not isinstance(aliases, list) or not all(isinstance(a, str | int) and not isinstance(a, bool) for a in aliases):
         raise CatalogError(f"{path}: 'aliases' must be a list of names", "fix it")
+    hf_model_type = data.get("hf_model_type")
+    if hf_model_type is not None and not isinstance(hf_model_type, str):
+        raise CatalogError(f"{path}: 'hf_model_type' must be a name, got {quoted(hf_model_type)}", "fix it")
     return ModelSpec(
         name=str(require(data, "name", str, path)),
         family=str(require(data, "family", str, path)),
         architecture=_architecture_from_mapping(arch_raw, path),
         source=str(require(data, "source", str, path)),
         aliases=tuple(str(a) for a in aliases),
-        hf_model_type=data.get("hf_model_type"),
+        hf_model_type=hf_model_type,
         notes=str(data.get("notes") or ""),
         definition_path=str(path),
     )
@@ -225,11 +241,11 @@ def list_models() -> list[ModelSpec]:
 
 def load_model(name_or_path: str) -> ModelSpec:
     """Resolve `--model`: a catalog name or alias, a model YAML file, or a Hugging Face config.json."""
-    text = str(name_or_path).strip()
+    text = inputs.text(name_or_path, "--model", CatalogError).strip()
     path = Path(text).expanduser()
-    if text.endswith((".json", ".yaml", ".yml")) or path.is_file():
-        if not path.is_file():
-            raise CatalogError(f"model file {text} does not exist", "check the path")
+    if text.endswith((".json", ".yaml", ".yml")) or _is_file(path):
+        if not _is_file(path):
+            raise CatalogError(f"model file {one_line(text)} does not exist", "check the path")
         if path.suffix == ".json":
             from planner.catalog.hf_config import model_from_hf_config
 
@@ -240,21 +256,20 @@ def load_model(name_or_path: str) -> ModelSpec:
     if spec is None:
         close = _suggestions(text, catalog, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "see `planner models` for the catalog"
-        raise CatalogError(f"unknown model '{text}'", f"{hint} A path to a config.json also works")
+        raise CatalogError(f"unknown model '{one_line(text)}'", f"{hint} A path to a config.json also works")
     if text.lower() != spec.name.lower():
         spec = replace(spec, resolved_from=text)
     return spec
 
 
-def read_json_mapping(path: Path) -> dict[str, Any]:
-    """Read a JSON object, turning syntax errors into a one-line CatalogError."""
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False also for names the file system refuses (too long, invalid)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CatalogError(
-            f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})",
-            "fix the file or download the model's config.json again",
-        ) from None
-    if not isinstance(data, dict):
-        raise CatalogError(f"{path} must hold a JSON object", "pass a Hugging Face config.json")
-    return data
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def read_json_mapping(path: Path) -> dict[str, Any]:
+    """Read a JSON object (a Hugging Face config.json), every failure a one-line CatalogError."""
+    return inputs.read_json_mapping(path, "config.json", "fix the file or download the model's config.json again")

@@ -31,7 +31,8 @@ def describe_plan(plan) -> str:
 def describe_prediction(est: Estimate) -> str:
     m, p, c = est.memory, est.performance, est.cost
     money = "" if c.usd_per_hour is None else f", ${c.usd_per_hour:,.2f}/hour"
-    hours = "" if c.hours is None else f", {c.hours:,.1f} hours and ${c.total_usd:,.0f} for {c.tokens:,.0f} tokens"
+    dollars = "" if c.total_usd is None else f" and ${c.total_usd:,.0f}"
+    hours = "" if c.hours is None else f", {c.hours:,.1f} hours{dollars} for {c.tokens:,.0f} tokens"
     return (
         f"peak {m.peak_gib:.1f} GiB per GPU of {m.usable_gib:.1f} usable ({m.capacity_gib:.1f} GiB card, "
         f"set by the {m.peak_phase} phase); {p.tokens_per_s:,.0f} tokens/s ({p.tokens_per_s_per_gpu:,.0f} per GPU), "

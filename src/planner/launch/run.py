@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from planner.files import write_folder
+from planner.files import check_output_folder, write_folder
 from planner.launch.bundle import LaunchFolder, build_launch_folder, parse_targets
 from planner.launch.source import load_report_plan
 from planner.launch.variants import SearchContext
@@ -26,9 +26,11 @@ def summary_lines(folder: LaunchFolder, path: Path) -> list[str]:
 
 def run_launch(ref: str, rank: int | None, targets: str, out: Path | None) -> str:
     """`planner launch`: write the launch folder of a report's ranked plan; returns the terminal text."""
+    chosen_targets = parse_targets(targets)
     source = load_report_plan(ref, rank)
-    folder = build_launch_folder(source.estimate, parse_targets(targets), source.context, source.note)
-    path = write_folder(out or source.report.parent / f"launch-{source.rank}", folder.files)
+    path = check_output_folder(out or source.report.parent / f"launch-{source.rank}", "--out")
+    folder = build_launch_folder(source.estimate, chosen_targets, source.context, source.note)
+    write_folder(path, folder.files)
     lines = []
     peak, speed = source.estimate.memory.peak_gib, source.estimate.performance.tokens_per_s
     if abs(peak - source.reported_peak_gib) > 0.01 or abs(speed - source.reported_tokens_per_s) > 0.5:

@@ -373,7 +373,7 @@ def render_csv(table_rows: list[dict]) -> str:
 
 def report_name(result) -> str:
     raw = f"{result.model.name}-{result.budget.text}-{result.request.objective}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)[-200:]  # a file name holds at most 255 bytes
 
 
 def render_all(result, estimates: dict[int, Estimate]) -> tuple[list[dict], dict[str, str]]:

@@ -42,10 +42,15 @@ def render_validation_table(summary: ValidationSummary, width: int = 140) -> str
         )
     console.print(table)
     console.print(f"cases: {len(summary.results)} ({len(summary.errors_pct)} with a measured peak)")
-    console.print(f"median |error|: {summary.median_abs_error_pct:.1f}%")
+    median = summary.median_abs_error_pct
+    console.print(f"median |error|: {'-' if median is None else f'{median:.1f}%'}")
     console.print(f"max under-prediction: {summary.max_under_prediction_pct:.1f}%")
     console.print(f"unsafe (predicted fits, really OOM or above capacity): {summary.unsafe_count}")
     return out.getvalue()
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def render_validation_json(summary: ValidationSummary) -> str:
@@ -67,7 +72,7 @@ def render_validation_json(summary: ValidationSummary) -> str:
         json.dumps(
             {
                 "cases": cases,
-                "median_abs_error_pct": round(summary.median_abs_error_pct, 2),
+                "median_abs_error_pct": _round(summary.median_abs_error_pct, 2),
                 "max_under_prediction_pct": round(summary.max_under_prediction_pct, 2),
                 "unsafe_count": summary.unsafe_count,
             },

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from planner.errors import PlannerError
-from planner.files import write_folder
+from planner.files import check_output_folder, write_folder
 from planner.report.solve import render_all, render_terminal, report_name
 from planner.search.advice import nearest_miss_advice
 from planner.search.details import plan_estimates
@@ -23,6 +23,7 @@ def run_solve(
 
     if emit is not None:
         parse_targets(emit)  # a typo fails before the search runs
+    check_output_folder(out if out is not None else DEFAULT_REPORTS / "report", "--out")  # and an unwritable folder
     result = solve(request)
     if not len(result.feasible):
         advice = nearest_miss_advice(result)

@@ -14,6 +14,7 @@ import numpy as np
 
 from planner.catalog import ModelSpec, load_model
 from planner.errors import NoFeasiblePlanError, PlanError
+from planner.inputs import MAX_GLOBAL_BATCH, MAX_HOURS, MAX_USD, optional, quantity, run_figures, whole_number
 from planner.memory import DEFAULT_SAFETY_MARGIN
 from planner.search.candidates import CATEGORIES, Candidates, evaluate_candidates
 from planner.search.cpsat import SolverStats, feasible_indices
@@ -87,28 +88,30 @@ def _global_batch(request: SolveRequest) -> int:
     if request.global_batch is not None and request.global_batch_tokens is not None:
         raise PlanError("give --global-batch or --global-batch-tokens, not both", "drop one of them")
     if request.global_batch is not None:
-        value = request.global_batch
-    else:
-        tokens = request.global_batch_tokens or DEFAULT_GLOBAL_BATCH_TOKENS
-        value = max(1, round(tokens / request.seq_len))
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PlanError(f"the global batch must be a positive number of sequences, got {value!r}", "fix it")
-    return value
+        return whole_number(request.global_batch, "--global-batch", 1, MAX_GLOBAL_BATCH)
+    tokens = request.global_batch_tokens or DEFAULT_GLOBAL_BATCH_TOKENS
+    tokens = quantity(tokens, "--global-batch-tokens", 0.0, MAX_GLOBAL_BATCH * request.seq_len)
+    return max(1, round(tokens / request.seq_len))
+
+
+NUMERIC_PIN_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000}
+"""Largest value of each numeric pin (the bounds make_plan applies to a single plan)."""
 
 
 def _check_request(request: SolveRequest) -> None:
     if request.objective not in OBJECTIVES:
         raise PlanError(f"--objective must be one of {', '.join(OBJECTIVES)}", "pick one")
-    if not isinstance(request.seq_len, int) or request.seq_len < 1 or request.seq_len > 16 * 1024 * 1024:
-        raise PlanError(f"--seq-len must be a positive whole number, got {request.seq_len!r}", "fix it")
+    whole_number(request.seq_len, "--seq-len", 1, 16 * 1024 * 1024)
     if (request.max_cost is not None or request.max_hours is not None) and request.tokens is None:
         raise PlanError("--max-cost and --max-hours need the run's size", "add --tokens, e.g. --tokens 10B")
-    for name in ("max_cost", "max_hours", "price_per_gpu_hour"):
-        value = getattr(request, name)
-        if value is not None and not value > 0:
-            raise PlanError(f"--{name.replace('_', '-')} must be positive, got {value}", "fix it")
-    if request.top < 1:
-        raise PlanError(f"--top must be at least 1, got {request.top}", "fix it")
+    run_figures(request.safety_margin, request.tokens, request.price_per_gpu_hour)
+    optional(quantity, request.max_cost, "--max-cost", 0.0, MAX_USD)
+    optional(quantity, request.max_hours, "--max-hours", 0.0, MAX_HOURS)
+    whole_number(request.top, "--top", 1, 1_000_000)
+    for name, limit in NUMERIC_PIN_LIMITS.items():
+        pinned = request.pins.get(name)
+        for value in pinned if isinstance(pinned, tuple) else (pinned,):
+            optional(whole_number, value, f"--{name.replace('_', '-')}", 1, limit)
 
 
 def _check_flash_attention_versions(space: SearchSpace, budget: Budget) -> None:

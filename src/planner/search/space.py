@@ -9,6 +9,7 @@ from planner.catalog import GpuSpec, load_gpu
 from planner.catalog._yaml import read_yaml_mapping
 from planner.catalog.paths import data_dirs
 from planner.errors import CatalogError, PlanError
+from planner.inputs import one_line, quoted, whole_number
 from planner.plan import (
     CHECKPOINTING,
     ENGINES,
@@ -51,25 +52,25 @@ class Budget:
         return -(-self.gpus // self.gpus_per_node)
 
 
-_BUDGET = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?(\d+)\s*[xX*]\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*$")
+_BUDGET = re.compile(r"^\s*(?:([0-9]{1,9})\s*[xX*]\s*)?([0-9]{1,9})\s*[xX*]\s*([A-Za-z0-9][A-Za-z0-9._-]{0,199})\s*$")
 
 
 def parse_budget(text: str) -> Budget:
     """`16xA100` (16 GPUs), `2x8xH100` (2 nodes of 8), `64xH100-80GB`."""
-    match = _BUDGET.match(text or "")
+    match = _BUDGET.match(text) if isinstance(text, str) else None
     if not match:
-        raise PlanError(f"cannot read budget {text!r}", "write GPUsxGPU (16xA100) or NODESxGPUSxGPU (2x8xH100)")
+        raise PlanError(f"cannot read budget {quoted(text)}", "write GPUsxGPU (16xA100) or NODESxGPUSxGPU (2x8xH100)")
     nodes, count, name = match.groups()
     gpu = load_gpu(name)
     count = int(count)
     if count < 1 or (nodes is not None and int(nodes) < 1):
-        raise PlanError(f"budget {text!r} has no GPUs", "use a positive count, e.g. 16xA100")
+        raise PlanError(f"budget {quoted(text)} has no GPUs", "use a positive count, e.g. 16xA100")
     if nodes is not None:
         per_node, total = count, int(nodes) * count
     else:
         per_node, total = min(count, gpu.node.gpus_per_node), count
     if total > 1_000_000:
-        raise PlanError(f"budget {text!r} is beyond what this tool models", "use at most 1,000,000 GPUs")
+        raise PlanError(f"budget {quoted(text)} is beyond what this tool models", "use at most 1,000,000 GPUs")
     return Budget(gpus=total, gpu=gpu, gpus_per_node=per_node, text=text.strip())
 
 
@@ -113,7 +114,7 @@ class SearchSpace:
 def gpu_counts(policy: Any, budget: Budget) -> tuple[int, ...]:
     """GPU counts the search tries, from the space's `gpus` entry and the budget."""
     if isinstance(policy, list):
-        counts = {int(c) for c in policy if isinstance(c, int) and 0 < c <= budget.gpus}
+        counts = {c for c in policy if isinstance(c, int) and not isinstance(c, bool) and 0 < c <= budget.gpus}
     elif policy == "powers_of_two":
         counts = {2**k for k in range(0, 21) if 2**k <= budget.gpus} | {budget.gpus}
     elif policy == "whole_nodes":
@@ -122,12 +123,16 @@ def gpu_counts(policy: Any, budget: Budget) -> tuple[int, ...]:
         counts |= set(range(per_node, budget.gpus + 1, per_node)) | {budget.gpus}
     else:
         raise CatalogError(
-            f"search space: gpus must be {' or '.join(GPU_POLICIES)} or a list, got {policy!r}",
+            f"search space: gpus must be {' or '.join(GPU_POLICIES)} or a list, got {quoted(policy)}",
             "fix the search space file",
         )
     if not counts:
         raise CatalogError("search space: no GPU count fits the budget", "list counts up to the budget")
     return tuple(sorted(counts))
+
+
+NUMERIC_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000}
+"""Largest value of each numeric dimension (the bounds make_plan applies to one plan)."""
 
 
 def _values(data: dict, key: str, path: Path, allowed: tuple | None) -> tuple:
@@ -138,10 +143,12 @@ def _values(data: dict, key: str, path: Path, allowed: tuple | None) -> tuple:
     if not values:
         raise CatalogError(f"{path}: '{key}' lists no values", "give at least one")
     for value in values:
-        if allowed is not None and value not in allowed:
-            raise CatalogError(f"{path}: '{key}' has {value!r}", f"allowed: {', '.join(map(str, allowed))}")
-        if allowed is None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise CatalogError(f"{path}: '{key}' values must be positive integers, got {value!r}", "fix it")
+        if allowed is not None and (type(value) is not type(allowed[0]) or value not in allowed):
+            raise CatalogError(f"{path}: '{key}' has {quoted(value)}", f"allowed: {', '.join(map(str, allowed))}")
+        if allowed is None:
+            whole_number(value, f"{path}: '{key}' values", 1, NUMERIC_LIMITS[key], CatalogError)
+            if not isinstance(value, int):
+                raise CatalogError(f"{path}: '{key}' values must be integers, got {quoted(value)}", "fix it")
     return tuple(sorted(set(values), key=str)) if allowed is not None else tuple(sorted(set(values)))
 
 
@@ -155,12 +162,13 @@ def default_space_path() -> Path:
 
 def load_space(path: Path | None, budget: Budget) -> SearchSpace:
     """Read a search space YAML (default: search_spaces/default.yaml) for `budget`."""
-    source = str(path) if path is not None else "search_spaces/default.yaml"
+    source = one_line(str(path)) if path is not None else "search_spaces/default.yaml"
     path = path or default_space_path()
     data = {**OPTIONAL_DIMENSIONS, **read_yaml_mapping(Path(path))}
     unknown = set(data) - {"gpus", *NUMERIC_DIMENSIONS, *CHOICE_DIMENSIONS}
     if unknown:
-        raise CatalogError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}", "see search_spaces/default.yaml")
+        keys = one_line(", ".join(sorted(unknown)), 120)
+        raise CatalogError(f"{one_line(str(path))}: unknown key(s) {keys}", "see search_spaces/default.yaml")
     return SearchSpace(
         gpus=gpu_counts(data.get("gpus", "powers_of_two"), budget),
         **{k: _values(data, k, path, None) for k in NUMERIC_DIMENSIONS},

@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from planner.catalog._yaml import read_yaml_mapping
 from planner.errors import CatalogError, PlannerError
+from planner.inputs import one_line
 from planner.plan import PlanRequest, resolve
 
 M = TypeVar("M")
@@ -21,13 +22,16 @@ class Case(Generic[M]):
     measured: M
     source: str = ""
     notes: str = ""
+    file: str = ""
+    """The cases file the case was read from (named in errors)."""
 
     def resolve(self):
-        """(model, gpu, plan) of the case; errors name the case."""
+        """(model, gpu, plan) of the case; errors name the file and the case."""
         try:
             return resolve(self.request)
         except PlannerError as exc:
-            raise type(exc)(f"case {self.id}: {exc.problem}", exc.fix) from None
+            where = f"{self.file}: case {self.id}" if self.file else f"case {self.id}"
+            raise type(exc)(f"{where}: {exc.problem}", exc.fix) from None
 
     @property
     def source_id(self) -> str:
@@ -55,5 +59,6 @@ def load_cases(path: Path, parse_measured: Callable[[Any, str, Path], M]) -> lis
         except PlannerError as exc:
             raise CatalogError(f"{path}: case {case_id}: {exc.message}") from None
         measured = parse_measured(raw.get("measured"), str(case_id), path)
-        out.append(Case(str(case_id), request, measured, str(raw.get("source", "")), str(raw.get("notes", ""))))
+        source, notes = str(raw.get("source", "")), str(raw.get("notes", ""))
+        out.append(Case(str(case_id), request, measured, source, notes, one_line(str(path))))
     return out

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from planner.errors import CatalogError
+from planner.inputs import optional, quantity
 from planner.memory import MemoryEstimate, estimate_memory
 from planner.validate.cases import Case, load_cases
 
+MAX_MEASURED_GIB = 1e6
+"""Largest measured peak accepted, GiB (no device holds a PiB)."""
 Metric = Literal["allocated", "active", "reserved", "nvidia-smi"]
 METRICS: tuple[str, ...] = ("allocated", "active", "reserved", "nvidia-smi")
 
@@ -72,8 +75,10 @@ class ValidationSummary:
         return [r.error_pct for r in self.results if r.error_pct is not None]
 
     @property
-    def median_abs_error_pct(self) -> float:
-        return statistics.median(abs(e) for e in self.errors_pct)
+    def median_abs_error_pct(self) -> float | None:
+        """None when no case has a measured peak (every case ran out of memory)."""
+        errors = self.errors_pct
+        return statistics.median(abs(e) for e in errors) if errors else None
 
     @property
     def max_under_prediction_pct(self) -> float:
@@ -95,9 +100,10 @@ def _measured(raw: Any, case_id: str, path: Path) -> Measured:
     if outcome not in ("fits", "oom"):
         raise CatalogError(f"{path}: case {case_id}: outcome must be fits or oom", "fix it")
     peak = raw.get("peak_gib")
-    if outcome == "fits" and not isinstance(peak, int | float):
+    if outcome == "fits" and peak is None:
         raise CatalogError(f"{path}: case {case_id}: a run that fits needs a numeric peak_gib", "add it")
-    return Measured(metric=metric, peak_gib=float(peak) if peak is not None else None, outcome=outcome)
+    peak = optional(quantity, peak, f"{path}: case {case_id}: peak_gib", 0.0, MAX_MEASURED_GIB, error=CatalogError)
+    return Measured(metric=metric, peak_gib=peak, outcome=outcome)
 
 
 def load_memory_cases(path: Path) -> list[MemoryCase]:

@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 
 from planner.errors import CatalogError
+from planner.inputs import quantity
 from planner.performance import PerformanceEstimate, estimate_performance
 from planner.validate.cases import Case, load_cases
 
 MIN_CASES_FOR_RANKING = 5
+MAX_TOKENS_PER_S = 1e9
+"""Largest measured tokens/s per GPU accepted (a 1M-parameter model on the fastest GPU is below it)."""
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,8 @@ class ThroughputResult:
         return 100.0 * (self.predicted - measured) / measured
 
 
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation with average ranks for ties."""
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman rank correlation with average ranks for ties; None where undefined (one side constant)."""
 
     def ranks(values: list[float]) -> np.ndarray:
         order = np.argsort(values, kind="stable")
@@ -62,7 +65,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 
     rx, ry = ranks(x), ranks(y)
     if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
+        return None
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
@@ -88,21 +91,20 @@ class ThroughputSummary:
                 "cases": len(results),
                 "median_abs_error_pct": statistics.median(abs(r.error_pct) for r in results),
             }
+            rho = None
             if len(results) >= MIN_CASES_FOR_RANKING:
-                figures["spearman"] = spearman(
-                    [r.predicted for r in results], [r.case.measured.tokens_per_s_per_gpu for r in results]
-                )
+                rho = spearman([r.predicted for r in results], [r.case.measured.tokens_per_s_per_gpu for r in results])
+            if rho is not None:  # undefined when every prediction (or measurement) of the source is equal
+                figures["spearman"] = rho
             out[source] = figures
         return out
 
 
 def _measured(raw: Any, case_id: str, path: Path) -> MeasuredThroughput:
-    if not isinstance(raw, dict) or not isinstance(raw.get("tokens_per_s_per_gpu"), int | float):
+    if not isinstance(raw, dict) or raw.get("tokens_per_s_per_gpu") is None:
         raise CatalogError(f"{path}: case {case_id} needs `measured: {{tokens_per_s_per_gpu: X}}`", "add it")
-    value = float(raw["tokens_per_s_per_gpu"])
-    if value <= 0:
-        raise CatalogError(f"{path}: case {case_id}: tokens_per_s_per_gpu must be positive", "fix it")
-    return MeasuredThroughput(value)
+    where = f"{path}: case {case_id}: tokens_per_s_per_gpu"
+    return MeasuredThroughput(quantity(raw["tokens_per_s_per_gpu"], where, 0.0, MAX_TOKENS_PER_S, error=CatalogError))
 
 
 def load_throughput_cases(path: Path) -> list[ThroughputCase]:
