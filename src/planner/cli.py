@@ -338,20 +338,21 @@ def validate() -> None:
 
 
 @validate.command("memory")
-@click.argument("cases", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("cases", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @_FORMAT
-def validate_memory_cmd(cases: Path, fmt: str) -> None:
-    """Predicted vs measured peak memory for every case in CASES (YAML, or a calibrate measure CSV)."""
-    summary = validate_memory(load_memory_cases(cases))
+def validate_memory_cmd(cases: tuple[Path, ...], fmt: str) -> None:
+    """Predicted vs measured peak memory for every case in the CASES files (YAML, or calibrate measure CSVs)."""
+    summary = validate_memory([c for path in cases for c in load_memory_cases(path)])
     click.echo(render_validation_json(summary) if fmt == "json" else render_validation_table(summary), nl=False)
 
 
 @validate.command("throughput")
-@click.argument("cases", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("cases", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @_FORMAT
-def validate_throughput_cmd(cases: Path, fmt: str) -> None:
-    """Predicted vs measured tokens/s per GPU for every case in CASES (YAML, or a calibrate measure CSV)."""
-    summary = validate_throughput(load_throughput_cases(cases))
+def validate_throughput_cmd(cases: tuple[Path, ...], fmt: str) -> None:
+    """Predicted vs measured tokens/s per GPU for every case in the CASES files (YAML, or calibrate measure CSVs),
+    e.g. tests/data/throughput_cases.yaml tests/data/external/throughput_cases.yaml."""
+    summary = validate_throughput([c for path in cases for c in load_throughput_cases(path)])
     click.echo(render_throughput_json(summary) if fmt == "json" else render_throughput_table(summary), nl=False)
 
 
