@@ -54,7 +54,11 @@ def resolve_cases(cases_path: Path) -> list:
 
 
 def fit(cases_path: Path) -> tuple[RuntimeOverheads, tuple[float, float, int]]:
-    resolved = resolve_cases(cases_path)
+    return fit_resolved(resolve_cases(cases_path))
+
+
+def fit_resolved(resolved: list) -> tuple[RuntimeOverheads, tuple[float, float, int]]:
+    """The grid search of `fit` on already resolved cases (scripts/loso.py fits subsets)."""
     best = None
     for fragmentation in FRAGMENTATION_GRID:
         for nccl in NCCL_GRID:

@@ -72,7 +72,10 @@ def test_derived_per_gpu_throughput_is_total_over_gpus(rows):
 def test_pending_and_later_keys_are_only_the_agreed_fields(data):
     waits = pending_fields(CASES)
     assert set(waits) == set(data["pending"])
-    assert all(set(missing) <= AGREED_FIELDS for missing in waits.values())
+    for case_id, missing in waits.items():
+        conditions = data["pending"][case_id].get("waits_for", [])
+        assert missing[len(missing) - len(conditions) :] == conditions, case_id
+        assert set(missing[: len(missing) - len(conditions)]) <= AGREED_FIELDS, case_id
     for case in data["cases"].values():
         assert set(case.get("later", {})) <= AGREED_FIELDS
 
@@ -100,11 +103,15 @@ def test_a_pending_case_is_scored_once_its_fields_exist(tmp_path):
         yaml.safe_dump(
             {
                 "cases": {"a-1": case},
-                "pending": {"a-2": {**case, "gpus": 16}, "a-3": {**case, "no_such_field": 2}},
+                "pending": {
+                    "a-2": {**case, "gpus": 16},
+                    "a-3": {**case, "no_such_field": 2},
+                    "a-4": {**case, "waits_for": ["an uneven split"]},
+                },
             }
         )
     )
-    assert pending_fields(path) == {"a-2": [], "a-3": ["no_such_field"]}
+    assert pending_fields(path) == {"a-2": [], "a-3": ["no_such_field"], "a-4": ["an uneven split"]}
     assert [c.id for c in load_throughput_cases(path)] == ["a-1", "a-2"]
     path.write_text(yaml.safe_dump({"cases": {"a-1": {**case, "later": {"no_such_field": 1, "compile": True}}}}))
     (loaded,) = load_throughput_cases(path)

@@ -5,7 +5,9 @@ Besides `cases:`, a file may hold `pending:` cases, written with plan keys that 
 yet (e.g. a pipeline schedule another branch is adding). A pending case is read as soon as every one of its
 keys is a `PlanRequest` field, so landing the field enables it without editing the data. Likewise a case's
 `later:` mapping holds keys that refine it (e.g. the gradient-reduce dtype) and is applied key by key once
-`PlanRequest` knows them. `pending_fields` says what each pending case still waits for.
+`PlanRequest` knows them. A pending case's `waits_for:` lists conditions other than fields (e.g. an uneven
+pipeline split no plan can state yet); it stays pending until that line is removed. `pending_fields` says
+what each pending case still waits for.
 """
 
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from planner.inputs import one_line
 from planner.plan import PlanRequest, resolve
 
 M = TypeVar("M")
-_META_KEYS = {"source", "notes", "measured", "later"}
+_META_KEYS = {"source", "notes", "measured", "later", "waits_for"}
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,14 @@ def _section(data: dict, name: str, path: Path) -> dict:
 
 
 def pending_fields(path: Path) -> dict[str, list[str]]:
-    """Per pending case of a cases file: the plan keys `PlanRequest` does not know yet (empty: it is scored)."""
+    """Per pending case of a cases file: the plan keys `PlanRequest` does not know yet, then its `waits_for`
+    conditions (empty: it is scored)."""
     known = _plan_fields()
     out = {}
     for case_id, raw in _section(read_yaml_mapping(path), "pending", path).items():
         keys = set(raw) - _META_KEYS if isinstance(raw, dict) else set()
-        out[str(case_id)] = sorted(keys - known)
+        waits = raw.get("waits_for") or [] if isinstance(raw, dict) else []
+        out[str(case_id)] = sorted(keys - known) + [str(w) for w in waits]
     return out
 
 
@@ -76,7 +80,8 @@ def load_cases(path: Path, parse_measured: Callable[[Any, str, Path], M]) -> lis
     if not isinstance(cases, dict) or not cases:
         raise CatalogError(f"{path}: expected a non-empty `cases:` mapping of id -> case", "see the docs")
     known = _plan_fields()
-    ready = {cid: raw for cid, raw in _section(data, "pending", path).items() if not pending_fields(path).get(str(cid))}
+    waiting = pending_fields(path)
+    ready = {cid: raw for cid, raw in _section(data, "pending", path).items() if not waiting[str(cid)]}
     out = []
     for case_id, raw in {**cases, **ready}.items():
         if not isinstance(raw, dict):

@@ -1,0 +1,303 @@
+"""Leave-one-source-out (LOSO) scoring of the fitted constants (issue 10): how well do the models predict a
+source whose rows took no part in the fit?
+
+Throughput. The pool is every scored case of tests/data/throughput_cases.yaml (from ../shared/data) and
+tests/data/external/throughput_cases.yaml (public rows kept outside it). The only fitted throughput numbers
+are each GPU family's three compute-efficiency constants (scripts/fit_throughput.py: same families, grids
+and objective, median + mean |error|). For each source S: refit the families S has rows in on the pool
+without S, then predict S ("left-out"); "in-sample" predicts S with the fit on the whole pool; "stored"
+uses the constants in hardware/*.yaml. The search is a cyclic coordinate search over the script's grids
+(each constant in turn over its whole grid, the others fixed, until none changes) from the stored constants;
+`--exhaustive` runs fit_throughput.py's full grid instead (hours on two cores).
+
+Memory. The same with scripts/fit_memory_overheads.py's two runtime constants (allocator fragmentation,
+NCCL GiB per communicator; exhaustive grid, no unsafe case) over tests/data/memory_cases.yaml, a source
+being the repository or site a case cites.
+
+    python scripts/loso.py [throughput|memory|both] [--exhaustive] [--markdown]
+
+Per source it prints: rows, median |error| with the stored, in-sample and left-out constants, and the
+Spearman rank correlation of the left-out predictions within the source (>= 5 rows). Takes minutes.
+"""
+
+import importlib.util
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from planner.catalog.hardware import ComputeEfficiency
+from planner.memory import DEFAULT_SAFETY_MARGIN, estimate_memory
+from planner.memory.model import runtime_view
+from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
+from planner.performance import estimate_performance
+from planner.validate.memory import load_memory_cases
+from planner.validate.throughput import MIN_CASES_FOR_RANKING, load_throughput_cases, spearman
+
+ROOT = Path(__file__).resolve().parent.parent
+THROUGHPUT_CASES = [
+    ROOT / "tests" / "data" / "throughput_cases.yaml",
+    ROOT / "tests" / "data" / "external" / "throughput_cases.yaml",
+]
+MEMORY_CASES = [ROOT / "tests" / "data" / "memory_cases.yaml"]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FIT_THROUGHPUT = _script("fit_throughput")
+FIT_MEMORY = _script("fit_memory_overheads")
+FAMILY_OF = {gpu: family for family, gpus in FIT_THROUGHPUT.FAMILIES.items() for gpu in gpus}
+GRIDS = (
+    ("max", FIT_THROUGHPUT.MAX_GRID),
+    ("half_tokens", FIT_THROUGHPUT.HALF_TOKENS_GRID),
+    ("half_width", FIT_THROUGHPUT.HALF_WIDTH_GRID),
+)
+
+
+@dataclass(frozen=True)
+class SourceScore:
+    source: str
+    rows: int
+    stored_pct: float
+    in_sample_pct: float
+    left_out_pct: float
+    spearman: float | None
+    """Of the left-out predictions within the source; None below MIN_CASES_FOR_RANKING rows."""
+
+
+# ---------------------------------------------------------------- throughput
+
+
+@dataclass(frozen=True)
+class Item:
+    """A resolved throughput case: (case, model, gpu, plan) as fit_throughput.py uses them, plus its family."""
+
+    case: object
+    model: object
+    gpu: object
+    plan: object
+
+    @property
+    def family(self) -> str | None:
+        return FAMILY_OF.get(self.gpu.name)
+
+    @property
+    def source(self) -> str:
+        return self.case.source_id
+
+    def as_fit_case(self) -> tuple:
+        return self.case, self.model, self.gpu, self.plan
+
+
+def throughput_items(paths: list[Path] = THROUGHPUT_CASES) -> list[Item]:
+    return [Item(case, *case.resolve()) for path in paths for case in load_throughput_cases(path)]
+
+
+def stored_constants(items: list[Item]) -> dict[str, ComputeEfficiency]:
+    return {item.family: item.gpu.compute_efficiency for item in items if item.family}
+
+
+def _objective(items: list[Item], params: ComputeEfficiency) -> float:
+    return FIT_THROUGHPUT.objective([i.as_fit_case() for i in items], params)
+
+
+def coordinate_fit(items: list[Item], start: ComputeEfficiency) -> ComputeEfficiency:
+    """Cyclic coordinate search on fit_throughput.py's grids and objective: each constant in turn takes its
+    best grid value with the others fixed, until a full cycle changes nothing (ties: smaller values)."""
+
+    def key(params: ComputeEfficiency) -> tuple:
+        return _objective(items, params), params.max, params.half_tokens, params.half_width
+
+    best, best_key = start, key(start)
+    changed = True
+    while changed:
+        changed = False
+        for field, grid in GRIDS:
+            for value in grid:
+                candidate = replace(best, **{field: value})
+                candidate_key = key(candidate)
+                if candidate_key < best_key:
+                    best, best_key, changed = candidate, candidate_key, True
+    return best
+
+
+def exhaustive_fit(items: list[Item], start: ComputeEfficiency) -> ComputeEfficiency:
+    params, _ = FIT_THROUGHPUT.fit_family([i.as_fit_case() for i in items])
+    return replace(start, max=params.max, half_tokens=params.half_tokens, half_width=params.half_width)
+
+
+def fit_families(items: list[Item], start: dict[str, ComputeEfficiency], families: set[str], search=coordinate_fit):
+    """Constants per family: refit `families` on `items`, keep `start` for the others."""
+    out = dict(start)
+    for family in sorted(families):
+        members = [i for i in items if i.family == family]
+        if members:
+            out[family] = search(members, start[family])
+    return out
+
+
+def predict(item: Item, constants: dict[str, ComputeEfficiency]) -> float:
+    gpu = replace(item.gpu, compute_efficiency=constants[item.family]) if item.family else item.gpu
+    return estimate_performance(item.model, gpu, item.plan).tokens_per_s_per_gpu
+
+
+def _abs_errors(items: list[Item], constants: dict) -> list[float]:
+    return [abs(predict(i, constants) / i.case.measured.tokens_per_s_per_gpu - 1) * 100 for i in items]
+
+
+def loso_throughput(items: list[Item], search=coordinate_fit, log=lambda _: None) -> list[SourceScore]:
+    stored = stored_constants(items)
+    families = {i.family for i in items if i.family}
+    in_sample = fit_families(items, stored, families, search)
+    log(f"in-sample fit: {_describe(in_sample)}")
+    by_source: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        by_source[item.source].append(item)
+    scores = []
+    for source, members in sorted(by_source.items()):
+        rest = [i for i in items if i.source != source]
+        left_out = fit_families(rest, stored, {i.family for i in members if i.family}, search)
+        predicted = [predict(i, left_out) for i in members]
+        measured = [i.case.measured.tokens_per_s_per_gpu for i in members]
+        scores.append(
+            SourceScore(
+                source,
+                len(members),
+                statistics.median(_abs_errors(members, stored)),
+                statistics.median(_abs_errors(members, in_sample)),
+                statistics.median(abs(p / m - 1) * 100 for p, m in zip(predicted, measured, strict=True)),
+                spearman(predicted, measured) if len(members) >= MIN_CASES_FOR_RANKING else None,
+            )
+        )
+        log(f"{source}: left-out fit {_describe({f: left_out[f] for f in {i.family for i in members if i.family}})}")
+    return scores
+
+
+def _describe(constants: dict[str, ComputeEfficiency]) -> str:
+    return ", ".join(
+        f"{f} max={c.max} half_tokens={c.half_tokens} half_width={c.half_width}" for f, c in sorted(constants.items())
+    )
+
+
+# ---------------------------------------------------------------- memory
+
+
+def memory_source(case) -> str:
+    """The repository or site a memory case cites (its `source` up to the first space)."""
+    return case.source.split(" ")[0] or case.id
+
+
+def memory_items(paths: list[Path] = MEMORY_CASES) -> list:
+    """(case, (model, gpu, plan), (allocated GiB, host RAM fits)), as fit_memory_overheads.py resolves them."""
+    out = []
+    for path in paths:
+        for case in load_memory_cases(path):
+            model, gpu, plan = case.resolve()
+            memory = estimate_memory(model, gpu, plan)
+            out.append((case, (model, gpu, plan), (memory.allocated_peak_gib, memory.host_ram_fits)))
+    return out
+
+
+def memory_prediction(item, overheads: RuntimeOverheads) -> tuple[float, bool]:
+    """(prediction comparable with the case's metric, predicted to fit) under `overheads`."""
+    case, (_, gpu, plan), (allocated, host_fits) = item
+    peak = float(runtime_view(allocated, plan, overheads)[3])
+    fits = peak <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
+    return (allocated if case.measured.metric in ("allocated", "active") else peak), fits
+
+
+def _memory_errors(items: list, overheads: RuntimeOverheads) -> list[float]:
+    out = []
+    for item in items:
+        measured = item[0].measured
+        if measured.outcome != "oom":
+            out.append(abs(memory_prediction(item, overheads)[0] / measured.peak_gib - 1) * 100)
+    return out
+
+
+def loso_memory(items: list, log=lambda _: None) -> list[SourceScore]:
+    in_sample, _ = FIT_MEMORY.fit_resolved(items)
+    log(f"in-sample fit: fragmentation {in_sample.allocator_fragmentation}, NCCL {in_sample.nccl_gib_per_group} GiB")
+    by_source: dict[str, list] = defaultdict(list)
+    for item in items:
+        by_source[memory_source(item[0])].append(item)
+    scores = []
+    for source, members in sorted(by_source.items()):
+        left_out, _ = FIT_MEMORY.fit_resolved([i for i in items if memory_source(i[0]) != source])
+        log(
+            f"{source}: left-out fit fragmentation {left_out.allocator_fragmentation}, "
+            f"NCCL {left_out.nccl_gib_per_group}"
+        )
+        fitting = [i for i in members if i[0].measured.outcome != "oom"]
+        if not fitting:
+            continue
+        predicted = [memory_prediction(i, left_out)[0] for i in fitting]
+        measured = [i[0].measured.peak_gib for i in fitting]
+        scores.append(
+            SourceScore(
+                source,
+                len(members),
+                statistics.median(_memory_errors(members, DEFAULT_OVERHEADS)),
+                statistics.median(_memory_errors(members, in_sample)),
+                statistics.median(_memory_errors(members, left_out)),
+                spearman(predicted, measured) if len(fitting) >= MIN_CASES_FOR_RANKING else None,
+            )
+        )
+    return scores
+
+
+# ---------------------------------------------------------------- output
+
+
+def render(title: str, scores: list[SourceScore], markdown: bool) -> str:
+    def fmt(score: SourceScore) -> list[str]:
+        rho = "" if score.spearman is None else f"{score.spearman:.2f}"
+        return [
+            score.source,
+            str(score.rows),
+            f"{score.stored_pct:.1f}%",
+            f"{score.in_sample_pct:.1f}%",
+            f"{score.left_out_pct:.1f}%",
+            rho,
+        ]
+
+    head = ["source", "rows", "stored", "in-sample", "left-out", "Spearman (left-out)"]
+    lines = [title]
+    if markdown:
+        lines += ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|---:|---:|"]
+        lines += ["| " + " | ".join(fmt(s)) + " |" for s in scores]
+    else:
+        width = max(len(s.source) for s in [SourceScore(head[0], 0, 0, 0, 0, None), *scores])
+        lines += [f"{head[0]:{width}s} {head[1]:>5s} {head[2]:>8s} {head[3]:>10s} {head[4]:>9s} {head[5]:>20s}"]
+        lines += [f"{r[0]:{width}s} {r[1]:>5s} {r[2]:>8s} {r[3]:>10s} {r[4]:>9s} {r[5]:>20s}" for r in map(fmt, scores)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    which = next((a for a in args if not a.startswith("--")), "both")
+    markdown = "--markdown" in args
+
+    def log(message: str) -> None:
+        print(f"  {message}", file=sys.stderr)
+
+    if which in ("throughput", "both"):
+        search = exhaustive_fit if "--exhaustive" in args else coordinate_fit
+        scores = loso_throughput(throughput_items(), search, log)
+        print(render("Throughput: median |error| of tokens/s per GPU", scores, markdown))
+    if which in ("memory", "both"):
+        print(
+            render(
+                "Memory: median |error| of peak GiB (metric as measured)", loso_memory(memory_items(), log), markdown
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
