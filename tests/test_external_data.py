@@ -3,6 +3,8 @@ skipped with a reason; case values match the CSV; pending cases wait only on the
 issue 10 and are scored as soon as PlanRequest has them."""
 
 import csv
+import importlib.util
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,17 @@ def test_a_pending_case_is_scored_once_its_fields_exist(tmp_path):
     path.write_text(yaml.safe_dump({"cases": {"a-1": {**case, "later": {"no_such_field": 1, "compile": True}}}}))
     (loaded,) = load_throughput_cases(path)
     assert loaded.request.compile is True
+
+
+def test_bf16_fp8_pairs_differ_only_in_precision():
+    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "external_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    results = {r.case.id: r for r in validate_throughput(load_throughput_cases(CASES)).results}
+    pairs = report.precision_pairs(list(results.values()))
+    assert len(pairs) >= 22  # 24.09 and 25.04 Llama 8B, Nemotron-4 15B, 405B proxies, torchtitan 8B
+    for pair in pairs:
+        bf16, fp8 = results[pair.bf16_id], results[pair.fp8_id]
+        assert (bf16.case.request.precision, fp8.case.request.precision) == ("bf16", "fp8")
+        assert {**asdict(bf16.case.request), "precision": "fp8"} == asdict(fp8.case.request)
+        assert 1.2 < pair.measured_ratio < 1.6  # the published fp8 gains of these tables
