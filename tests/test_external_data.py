@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from planner.cli import main
 from planner.validate.cases import pending_fields
 from planner.validate.throughput import load_throughput_cases, validate_throughput
 
@@ -132,3 +134,13 @@ def test_bf16_fp8_pairs_differ_only_in_precision():
         assert (bf16.case.request.precision, fp8.case.request.precision) == ("bf16", "fp8")
         assert {**asdict(bf16.case.request), "precision": "fp8"} == asdict(fp8.case.request)
         assert 1.2 < pair.measured_ratio < 1.6  # the published fp8 gains of these tables
+
+
+def test_validate_reads_several_files_and_names_what_is_pending():
+    shared = ROOT / "tests" / "data" / "throughput_cases.yaml"
+    result = CliRunner().invoke(main, ["validate", "throughput", str(shared), str(CASES)])
+    assert result.exit_code == 0, result.output
+    scored = len(load_throughput_cases(shared)) + len(load_throughput_cases(CASES))
+    assert f"cases: {scored};" in result.output
+    waiting = [m for m in pending_fields(CASES).values() if m]
+    assert (f"not scored: {len(waiting)} pending cases" in result.output) == bool(waiting)

@@ -22,6 +22,7 @@ from planner.report.validation import (
 )
 from planner.search.solve import OBJECTIVES, SolveRequest
 from planner.units import parse_count
+from planner.validate.cases import pending_fields
 from planner.validate.memory import load_memory_cases, validate_memory
 from planner.validate.throughput import load_throughput_cases, validate_throughput
 
@@ -344,6 +345,8 @@ def validate_memory_cmd(cases: tuple[Path, ...], fmt: str) -> None:
     """Predicted vs measured peak memory for every case in the CASES files (YAML, or calibrate measure CSVs)."""
     summary = validate_memory([c for path in cases for c in load_memory_cases(path)])
     click.echo(render_validation_json(summary) if fmt == "json" else render_validation_table(summary), nl=False)
+    if fmt != "json":
+        _echo_pending(cases)
 
 
 @validate.command("throughput")
@@ -354,6 +357,23 @@ def validate_throughput_cmd(cases: tuple[Path, ...], fmt: str) -> None:
     e.g. tests/data/throughput_cases.yaml tests/data/external/throughput_cases.yaml."""
     summary = validate_throughput([c for path in cases for c in load_throughput_cases(path)])
     click.echo(render_throughput_json(summary) if fmt == "json" else render_throughput_table(summary), nl=False)
+    if fmt != "json":
+        _echo_pending(cases)
+
+
+def _echo_pending(paths: tuple[Path, ...]) -> None:
+    """One line per cases file with pending cases: how many, and the plan fields or conditions they wait for."""
+    for path in paths:
+        if path.suffix not in (".yaml", ".yml"):
+            continue
+        waiting = [missing for missing in pending_fields(path).values() if missing]
+        if waiting:
+            fields = sorted({m for missing in waiting for m in missing if " " not in m})
+            others = sum(any(" " in m for m in missing) for missing in waiting)
+            click.echo(
+                f"not scored: {len(waiting)} pending cases in {path} wait for plan fields {', '.join(fields) or '-'}"
+                + (f" ({others} also for a stated condition, see their waits_for)" if others else "")
+            )
 
 
 @main.command()
