@@ -80,8 +80,13 @@ def test_pending_and_later_keys_are_only_the_agreed_fields(data):
         conditions = data["pending"][case_id].get("waits_for", [])
         assert missing[len(missing) - len(conditions) :] == conditions, case_id
         assert set(missing[: len(missing) - len(conditions)]) <= AGREED_FIELDS, case_id
-    for case in data["cases"].values():
+    for case in [*data["cases"].values(), *data["pending"].values()]:
         assert set(case.get("later", {})) <= AGREED_FIELDS
+    # pending cases wait only on the pipeline-schedule fields; refinements wait in `later:`
+    assert all(
+        not set(missing) - {"pp_schedule", "virtual_stages"} - set(data["pending"][cid].get("waits_for", []))
+        for cid, missing in waits.items()
+    )
 
 
 def test_scored_cases_all_predict(data):
