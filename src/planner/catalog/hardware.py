@@ -5,13 +5,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from planner.catalog._yaml import read_yaml_mapping, require
 from planner.catalog._yaml import suggestions as _suggestions
 from planner.catalog.paths import data_dirs
 from planner.errors import CatalogError, PlanError
 from planner.inputs import one_line, quantity, quoted, text, whole_number
 
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8")
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4")
 MIN_NETWORK_GBPS = 0.01
 """Slowest network accepted, GB/s per GPU (80 Mb/s): below it no training job communicates, and the
 times it would give are meaningless."""
@@ -29,6 +31,9 @@ class NodeSpec:
     host_ram_gib: float | None
     """CPU memory of the whole node, GiB (what CPU offload must fit in); None where unknown."""
     example: str = ""
+    nvlink_domain_gpus: int | None = None
+    """GPUs one NVLink domain joins when it spans several nodes (72 in a GB200 NVL72 rack of 4-GPU
+    trays); None: the domain is the node."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class PriceSpec:
     instance: str = ""
     source: str = ""
     date: str = ""
+    currency: str = "USD"
+    """Currency of the list the price was read from (the price itself is always USD)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,9 @@ class ComputeEfficiency:
     half_width: float
     """Pointwise width at which the width factor is one half."""
     source: str = ""
+    fitted_on: str = ""
+    """Architecture family whose measurements the constants were fitted on (e.g. `hopper`); empty when
+    the file does not say."""
 
 
 DEFAULT_FLASH_SPEED: dict[int, float | None] = {1: 0.5, 2: 1.0, 3: None}
@@ -70,7 +80,7 @@ class GpuSpec:
     memory_gib: float
     """Device memory as nvidia-smi reports it (GiB): the hard cap a plan must stay under."""
     tflops: dict[str, float | None]
-    """Dense peak TFLOP/s per dtype (`fp32`, `tf32`, `bf16`, `fp16`, `fp8`); None where unsupported."""
+    """Dense peak TFLOP/s per dtype (`fp32`, `tf32`, `bf16`, `fp16`, `fp8`, `fp4`); None where unsupported."""
     hbm_bandwidth_gbps: float
     nvlink_bandwidth_gbps: float
     """Total bidirectional NVLink bandwidth per GPU (0 for PCIe-only parts)."""
@@ -93,6 +103,25 @@ class GpuSpec:
     A100: FlashAttention-2 is about as efficient as a GEMM (1), FlashAttention-1 half as fast; H100:
     FlashAttention-2 reaches 35% of peak where FlashAttention-3 reaches GEMM-like 75%."""
     flash_attention_source: str = ""
+    architecture: str = ""
+    """Architecture family (`ampere`, `ada`, `hopper`, `blackwell`, `cdna3`); empty when the file does not say."""
+
+    @property
+    def speed_extrapolated_from(self) -> str | None:
+        """The family whose fitted efficiency this GPU borrows, when it is not its own (no measurement on
+        this family yet): its predicted speed is an extrapolation."""
+        fit = self.compute_efficiency
+        if fit is None or not fit.fitted_on or not self.architecture or fit.fitted_on == self.architecture:
+            return None
+        return fit.fitted_on
+
+    def nvlink_domain(self, gpus_per_node):
+        """GPUs a collective can span on NVLink (or the node's PCIe) for a plan with `gpus_per_node` per
+        node: the node, or the multi-node NVLink domain (GB200 NVL72) when the catalog gives one."""
+        domain = self.node.nvlink_domain_gpus
+        if domain is None or domain <= self.node.gpus_per_node:
+            return gpus_per_node
+        return np.maximum(gpus_per_node, domain)
 
     def peak_tflops(self, dtype: str) -> float | None:
         return self.tflops.get(dtype)
@@ -164,12 +193,14 @@ def _gpu_from_file(path: Path) -> GpuSpec:
             ),
             host_ram_gib=_number(node_raw, "host_ram_gib", path, allow_none=True, positive=True),
             example=str(node_raw.get("example") or ""),
+            nvlink_domain_gpus=_domain(node_raw, path),
         ),
         price=PriceSpec(
             usd_per_gpu_hour=_number(price_raw, "usd_per_gpu_hour", path, allow_none=True, positive=True),
             instance=str(price_raw.get("instance") or ""),
             source=str(price_raw.get("source") or ""),
             date=str(price_raw.get("date") or ""),
+            currency=str(price_raw.get("currency") or "USD"),
         ),
         aliases=tuple(str(a) for a in aliases),
         tdp_w=_number(data, "tdp_w", path, allow_none=True),
@@ -177,7 +208,15 @@ def _gpu_from_file(path: Path) -> GpuSpec:
         compute_efficiency=_efficiency(data.get("compute_efficiency"), path),
         flash_attention_speed=_flash_attention_speed(data, path),
         flash_attention_source=str(data.get("flash_attention_source") or ""),
+        architecture=str(data.get("architecture") or ""),
     )
+
+
+def _domain(node_raw: dict[str, Any], path: Path) -> int | None:
+    value = _number(node_raw, "nvlink_domain_gpus", path, allow_none=True)
+    if value is not None and (value < 1 or value != int(value)):
+        raise CatalogError(f"{path}: node.nvlink_domain_gpus must be a whole number of GPUs", "fix the value")
+    return None if value is None else int(value)
 
 
 def _flash_attention_speed(data: dict[str, Any], path: Path) -> dict[int, float | None]:
@@ -207,6 +246,7 @@ def _efficiency(raw: Any, path: Path) -> ComputeEfficiency | None:
         half_tokens=_number(raw, "half_tokens", path),
         half_width=_number(raw, "half_width", path),
         source=str(raw.get("source") or ""),
+        fitted_on=str(raw.get("fitted_on") or ""),
     )
     if not 0 < value.max <= 1:
         raise CatalogError(f"{path}: compute_efficiency.max must be in (0, 1]", "fix the value")

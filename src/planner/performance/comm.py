@@ -55,11 +55,13 @@ def host_link_bandwidth_gbps(gpu: GpuSpec) -> float:
 
 def group_bandwidth_gbps(gpu: GpuSpec, size, stride, gpus_per_node):
     """Bus bandwidth of a group of `size` ranks spaced `stride` apart (arrays allowed). Groups of one rank
-    get infinite bandwidth (they move nothing)."""
-    spans_nodes = size * stride > gpus_per_node
+    get infinite bandwidth (they move nothing). A group stays on NVLink while its span fits the NVLink
+    domain: the node, or the whole rack of a multi-node NVLink system (GB200 NVL72: 72 GPUs)."""
+    domain = gpu.nvlink_domain(gpus_per_node)
+    spans_nodes = size * stride > domain
     inter = 0.0
     if np.any(spans_nodes & (size > 1)):
-        members_per_node = np.maximum(1, np.minimum(size, gpus_per_node // stride))
+        members_per_node = np.maximum(1, np.minimum(size, domain // stride))
         inter = inter_node_bandwidth_gbps(gpu, members_per_node)
     bandwidth = np.where(spans_nodes, inter, intra_node_bandwidth_gbps(gpu))
     return np.where(size > 1, bandwidth, np.inf)

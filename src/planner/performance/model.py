@@ -368,6 +368,11 @@ def performance_estimate_at(terms: dict, index: int | None, gpu: GpuSpec) -> Per
     notes = []
     if gpu.compute_efficiency is None:
         notes.append(f"{gpu.name} has no fitted compute efficiency; a conservative default was used")
+    elif gpu.speed_extrapolated_from:
+        notes.append(
+            f"speed extrapolated: no measured run on {gpu.architecture} yet, {gpu.name} uses the "
+            f"{gpu.speed_extrapolated_from} fit of the compute efficiency"
+        )
     flops = terms["flops"]
     return PerformanceEstimate(
         step_time_s=_at(terms["step_time_s"], index),

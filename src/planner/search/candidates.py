@@ -68,13 +68,19 @@ class Candidates:
         return len(self.gpus)
 
 
+def tp_limit(budget: Budget) -> int:
+    """Largest tensor-parallel degree the search tries: TP stays on NVLink, inside one node or one
+    multi-node NVLink domain (72 GPUs of a GB200 NVL72 rack)."""
+    return int(budget.gpu.nvlink_domain(budget.gpus_per_node))
+
+
 def numeric_grid(model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: int, global_batch: int) -> dict:
     """Every (gpus, tp, pp, cp, micro_batch) combination with whole dp and grad_accum (numpy arrays)."""
     arch = model.architecture
     tps = [
         t
         for t in space.tp
-        if arch.num_attention_heads % t == 0 and arch.num_kv_heads % t == 0 and t <= budget.gpus_per_node
+        if arch.num_attention_heads % t == 0 and arch.num_kv_heads % t == 0 and t <= tp_limit(budget)
     ]
     pps = [p for p in space.pp if arch.num_layers % p == 0]
     cps = [c for c in space.cp if seq_len % c == 0]
@@ -110,7 +116,7 @@ def allowed_combinations(model: ModelSpec, budget: Budget, space: SearchSpace, s
     reps = {
         "tp": smallest_above_one(
             space.tp,
-            lambda t: arch.num_attention_heads % t == 0 and arch.num_kv_heads % t == 0 and t <= budget.gpus_per_node,
+            lambda t: arch.num_attention_heads % t == 0 and arch.num_kv_heads % t == 0 and t <= tp_limit(budget),
         ),
         "pp": smallest_above_one(space.pp, lambda p: arch.num_layers % p == 0),
         "cp": smallest_above_one(space.cp, lambda c: seq_len % c == 0),
