@@ -393,7 +393,7 @@ def test_o_absurd_estimate_numbers():
 def test_p_gpu_without_a_price_emits_launch_configs(tmp_path):
     out = tmp_path / "out"
     result = run(
-        ["solve", "--model", "13b", "--budget", "16xH800", "--tokens", "1B", "--emit", "all", "--out", str(out)]
+        ["solve", "--model", "13b", "--budget", "16xH100-96GB", "--tokens", "1B", "--emit", "all", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
     readme = (out / "launch-1" / "README.md").read_text()
