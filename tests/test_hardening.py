@@ -408,7 +408,7 @@ def test_p_gpu_without_a_price_emits_launch_configs(tmp_path):
     [
         (["estimate", "--model", "7b\nx"], ("--model", "\\n")),
         (["estimate", "--model", "7b", "--gpu", "A100\nB"], ("--gpu", "\\n")),
-        (["solve", "--model", "7b"], ("Missing option '--budget'", "planner solve --help")),
+        (["solve", "--model", "7b"], ("--budget", "--gpu-types")),
         (["estimate", "--model", "7b", "--tp", "x"], ("--tp", "planner estimate --help")),
         (["estimate", "--model", "7b", "--nope"], ("--nope",)),
         (["nope"], ("nope",)),

@@ -1,6 +1,10 @@
 """Issue 13: today's GPUs in the catalog (prices with sources, NVLink domains, extrapolated speed) and
 hardware choice across GPU types in `solve`."""
 
+import json
+from dataclasses import replace
+
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -9,6 +13,9 @@ from planner.cli import main
 from planner.estimate import estimate_plan
 from planner.performance import comm
 from planner.plan import PlanRequest
+from planner.search.choice import budget_options, choose_hardware
+from planner.search.details import plan_estimates
+from planner.search.solve import SolveRequest, non_dominated, solve
 
 NEW_GPUS = ("B200", "GB200", "H20", "L20", "L40", "L4", "RTX-A6000", "RTX-3090", "RTX-5090", "MI300X", "MI325X")
 
@@ -76,3 +83,150 @@ def test_h800_has_a_price_and_emit_no_longer_crashes(tmp_path):
     readme = (tmp_path / "h800" / "launch-1" / "README.md").read_text()
     assert "hours and $" in readme
     assert load_gpu("H800").price.usd_per_gpu_hour == 2.0
+
+
+# -- hardware choice in solve ---------------------------------------------------------------------------------------
+
+
+def _solve_cli(tmp_path, *args):
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, ["solve", *args, "--out", str(out)])
+    return result, out
+
+
+def test_non_dominated_keeps_ties_and_drops_beaten_plans():
+    speed = np.array([10.0, 10.0, 8.0, 12.0, 9.0, 12.0])
+    cost = np.array([1.0, 1.0, 0.5, 2.0, 1.5, 2.5])
+    keep = non_dominated(speed, cost, np.array([True, True, True, True, True, False]))
+    # 4 (9 tokens/s at 1.5) is beaten by 0 and 1; 5 is not eligible; equal plans 0 and 1 both stay.
+    assert keep.tolist() == [True, True, True, True, False, False]
+
+
+def test_multi_type_solve_gives_the_same_plans_as_each_type_alone():
+    request = SolveRequest(model="7b", budget="16xA100,8xH100,4xH200", seq_len=2048, global_batch=32, tokens=1e9)
+    choice = choose_hardware(request)
+    assert [o.budget for o in choice.options] == ["16xA100", "8xH100", "4xH200"]
+    for option in choice.options:
+        alone = solve(SolveRequest(model="7b", budget=option.budget, seq_len=2048, global_batch=32, tokens=1e9))
+        mine, theirs = option.result, alone
+        a = plan_estimates(mine, [option.best])[option.best]
+        b = plan_estimates(theirs, [int(theirs.feasible[0])])[int(theirs.feasible[0])]
+        assert a.plan == b.plan and a.performance.tokens_per_s == b.performance.tokens_per_s
+        assert a.memory.peak_gib == b.memory.peak_gib and a.cost.total_usd == b.cost.total_usd
+        # Every plan the full search lists is matched or beaten by one of the frontier plans.
+        c = theirs.candidates
+        speed, gpu_hours = c.tokens_per_s[theirs.feasible], c.gpus[theirs.feasible] / c.tokens_per_s[theirs.feasible]
+        front = (
+            mine.candidates.tokens_per_s[mine.feasible],
+            mine.candidates.gpus[mine.feasible] / mine.candidates.tokens_per_s[mine.feasible],
+        )
+        for s, g in zip(speed, gpu_hours, strict=True):
+            assert np.any((front[0] >= s) & (front[1] <= g * (1 + 1e-12)))
+
+
+def test_cross_type_front_is_undominated_and_winner_first():
+    request = SolveRequest(model="7b", budget="16xA100,8xH100,4xH200", seq_len=2048, global_batch=32, tokens=1e9)
+    for objective in ("throughput", "cost"):
+        choice = choose_hardware(replace(request, objective=objective))
+        points = []
+        for plan in choice.front:
+            option = choice.options[plan.option]
+            c, price = option.result.candidates, option.result.price_per_gpu_hour
+            points.append(
+                (
+                    float(c.tokens_per_s[plan.candidate]),
+                    float(c.gpus[plan.candidate]) * price / float(c.tokens_per_s[plan.candidate]),
+                )
+            )
+        for i, (s, k) in enumerate(points):
+            assert not any(s2 >= s and k2 <= k and (s2, k2) != (s, k) for j, (s2, k2) in enumerate(points) if j != i)
+        winner = points[0]
+        if objective == "throughput":
+            assert winner[0] == max(p[0] for p in points)
+        else:
+            assert winner[1] == min(p[1] for p in points)
+        assert choice.options[choice.front[0].option] is choice.winner or objective == "throughput"
+
+
+def test_missing_price_gives_blank_dollars_and_cost_choice_skips_it(tmp_path):
+    result, out = _solve_cli(
+        tmp_path,
+        "--model",
+        "7b",
+        "--budget",
+        "8xH100-96GB,8xH100",
+        "--seq-len",
+        "2048",
+        "--global-batch",
+        "32",
+        "--tokens",
+        "1B",
+        "--objective",
+        "cost",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    rows = {row["gpu_type"]: row for row in report["best_per_gpu_type"]}
+    assert rows["H100-80GB"]["rank"] == 1 and rows["H100-80GB"]["total_usd"] > 0
+    assert rows["H100-96GB"]["total_usd"] is None and rows["H100-96GB"]["hours"] > 0
+    assert any("H100-96GB skipped (no price" in note for note in report["notes"])
+    assert "H100-96GB: dollars blank, no price for H100-96GB" in result.output
+    assert {row["gpu_type"] for row in report["pareto_front"]} == {"H100-80GB"}
+
+
+def test_reports_carry_the_gpu_type(tmp_path):
+    result, out = _solve_cli(
+        tmp_path,
+        "--model",
+        "7b",
+        "--budget",
+        "16xA100,8xH100",
+        "--seq-len",
+        "2048",
+        "--global-batch",
+        "32",
+        "--tokens",
+        "1B",
+        "--emit",
+        "torchrun",
+    )
+    assert result.exit_code == 0, result.output
+    header = (out / "plans.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["list", "rank", "pareto", "gpu_type"]
+    assert "| gpu_type |" in (out / "report.md").read_text()
+    winner = json.loads((out / "report.json").read_text())["best_per_gpu_type"][0]["gpu_type"]
+    assert f"x {winner}" in (out / "launch-1" / "README.md").read_text()
+    single, out1 = _solve_cli(tmp_path / "one", "--model", "7b", "--budget", "8xA100", "--seq-len", "2048")
+    assert single.exit_code == 0 and (out1 / "plans.csv").read_text().split(",")[2] == "gpu_type"
+
+
+def test_gpu_types_any_searches_every_priced_type():
+    request = SolveRequest(model="llama-3.2-1b", budget="", gpu_types="any", max_gpus=2, seq_len=2048, global_batch=8)
+    options = budget_options(request)
+    priced = sorted(g.name for g in list_gpus() if g.price.usd_per_gpu_hour is not None)
+    assert sorted(b.split("x", 1)[1] for b, _ in options) == priced
+    assert "H100-96GB" not in priced and "B200" in priced
+    # A GPU type without a network in the catalog is searched within one node.
+    assert dict(options)["1xRTX-4090"].startswith("one node")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--budget", "16xA100,8xH1000"], "unknown GPU 'H1000'"),
+        (["--budget", "16xA100,,8xH100"], "has an empty entry"),
+        (["--gpu-types", "any", "--max-gpus", "0"], "--max-gpus must be a whole number from 1"),
+        (["--gpu-types", "A100,,H100", "--max-gpus", "8"], "has an empty entry"),
+        (["--gpu-types", "A100,H1000", "--max-gpus", "8"], "unknown GPU 'H1000'"),
+        (["--gpu-types", "any"], "--gpu-types needs --max-gpus"),
+        (["--budget", "8xA100", "--max-gpus", "8"], "--max-gpus goes with --gpu-types"),
+        (["--budget", "8xA100", "--gpu-types", "any", "--max-gpus", "8"], "not both"),
+        (["--gpu-types", "any", "--max-gpus", "8", "--price-per-gpu-hour", "2"], "compares GPU types"),
+        ([], "solve needs --budget"),
+    ],
+)
+def test_bad_hardware_choice_input_is_one_line_exit_2(tmp_path, args, message):
+    result, _ = _solve_cli(tmp_path, "--model", "7b", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -8,7 +8,7 @@ import click
 
 from planner import __version__
 from planner.catalog import list_gpus, list_models
-from planner.errors import PlannerError
+from planner.errors import PlanError, PlannerError
 from planner.estimate import estimate_plan
 from planner.inputs import one_line
 from planner.memory import DEFAULT_SAFETY_MARGIN
@@ -158,7 +158,19 @@ def estimate(
 
 @main.command()
 @click.option("--model", required=True, help="Catalog name or alias, model YAML, or Hugging Face config.json.")
-@click.option("--budget", required=True, help="GPUs you can get: 16xA100, 2x8xH100 (nodes x GPUs), 64xH100-80GB.")
+@click.option(
+    "--budget",
+    default=None,
+    help="GPUs you can get: 16xA100, 2x8xH100 (nodes x GPUs), 64xH100-80GB; several options to choose "
+    "between: 16xA100,8xH100,4xH200.",
+)
+@click.option(
+    "--gpu-types",
+    default=None,
+    help="Choose the GPU type: 'any' (every priced type of the catalog) or a list (A100,H100,B200), "
+    "each with up to --max-gpus GPUs. Instead of --budget.",
+)
+@click.option("--max-gpus", type=int, default=None, help="Most GPUs per type with --gpu-types.")
 @click.option("--seq-len", type=int, default=4096, show_default=True, help="Tokens per sequence.")
 @click.option("--global-batch", type=int, default=None, help="Sequences per optimizer step.")
 @click.option("--global-batch-tokens", default=None, help="Tokens per optimizer step (default 1M = 2^20).")
@@ -211,7 +223,9 @@ def estimate(
 @_FORMAT
 def solve(
     model: str,
-    budget: str,
+    budget: str | None,
+    gpu_types: str | None,
+    max_gpus: int | None,
     seq_len: int,
     global_batch: int | None,
     global_batch_tokens: str | None,
@@ -234,9 +248,13 @@ def solve(
     from planner.search.run import run_solve
 
     pins = {k: v for k, v in {**pins, "compile": compile_}.items() if v is not None}
+    if budget is None and gpu_types is None:
+        raise PlanError("solve needs --budget (e.g. 16xA100) or --gpu-types any --max-gpus N", "add one of them")
     request = SolveRequest(
         model=model,
-        budget=budget,
+        budget=budget or "",
+        gpu_types=gpu_types,
+        max_gpus=max_gpus,
         seq_len=seq_len,
         global_batch=global_batch,
         global_batch_tokens=None

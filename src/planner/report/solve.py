@@ -82,6 +82,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
     return {
         "rank": rank,
         "pareto": pareto,
+        "gpu_type": est.gpu.name,
         "gpus": p.gpus,
         "nodes": p.nodes,
         "dp": p.dp,

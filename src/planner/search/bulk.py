@@ -55,13 +55,42 @@ def group_plan(categorical: dict, numeric: dict[str, np.ndarray]) -> Plan:
     return Plan(**categorical, **{k: np.asarray(v) for k, v in numeric.items()})
 
 
+_MEMORY_CACHE: dict = {}
+_MEMORY_CACHE_ENTRIES = 2048
+"""The memory model does not depend on the GPU type (capacity only decides what fits), so a search over
+several GPU types with the same plan grid computes each group's memory once."""
+
+
+def _plan_key(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads) -> tuple:
+    values = []
+    for f in fields(Plan):
+        value = getattr(plan, f.name)
+        if isinstance(value, np.ndarray):
+            value = (value.dtype.str, value.shape, value.tobytes())
+        values.append(value)
+    return (model.architecture, overheads, tuple(values))
+
+
+def _gpu_independent_memory(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads) -> tuple[MemoryArrays, object]:
+    """(memory arrays, host RAM per node) of an array-valued plan, computed once per distinct plan group."""
+    try:
+        key = _plan_key(model, plan, overheads)
+        hash(key)
+    except TypeError:  # a field that cannot be a key: compute without the cache
+        return memory_arrays(model, plan, overheads), host_ram_gib_per_node(model, plan)
+    if key not in _MEMORY_CACHE:
+        if len(_MEMORY_CACHE) >= _MEMORY_CACHE_ENTRIES:
+            _MEMORY_CACHE.clear()
+        _MEMORY_CACHE[key] = (memory_arrays(model, plan, overheads), host_ram_gib_per_node(model, plan))
+    return _MEMORY_CACHE[key]
+
+
 def evaluate_group(
     model: ModelSpec, gpu: GpuSpec, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS
 ) -> BulkResult:
     """Memory and performance of every plan in an array-valued Plan."""
     size = np.shape(plan.gpus)
-    memory = memory_arrays(model, plan, overheads)
-    host = host_ram_gib_per_node(model, plan)
+    memory, host = _gpu_independent_memory(model, plan, overheads)
     perf = performance_terms(model, gpu, plan)
 
     def full(value) -> np.ndarray:

@@ -49,6 +49,15 @@ class SolveRequest:
     network_gbps_per_gpu: float | None = None
     """Override the catalog's inter-node bandwidth, GB/s per GPU one way."""
     pins: dict = field(default_factory=dict)
+    gpu_types: str | None = None
+    """`any` or a comma-separated list of GPU types to choose between (with `max_gpus`; see
+    planner.search.choice); None: the budget names the one GPU type."""
+    max_gpus: int | None = None
+    """Largest GPU count per type for `gpu_types`."""
+    frontier_only: bool = False
+    """List only the plans no other plan beats on both speed (tokens/s) and GPU-hours per token: what a
+    choice between GPU types needs (each type's best plan by any objective is among them), at a fraction
+    of the enumeration time. Off for a plain solve, which lists every plan that fits."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,29 @@ def _price(budget: Budget, request: SolveRequest) -> tuple[float | None, str]:
     return price.usd_per_gpu_hour, f"{price.instance} ({price.source}, {price.date})"
 
 
+def non_dominated(speed: np.ndarray, cost: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Boolean mask of the eligible entries no other eligible entry beats: none is at least as fast and
+    at least as cheap and better in one. Ties (equal speed and cost) are all kept."""
+    keep = np.zeros(len(speed), dtype=bool)
+    index = np.flatnonzero(eligible)
+    if index.size == 0:
+        return keep
+    order = index[np.lexsort((cost[index], -speed[index]))]  # fastest first, cheapest first among equals
+    cheapest_faster = np.inf  # the lowest cost among strictly faster entries
+    start = 0
+    while start < len(order):
+        end = start
+        while end < len(order) and speed[order[end]] == speed[order[start]]:
+            end += 1
+        group = order[start:end]
+        group_min = cost[group].min()
+        if group_min < cheapest_faster:
+            keep[group[cost[group] == group_min]] = True
+        cheapest_faster = min(cheapest_faster, group_min)
+        start = end
+    return keep
+
+
 def solve(request: SolveRequest) -> SolveResult:
     """Run the search; raises NoFeasiblePlanError (exit code 3) when nothing fits."""
     start = time.perf_counter()
@@ -163,7 +195,11 @@ def solve(request: SolveRequest) -> SolveResult:
             if price is None:
                 raise PlanError(f"--max-cost needs a price for {budget.gpu.name}", "pass --price-per-gpu-hour")
             within &= hours * cands.gpus * price <= request.max_cost
-    found, stats = feasible_indices(cands, space, global_batch, budget.gpus, fits, within)
+    table = within
+    if request.frontier_only:
+        candidates_left = fits if within is None else fits & within
+        table = non_dominated(cands.tokens_per_s, cands.gpus / cands.tokens_per_s, candidates_left)
+    found, stats = feasible_indices(cands, space, global_batch, budget.gpus, fits, table)
 
     excess = np.where(fits_gpu, np.inf, cands.peak_gib - usable)
     misses = [int(i) for i in np.argsort(excess, kind="stable")[:3] if np.isfinite(excess[i])]
