@@ -3,7 +3,9 @@
     python benchmarks/solve_speed.py
 
 Cases: (a) Llama-2-13B on 16 x A100 (default space), (b) Llama-2-70B on 64 x H100 (default space, TP/PP),
-(c) Llama-3.1-405B on 2048 x H100 over every dimension (search_spaces/full.yaml).
+(c) Llama-3.1-405B on 2048 x H100 over every dimension (search_spaces/full.yaml); and (d) the hardware
+choice `planner solve --model 13b --gpu-types any --max-gpus 64 --tokens 10B` over every priced GPU type
+(target: under 5 s end to end, issue 13).
 
 "numpy" enumerates the space with numpy, evaluates every structurally valid plan with the bulk models
 and keeps those that fit; "CP-SAT" is the search `solve` runs: the same evaluation, then the CP-SAT model
@@ -84,6 +86,18 @@ def end_to_end(request: SolveRequest) -> float:
         return time.perf_counter() - start
 
 
+CHOICE_ARGS = ["--model", "13b", "--gpu-types", "any", "--max-gpus", "64", "--tokens", "10B"]
+
+
+def hardware_choice_end_to_end() -> float:
+    """Seconds of `planner solve --model 13b --gpu-types any --max-gpus 64 --tokens 10B` in a fresh process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        args = [sys.executable, "-m", "planner.cli", "solve", *CHOICE_ARGS, "--out", tmp + "/r"]
+        subprocess.run(args, check=True, capture_output=True, env=os.environ.copy())
+        return time.perf_counter() - start
+
+
 def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(
@@ -104,6 +118,13 @@ def main() -> None:
             f"{len(result.feasible):>6,d} {base_s:>8.2f} {cp_s:>9.2f} {cp_s / base_s:>6.2f} {solve_s:>8.2f} "
             f"{e2e:>13.2f}"
         )
+    from planner.catalog import list_gpus
+
+    priced = sum(1 for gpu in list_gpus() if gpu.price.usd_per_gpu_hour is not None)
+    label = f"(d) 13b, --gpu-types any ({priced} types) --max-gpus 64"
+    print(
+        f"{label:40s} {'':>10s} {'':>8s} {'':>6s} {'':>8s} {'':>9s} {'':>6s} {'':>8s} {hardware_choice_end_to_end():>13.2f}"
+    )
 
 
 if __name__ == "__main__":
