@@ -100,6 +100,63 @@ HAND_PLANS = {
         "A100-80GB",
         dict(engine="megatron", gpus=24, tp=2, pp=3, zero=0, micro_batch=1, global_batch=48, precision="fp16"),
     ),
+    "megatron-interleaved-bf16-reduce": (
+        "llama-3.1-70b",
+        "H100",
+        dict(
+            engine="megatron",
+            gpus=64,
+            tp=4,
+            pp=4,
+            cp=2,
+            zero=1,
+            micro_batch=1,
+            global_batch=128,
+            seq_len=8192,
+            pp_schedule="interleaved",
+            virtual_stages=5,
+            grad_reduce_bf16=True,
+        ),
+    ),
+    "megatron-every-2nd-block": (
+        "llama-2-13b",
+        "A100-80GB",
+        dict(
+            engine="megatron",
+            gpus=16,
+            tp=2,
+            pp=2,
+            zero=1,
+            micro_batch=2,
+            global_batch=64,
+            checkpointing="full",
+            checkpointing_every=2,
+            overlap_grad_reduce=False,
+            overlap_param_gather=False,
+        ),
+    ),
+    "fsdp-pp-interleaved": (
+        "llama-3.1-8b",
+        "H100",
+        dict(
+            engine="fsdp",
+            gpus=16,
+            pp=2,
+            zero=3,
+            micro_batch=1,
+            global_batch=32,
+            pp_schedule="interleaved",
+            virtual_stages=2,
+            grad_reduce_bf16=True,
+        ),
+    ),
+    "fsdp-every-3rd-block": (
+        "llama-3.1-8b",
+        "H100",
+        dict(
+            engine="fsdp", gpus=8, zero=3, micro_batch=2, global_batch=32, checkpointing="full", checkpointing_every=3
+        ),
+    ),
     "qwen-fsdp": ("qwen2.5-7b", "A100-80GB", dict(engine="fsdp", gpus=8, zero=3, micro_batch=1, global_batch=32)),
 }
 

@@ -228,8 +228,9 @@ def test_flash_attention_version_pin_reaches_every_listed_plan():
     # the same plans fit (memory does not depend on the version) and each one is faster.
     base = SolveRequest(model="7b", budget="8xH100", global_batch=64, seq_len=8192)
     v2, v3 = solve(base), solve(replace(base, pins={"flash_attention_version": 3}))
-    assert _searched(v2) == {(*row[:-1], 2) for row in _searched(v3)}
-    assert {row[-1] for row in _searched(v3)} == {3}
+    version = 5 + CATEGORIES.index("flash_attention_version")  # after gpus, tp, pp, cp, micro_batch
+    assert _searched(v2) == {(*row[:version], 2, *row[version + 1 :]) for row in _searched(v3)}
+    assert {row[version] for row in _searched(v3)} == {3}
     assert v3.candidates.tokens_per_s[v3.feasible[0]] > v2.candidates.tokens_per_s[v2.feasible[0]]
 
 
@@ -261,7 +262,8 @@ def test_flash_attention_versions_do_not_duplicate_plans_without_flash_attention
     result = solve(SolveRequest(model="llama-3.1-8b", budget="8xH100", seq_len=2048, global_batch=64, space=space))
     rows = _searched(result)
     position = CATEGORIES.index("flash_attention")
-    without_flash = [row[:-1] for row in rows if not row[5 + position]]
+    version = 5 + CATEGORIES.index("flash_attention_version")
+    without_flash = [row[:version] + row[version + 1 :] for row in rows if not row[5 + position]]
     assert without_flash and len(without_flash) == len(set(without_flash))
-    assert {row[-1] for row in rows if not row[5 + position]} == {2}
-    assert {row[-1] for row in rows if row[5 + position]} == {2, 3}
+    assert {row[version] for row in rows if not row[5 + position]} == {2}
+    assert {row[version] for row in rows if row[5 + position]} == {2, 3}

@@ -12,7 +12,16 @@ from planner.errors import PlanError, PlannerError
 from planner.estimate import estimate_plan
 from planner.inputs import one_line
 from planner.memory import DEFAULT_SAFETY_MARGIN
-from planner.plan import CHECKPOINTING, ENGINES, LOSSES, OFFLOADS, OPTIMIZERS, PRECISIONS, PlanRequest
+from planner.plan import (
+    CHECKPOINTING,
+    ENGINES,
+    LOSSES,
+    OFFLOADS,
+    OPTIMIZERS,
+    PP_SCHEDULES,
+    PRECISIONS,
+    PlanRequest,
+)
 from planner.report.estimate import render_json, render_table
 from planner.report.validation import (
     render_throughput_json,
@@ -137,6 +146,45 @@ def _flash_attention_version_option(default: str | None):
     help="torch.compile the blocks (FSDP/DeepSpeed).",
 )
 @click.option(
+    "--pp-schedule",
+    type=click.Choice(PP_SCHEDULES),
+    default="1f1b",
+    show_default=True,
+    help="Pipeline schedule; interleaved needs --virtual-stages 2 or more.",
+)
+@click.option("--virtual-stages", type=int, default=1, show_default=True, help="Model chunks per pipeline rank.")
+@click.option(
+    "--grad-reduce-bf16/--no-grad-reduce-bf16",
+    default=None,
+    help="Reduce gradients in bf16 (Megatron --grad-reduce-in-bf16). Default: the engine's (fp32 for "
+    "Megatron and FSDP).",
+)
+@click.option(
+    "--overlap-grad-reduce/--no-overlap-grad-reduce",
+    default=None,
+    help="Overlap the gradient reduction with backward (Megatron; DeepSpeed overlap_comm). Default: the engine's.",
+)
+@click.option(
+    "--overlap-param-gather/--no-overlap-param-gather",
+    default=None,
+    help="Overlap the distributed optimizer's parameter gather with forward (Megatron ZeRO-1). Default: on.",
+)
+@click.option(
+    "--checkpointing-every",
+    type=int,
+    default=1,
+    show_default=True,
+    help="With --checkpointing full: checkpoint every N-th block only.",
+)
+@click.option(
+    "--fsdp-version",
+    type=click.Choice(["1", "2"]),
+    callback=lambda ctx, param, value: int(value),
+    default="2",
+    show_default=True,
+    help="PyTorch FSDP generation for --engine fsdp (1: FlatParameter, Accelerate/Trainer's default).",
+)
+@click.option(
     "--safety-margin",
     type=click.FloatRange(0, 0.5),
     default=DEFAULT_SAFETY_MARGIN,
@@ -208,6 +256,10 @@ def estimate(
 @_flash_attention_version_option(default=None)
 @click.option("--loss", type=click.Choice(LOSSES), default=None)
 @click.option("--compile/--no-compile", "compile_", default=None)
+@click.option("--pp-schedule", type=click.Choice(PP_SCHEDULES), default=None, help="Pin the pipeline schedule.")
+@click.option(
+    "--virtual-stages", type=int, default=None, help="Pin the interleaved schedule's chunks per rank (implies it)."
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
@@ -250,6 +302,8 @@ def solve(
     pins = {k: v for k, v in {**pins, "compile": compile_}.items() if v is not None}
     if budget is None and gpu_types is None:
         raise PlanError("solve needs --budget (e.g. 16xA100) or --gpu-types any --max-gpus N", "add one of them")
+    if pins.get("virtual_stages", 1) > 1 and "pp_schedule" not in pins:
+        pins["pp_schedule"] = "interleaved"
     request = SolveRequest(
         model=model,
         budget=budget or "",

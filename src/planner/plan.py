@@ -20,6 +20,8 @@ Offload = Literal["none", "optimizer", "optimizer+params"]
 Engine = Literal["deepspeed", "fsdp", "megatron"]
 Loss = Literal["standard", "chunked", "fused"]
 FlashAttentionVersion = Literal[1, 2, 3]
+PipelineSchedule = Literal["1f1b", "interleaved"]
+FsdpVersion = Literal[1, 2]
 
 CHECKPOINTING: tuple[str, ...] = get_args(Checkpointing)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -28,6 +30,8 @@ OFFLOADS: tuple[str, ...] = get_args(Offload)
 ENGINES: tuple[str, ...] = get_args(Engine)
 LOSSES: tuple[str, ...] = get_args(Loss)
 FLASH_ATTENTION_VERSIONS: tuple[int, ...] = get_args(FlashAttentionVersion)
+PP_SCHEDULES: tuple[str, ...] = get_args(PipelineSchedule)
+FSDP_VERSIONS: tuple[int, ...] = get_args(FsdpVersion)
 
 _MAX_GPUS = 1_000_000
 _MAX_SEQ_LEN = 16 * 1024 * 1024
@@ -88,6 +92,28 @@ class Plan:
     """Which flash-attention kernel generation runs, for its speed (memory is the same): 1 =
     FlashAttention-1 or the Triton/xformers kernels of its time, 2 = FlashAttention-2 (also PyTorch SDPA's
     flash backend), 3 = FlashAttention-3 or cuDNN attention on Hopper. Ignored without flash attention."""
+    pp_schedule: PipelineSchedule = "1f1b"
+    """Pipeline schedule: `1f1b` (PipeDream-Flush) or `interleaved` (Narayanan et al. 2021: each rank holds
+    `virtual_stages` model chunks; Megatron's virtual pipeline, torchtitan's Interleaved1F1B)."""
+    virtual_stages: int = 1
+    """Model chunks per pipeline rank (V); 1 with `1f1b`, at least 2 with `interleaved`."""
+    grad_reduce_bf16: bool | None = None
+    """Reduce data-parallel gradients in bf16 (Megatron `--grad-reduce-in-bf16`, NeMo `grad_sync_dtype:
+    bf16`, torchtitan `mixed_precision_reduce = "bfloat16"`). None: the engine's default (fp32 for Megatron
+    and FSDP, the model dtype for DeepSpeed)."""
+    overlap_grad_reduce: bool | None = None
+    """Overlap the gradient reduction with backward (Megatron `--overlap-grad-reduce`, DeepSpeed
+    `overlap_comm`). None: the engine's default as the launch configs set it (on for Megatron and
+    DeepSpeed ZeRO-3, off for DeepSpeed ZeRO-1/2; FSDP always overlaps)."""
+    overlap_param_gather: bool | None = None
+    """Overlap the parameter all-gather of the distributed optimizer with the next forward (Megatron
+    `--overlap-param-gather`, ZeRO-1 only). None: on for Megatron ZeRO-1 (as the launch configs set it)."""
+    checkpointing_every: int = 1
+    """With `checkpointing: full`, checkpoint every N-th block only (torchtitan's selective layer mode
+    `selective_ac_option: N`); the other blocks keep all their activations. 1 = every block."""
+    fsdp_version: FsdpVersion = 2
+    """PyTorch FSDP generation for `engine: fsdp`: 2 (per-parameter DTensor sharding, torchtitan,
+    Accelerate `fsdp_version: 2`) or 1 (FlatParameter, `record_stream`; Accelerate/Trainer default)."""
 
     @property
     def nodes(self) -> int:
@@ -145,6 +171,13 @@ class PlanRequest:
     """None: on whenever tp > 1 for Megatron and FSDP (torchtitan's TP plan always uses it; the launch
     configs pass --sequence-parallel), off for DeepSpeed AutoTP, which has none."""
     compile: bool = False
+    pp_schedule: str = "1f1b"
+    virtual_stages: int = 1
+    grad_reduce_bf16: bool | None = None
+    overlap_grad_reduce: bool | None = None
+    overlap_param_gather: bool | None = None
+    checkpointing_every: int = 1
+    fsdp_version: int = 2
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
@@ -277,6 +310,13 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
 
     _check_engine(engine, request.zero, tp, pp, cp, checkpointing, offload, precision)
     _check_precision_on_gpu(precision, gpu)
+    pp_schedule, virtual_stages = _pipeline_schedule(request, arch.num_layers, pp, grad_accum, engine)
+    options = _engine_options(request, engine, request.zero, checkpointing, precision, arch.num_layers)
+    if options["checkpointing_every"] > 1 and pp_schedule == "interleaved":
+        raise PlanError(
+            "checkpointing every N-th block is counted per model chunk under interleaving, which is not modelled",
+            "use --checkpointing-every 1 or --pp-schedule 1f1b",
+        )
     return Plan(
         gpus=gpus,
         gpus_per_node=gpus_per_node,
@@ -299,7 +339,105 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         loss=loss,
         sequence_parallel=sequence_parallel,
         compile=request.compile,
+        pp_schedule=pp_schedule,
+        virtual_stages=virtual_stages,
+        **options,
     )
+
+
+def _pipeline_schedule(request: PlanRequest, num_layers: int, pp: int, grad_accum: int, engine: str) -> tuple[str, int]:
+    """The schedule and its virtual stages, with the rules Megatron-LM applies to interleaving
+    (megatron/training/arguments.py: the layers split evenly into pp x V chunks; the micro-batches of a step
+    are a multiple of pp, as core_r0.9's interleaved schedule asserts). torch.distributed.pipelining's
+    ScheduleInterleaved1F1B (torchtitan) is held to the same rules."""
+    schedule = _choice(request.pp_schedule, "pp_schedule", PP_SCHEDULES)
+    virtual = _positive_int(request.virtual_stages, "virtual_stages", 4096)
+    if schedule == "1f1b":
+        if virtual != 1:
+            raise PlanError(
+                f"--virtual-stages {virtual} needs the interleaved schedule", "add --pp-schedule interleaved"
+            )
+        return schedule, virtual
+    if pp == 1:
+        raise PlanError("--pp-schedule interleaved needs pipeline parallelism", "add --pp 2 or more")
+    if virtual < 2:
+        raise PlanError("--pp-schedule interleaved needs --virtual-stages 2 or more", "add --virtual-stages 2")
+    if num_layers % (pp * virtual):
+        raise PlanError(
+            f"the {num_layers} layers do not split into pp x virtual stages = {pp} x {virtual} = {pp * virtual} "
+            "equal chunks",
+            f"use --virtual-stages from {_divisors_of_quotient(num_layers, pp)}",
+        )
+    if grad_accum % pp:
+        raise PlanError(
+            f"the interleaved schedule needs the micro-batches per step ({grad_accum}) to be a multiple of --pp {pp}",
+            "raise --global-batch to a multiple of micro_batch x dp x pp",
+        )
+    return schedule, virtual
+
+
+def _divisors_of_quotient(num_layers: int, pp: int) -> str:
+    if num_layers % pp:
+        return "none (pp must divide the layers)"
+    values = [d for d in range(2, num_layers // pp + 1) if (num_layers // pp) % d == 0]
+    return ", ".join(map(str, values)) or "none"
+
+
+def _optional_bool(value: Any, name: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise PlanError(f"{name} must be true or false, got {quoted(value)}", "fix it")
+    return value
+
+
+def _engine_options(
+    request: PlanRequest, engine: str, zero: int, checkpointing: str, precision: str, num_layers: int
+) -> dict:
+    """Engine options of published recipes, with each engine's default where the request leaves one open."""
+    reduce_bf16 = _optional_bool(request.grad_reduce_bf16, "grad_reduce_bf16")
+    overlap_reduce = _optional_bool(request.overlap_grad_reduce, "overlap_grad_reduce")
+    overlap_gather = _optional_bool(request.overlap_param_gather, "overlap_param_gather")
+    if reduce_bf16 is False and engine == "deepspeed":
+        raise PlanError(
+            "DeepSpeed reduces gradients in the model dtype; an fp32 reduction is not modelled",
+            "drop --no-grad-reduce-bf16",
+        )
+    if reduce_bf16 and (precision == "fp32" or (engine == "fsdp" and zero == 0)):
+        raise PlanError(
+            "bf16 gradient reduction applies to mixed-precision Megatron, FSDP (ZeRO-2/3) and DeepSpeed plans",
+            "drop --grad-reduce-bf16",
+        )
+    if engine == "fsdp" and (overlap_reduce is not None or overlap_gather is not None):
+        raise PlanError(
+            "FSDP always overlaps its all-gathers and reduce-scatters with compute",
+            "drop --overlap-grad-reduce/--overlap-param-gather with --engine fsdp",
+        )
+    if overlap_gather is not None and not (engine == "megatron" and zero == 1):
+        raise PlanError(
+            "--overlap-param-gather is the Megatron distributed optimizer's (ZeRO-1) option",
+            "use it with --engine megatron --zero 1",
+        )
+    if overlap_reduce is not None and engine == "deepspeed" and zero == 0:
+        raise PlanError("DeepSpeed's overlap_comm needs ZeRO 1-3", "add --zero 1, 2 or 3")
+    every = _positive_int(request.checkpointing_every, "checkpointing_every", num_layers)
+    if every > 1 and checkpointing != "full":
+        raise PlanError("--checkpointing-every N checkpoints every N-th block fully", "add --checkpointing full")
+    if every > 1 and engine == "deepspeed":
+        raise PlanError(
+            "Hugging Face models checkpoint every layer or none (gradient_checkpointing_enable)",
+            "use --engine fsdp or megatron for --checkpointing-every",
+        )
+    version = request.fsdp_version
+    if isinstance(version, bool) or version not in FSDP_VERSIONS:
+        raise PlanError(f"--fsdp-version must be 1 or 2, got {version!r}", "pick one of those")
+    if version == 1 and engine != "fsdp":
+        raise PlanError("--fsdp-version 1 applies to --engine fsdp", "drop --fsdp-version or use --engine fsdp")
+    return {
+        "grad_reduce_bf16": reduce_bf16,
+        "overlap_grad_reduce": overlap_reduce,
+        "overlap_param_gather": overlap_gather,
+        "checkpointing_every": every,
+        "fsdp_version": version,
+    }
 
 
 def _flash_attention_version(request: PlanRequest, gpu: GpuSpec) -> int:

@@ -13,6 +13,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tests.launch_plans import hand_estimate, top_folder
@@ -25,6 +26,7 @@ from planner.launch.megatron import megatron_arguments
 from planner.launch.shell import expand_defaults, torchrun_args
 from planner.launch.torchtitan import torchtitan_module
 from planner.launch.trainer import trainer_arguments, trainer_flags
+from planner.memory.stages import checkpointed_blocks, in_flight_micro_batches
 
 pytestmark = pytest.mark.engines
 
@@ -37,8 +39,10 @@ DS_PLANS = [
     "ds-zero2-offload-sgd",
 ]
 FSDP_PLANS = ["fsdp-zero2-compile", "fsdp-offload-llama2"]
-TITAN_PLANS = ["fsdp-zero2-compile", "fsdp-tp-pp-fp8", "fsdp-offload-llama2", "fsdp-ddp"]
-MEGATRON_PLANS = ["megatron-tp-pp", "megatron-cp-full", "megatron-uneven-pp"]
+TITAN_PLANS = ["fsdp-zero2-compile", "fsdp-tp-pp-fp8", "fsdp-offload-llama2", "fsdp-ddp", "fsdp-pp-interleaved"]
+TITAN_PLANS += ["fsdp-every-3rd-block"]
+MEGATRON_PLANS = ["megatron-tp-pp", "megatron-cp-full", "megatron-uneven-pp", "megatron-interleaved-bf16-reduce"]
+MEGATRON_PLANS += ["megatron-every-2nd-block"]
 
 
 def _ds_plans():
@@ -284,6 +288,10 @@ def test_megatron_core_accepts_the_layout(label, est):
     def value(flag):
         return args[args.index(flag) + 1] if flag in args else None
 
+    per_chunk = value("--num-layers-per-virtual-pipeline-stage")
+    # Megatron-LM's arguments.py: V = layers per pipeline rank / --num-layers-per-virtual-pipeline-stage.
+    virtual = arch.num_layers // plan.pp // int(per_chunk) if per_chunk else None
+    assert (virtual or 1) == plan.virtual_stages
     config = TransformerConfig(
         num_layers=int(value("--num-layers")),
         hidden_size=int(value("--hidden-size")),
@@ -296,6 +304,7 @@ def test_megatron_core_accepts_the_layout(label, est):
         sequence_parallel="--sequence-parallel" in args,
         pipeline_dtype=torch.bfloat16 if plan.pp > 1 else None,
         pipeline_model_parallel_layout=value("--pipeline-model-parallel-layout"),
+        virtual_pipeline_model_parallel_size=virtual,
         recompute_granularity=value("--recompute-granularity"),
         recompute_method=value("--recompute-method"),
         recompute_num_layers=int(value("--recompute-num-layers")) if "--recompute-num-layers" in args else None,
@@ -307,6 +316,20 @@ def test_megatron_core_accepts_the_layout(label, est):
     assert config.num_layers == arch.num_layers
     calculator = ConstantNumMicroBatchesCalculator(plan.global_batch, plan.micro_batch, plan.dp, False, 0)
     assert calculator.get() == plan.grad_accum
+    if virtual:
+        from megatron.core.pipeline_parallel.schedules import get_pp_rank_microbatches
+
+        # The interleaved schedule's warm-up on rank 0 is the in-flight count the memory model uses.
+        rank0 = SimpleNamespace(
+            pp_group=SimpleNamespace(size=lambda: plan.pp, rank=lambda: 0), virtual_pipeline_model_parallel_size=virtual
+        )
+        warmup = get_pp_rank_microbatches(plan.grad_accum, virtual, plan.pp, p2p_communicator=rank0)[2]
+        assert (warmup + 1) / virtual == in_flight_micro_batches(plan, 0)
+    assert ("--grad-reduce-in-bf16" in args) is bool(plan.grad_reduce_bf16)
+    assert ("--overlap-grad-reduce" in args) is (plan.overlap_grad_reduce is not False)
+    if plan.checkpointing_every > 1:
+        assert config.recompute_method == "block"
+        assert config.recompute_num_layers == arch.num_layers // plan.pp // plan.checkpointing_every
 
 
 # ---- torchtitan ----------------------------------------------------------------------------------------
@@ -352,4 +375,19 @@ def test_torchtitan_builds_the_config_and_model(tmp_path, monkeypatch, label, es
     with torch.device("meta"):
         model = config.model_spec.model.build()
     assert sum(t.numel() for t in model.parameters()) == total_params(est.model.architecture)
+    if plan.pp > 1:
+        assert p.pipeline_parallel_schedule == ("Interleaved1F1B" if plan.pp_schedule == "interleaved" else "1F1B")
+    if plan.pp_schedule == "interleaved":
+        stages = est.model.architecture.num_layers // p.pipeline_parallel_layers_per_stage
+        assert stages == plan.pp * plan.virtual_stages
+    assert config.training.mixed_precision_reduce == ("bfloat16" if plan.grad_reduce_bf16 else "float32")
+    if plan.checkpointing_every > 1:
+        policy = config.activation_checkpoint.build()
+        policy.apply(model)
+        wrapped = [
+            name
+            for name, _ in model.layers.named_children()
+            if "checkpoint" in type(model.layers.get_submodule(name)).__name__.lower()
+        ]
+        assert len(wrapped) == checkpointed_blocks(len(list(model.layers.children())), plan)
     sys.modules.pop(module_name, None)

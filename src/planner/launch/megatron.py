@@ -4,8 +4,9 @@ The model flags describe the architecture the prediction was made for; the paral
 and precision flags are the plan. Megatron's rules (launch-configs.md B.6) are checked by the plan
 itself: tp x pp x cp divides the GPUs, tp divides the heads, sequence parallelism only with tp > 1, full
 recompute with a method and a layer count, distributed optimizer for ZeRO-1 and optimizer offload.
-`--overlap-grad-reduce` and `--overlap-param-gather` are on because the performance model hides the
-data-parallel traffic the way they do.
+`--overlap-grad-reduce` and `--overlap-param-gather` are on unless the plan turns them off (the
+performance model hides the data-parallel traffic the way they do); `--grad-reduce-in-bf16` when the plan
+reduces in bf16; `--num-layers-per-virtual-pipeline-stage` for the interleaved schedule.
 """
 
 from planner.catalog import ModelSpec
@@ -37,7 +38,9 @@ def megatron_arguments(model: ModelSpec, plan: Plan) -> list[str]:
             f"Megatron arguments need a megatron plan, got {plan.engine}",
             "planner launch writes them for the plan's Megatron variant",
         )
-    return _model_flags(model, plan) + _parallel_flags(model, plan) + _memory_flags(plan) + _precision_flags(plan)
+    return (
+        _model_flags(model, plan) + _parallel_flags(model, plan) + _memory_flags(model, plan) + _precision_flags(plan)
+    )
 
 
 def _model_flags(model: ModelSpec, plan: Plan) -> list[str]:
@@ -84,10 +87,18 @@ def _parallel_flags(model: ModelSpec, plan: Plan) -> list[str]:
     layout = pipeline_layout(model.architecture.num_layers, plan.pp)
     if layout is not None:
         flags += ["--pipeline-model-parallel-layout", layout]
+    if plan.pp_schedule == "interleaved":
+        chunk = model.architecture.num_layers // (plan.pp * plan.virtual_stages)
+        flags += ["--num-layers-per-virtual-pipeline-stage", str(chunk)]
     flags += ["--micro-batch-size", str(plan.micro_batch), "--global-batch-size", str(plan.global_batch)]
     if plan.zero == 1:
-        flags += ["--use-distributed-optimizer", "--overlap-param-gather"]
-    flags.append("--overlap-grad-reduce")
+        flags.append("--use-distributed-optimizer")
+        if plan.overlap_param_gather is not False:
+            flags.append("--overlap-param-gather")
+    if plan.overlap_grad_reduce is not False:
+        flags.append("--overlap-grad-reduce")
+    if plan.grad_reduce_bf16 and plan.precision != "pure-bf16":  # pure-bf16 sets --main-grads-dtype bf16
+        flags.append("--grad-reduce-in-bf16")
     return flags
 
 
@@ -101,13 +112,19 @@ def pipeline_layout(num_layers: int, pp: int) -> str | None:
     return "E" + "|".join(stages) + "L"
 
 
-def _memory_flags(plan: Plan) -> list[str]:
+def _memory_flags(model: ModelSpec, plan: Plan) -> list[str]:
     flags: list[str] = []
+    checkpointed_blocks = layers_on_stage(model.architecture.num_layers, plan.pp, 0) // plan.checkpointing_every
     if plan.checkpointing == "selective":
         flags += ["--recompute-granularity", "selective"]
-    elif plan.checkpointing == "full":
+    elif plan.checkpointing == "full" and plan.checkpointing_every == 1:
         # Every block keeps only its input and recomputes in backward (uniform, one block per group).
         flags += ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
+    elif plan.checkpointing == "full" and checkpointed_blocks > 0:
+        # Checkpoint every N-th block: Megatron's nearest is the block method, which recomputes the first K
+        # blocks of each stage; K = the number of blocks the memory model checkpoints on the stage.
+        flags += ["--recompute-granularity", "full", "--recompute-method", "block"]
+        flags += ["--recompute-num-layers", str(checkpointed_blocks)]
     if plan.offload == "optimizer":
         # The hybrid CPU optimizer runs on the precision-aware optimizer's code path (validate_args asserts it).
         flags += ["--optimizer-cpu-offload", "--optimizer-offload-fraction", "1.0", "--use-precision-aware-optimizer"]

@@ -44,10 +44,11 @@ def torchtitan_module(model: ModelSpec, plan: Plan) -> str:
         *_model_spec_function(model, plan),
         "",
         "",
+        *_every_nth_block_class(plan),
         "def planner_plan():",
         "    config = recipes.llama3_8b()  # recipe: optimizer, data loader, logging, checkpoints",
         "    config.model_spec = _model_spec()",
-        *_body(plan),
+        *_body(plan, model.architecture.num_layers),
         "    return config",
     ]
     return "\n".join(lines) + "\n"
@@ -63,6 +64,8 @@ def _check(model: ModelSpec, plan: Plan) -> None:
         raise PlannerError(f"torchtitan's recipes train with AdamW, not {plan.optimizer}", "use --optimizer adamw")
     if plan.loss == "fused":
         raise PlannerError("torchtitan has no fused linear cross-entropy", "use --loss standard or chunked")
+    if plan.fsdp_version != 2:
+        raise PlannerError("torchtitan runs FSDP2", "use --fsdp-version 2 for the torchtitan config")
     if model.name in TORCHTITAN_FLAVORS:
         return
     unsupported = []
@@ -86,7 +89,8 @@ def _check(model: ModelSpec, plan: Plan) -> None:
 
 
 def _imports(model: ModelSpec, plan: Plan) -> list[str]:
-    lines = ["from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss"]
+    lines = ["from dataclasses import dataclass", ""] if plan.checkpointing_every > 1 else []
+    lines += ["from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss"]
     lines.append("from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC")
     lines.append("from torchtitan.models.common.config_utils import decoder_vocab_size")
     lines.append("from torchtitan.models.llama3 import config_registry as recipes")
@@ -155,6 +159,29 @@ def _model_spec_function(model: ModelSpec, plan: Plan) -> list[str]:
     return lines
 
 
+def _every_nth_block_class(plan: Plan) -> list[str]:
+    """torchtitan 0.1-0.2's selective layer mode (`selective_ac_option = "N"`: full checkpointing of every
+    N-th block, counted on each rank) as a policy class for 0.3, which keeps only full and op-level AC."""
+    if not (plan.checkpointing == "full" and plan.checkpointing_every > 1):
+        return []
+    return [
+        "class EveryNthBlockAC(FullAC):",
+        '    """Full activation checkpointing of every N-th transformer block of this rank, the rest kept."""',
+        "",
+        "    @dataclass(kw_only=True, slots=True)",
+        "    class Config(FullAC.Config):",
+        "        every: int = 2",
+        "",
+        "    def _wrap_block(self, module, *, base_fqn=None):",
+        "        self.blocks_seen = getattr(self, 'blocks_seen', 0) + 1",
+        "        if self.blocks_seen % self.config.every:",
+        "            return module",
+        "        return FullAC._wrap_block(self, module, base_fqn=base_fqn)",
+        "",
+        "",
+    ]
+
+
 def parallel_degrees(plan: Plan) -> dict[str, int]:
     """torchtitan's degrees: FSDP shards over dp_shard (x cp); ZeRO-0 replicates (DDP)."""
     replicate, shard = (plan.dp, 1) if plan.zero == 0 else (1, plan.dp)
@@ -174,7 +201,7 @@ def training_fields(plan: Plan) -> dict[str, object]:
         "global_batch_size": plan.global_batch,
         "seq_len": plan.seq_len,
         "mixed_precision_param": MIXED_PRECISION_PARAM[plan.precision],
-        "mixed_precision_reduce": "float32",
+        "mixed_precision_reduce": "bfloat16" if plan.grad_reduce_bf16 else "float32",
         "enable_cpu_offload": plan.offload == "optimizer+params",
     }
     if plan.precision == "pure-bf16":
@@ -184,21 +211,27 @@ def training_fields(plan: Plan) -> dict[str, object]:
     return fields
 
 
-def _body(plan: Plan) -> list[str]:
+def _body(plan: Plan, num_layers: int) -> list[str]:
     lines = [f"    config.training.{k} = {v!r}" for k, v in training_fields(plan).items()]
     lines += [f"    config.parallelism.{k} = {v!r}" for k, v in parallel_degrees(plan).items()]
     reshard = "never" if plan.zero == 2 else "default"
     lines.append(f"    config.parallelism.fsdp_reshard_after_forward = {reshard!r}")
     lines.append(f"    config.parallelism.enable_sequence_parallel = {plan.sequence_parallel!r}")
     if plan.pp > 1:
+        schedule = "Interleaved1F1B" if plan.pp_schedule == "interleaved" else "1F1B"
         lines += [
-            '    config.parallelism.pipeline_parallel_schedule = "1F1B"',
+            f"    config.parallelism.pipeline_parallel_schedule = {schedule!r}",
             f"    config.parallelism.pipeline_parallel_microbatch_size = {plan.micro_batch}",
             "    # Split blocks evenly, extra blocks on the earliest stages (the split the memory model assumes).",
             "    config.parallelism.pipeline_parallel_first_stage_less_layers = 0",
             "    config.parallelism.pipeline_parallel_last_stage_less_layers = 0",
         ]
+        if plan.pp_schedule == "interleaved":
+            per_stage = num_layers // (plan.pp * plan.virtual_stages)
+            lines.append(f"    config.parallelism.pipeline_parallel_layers_per_stage = {per_stage}")
     checkpoint = {"none": "None", "selective": "SelectiveAC.Config()", "full": "FullAC.Config()"}
+    if plan.checkpointing == "full" and plan.checkpointing_every > 1:
+        checkpoint["full"] = f"EveryNthBlockAC.Config(every={plan.checkpointing_every})"
     lines.append(f"    config.activation_checkpoint = {checkpoint[plan.checkpointing]}")
     lines.append(f"    config.compile.enable = {plan.compile!r}")
     loss = "CrossEntropyLoss.Config(global_vocab_size=decoder_vocab_size(config.model_spec))"

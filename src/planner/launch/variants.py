@@ -24,7 +24,7 @@ Code = Literal["deepspeed", "fsdp-hf", "fsdp", "megatron"]
 CODES: tuple[str, ...] = ("deepspeed", "fsdp-hf", "fsdp", "megatron")
 CODE_TITLES = {
     "deepspeed": "DeepSpeed on Hugging Face model code (DeepSpeed launcher, Accelerate, Trainer)",
-    "fsdp-hf": "FSDP2 on Hugging Face model code (Accelerate, Trainer)",
+    "fsdp-hf": "FSDP on Hugging Face model code (Accelerate, Trainer; the plan's FSDP version)",
     "fsdp": "FSDP2 on PyTorch-native model code (torchtitan, torchrun + examples/train.py)",
     "megatron": "Megatron-LM (TransformerEngine layers)",
 }
@@ -34,7 +34,8 @@ Origin = Literal["plan", "translated", "searched", "none"]
 
 _COMPARED = ("engine", "gpus", "tp", "pp", "cp", "zero", "micro_batch", "grad_accum", "checkpointing")
 _COMPARED += ("precision", "offload", "sequence_parallel", "compile", "optimizer", "loss", "flash_attention")
-_COMPARED += ("flash_attention_version",)
+_COMPARED += ("flash_attention_version", "pp_schedule", "virtual_stages", "grad_reduce_bf16", "overlap_grad_reduce")
+_COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version")
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,30 @@ def translated_request(plan: Plan, model: ModelSpec, code: str) -> tuple[PlanReq
             values["compile"] = False
             why.append("Megatron runs TransformerEngine kernels, not torch.compile")
     if code == "fsdp-hf" and (plan.pp > 1 or plan.tp > 1 or plan.cp > 1):
-        values.update(tp=1, pp=1, cp=1)
+        values.update(tp=1, pp=1, cp=1, pp_schedule="1f1b", virtual_stages=1)
         why.append("the Trainer and Accelerate FSDP launch data parallelism only here")
+    _translate_engine_options(plan, code, values, why)
     values["global_batch"] = plan.global_batch
     return PlanRequest(**values), "; ".join(why)
+
+
+def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str]) -> None:
+    """Engine options that another engine states differently (or not at all) go back to its default."""
+    engine = CODE_ENGINE[code]
+    if engine != plan.engine:
+        values.update(overlap_grad_reduce=None, overlap_param_gather=None)
+        if engine == "deepspeed" and plan.grad_reduce_bf16 is False:
+            values["grad_reduce_bf16"] = None
+    if engine == "megatron" and plan.zero > 1:
+        values["overlap_param_gather"] = None
+    if engine != "fsdp" or code == "fsdp":
+        if plan.fsdp_version != 2:
+            why.append("torchtitan runs FSDP2" if code == "fsdp" else "")
+        values["fsdp_version"] = 2
+    if code in ("deepspeed", "fsdp-hf") and plan.checkpointing_every > 1:
+        values["checkpointing_every"] = 1
+        why.append("Hugging Face models checkpoint every layer or none")
+    why[:] = [w for w in why if w]
 
 
 @dataclass(frozen=True)
@@ -170,7 +191,10 @@ def _runs_as_is(plan: Plan, code: str) -> bool:
             and plan.tp == plan.pp == plan.cp == 1
             and plan.zero in (2, 3)
             and plan.precision != "fp8"
+            and plan.checkpointing_every == 1
         )
+    if code == "fsdp":
+        return plan.fsdp_version == 2
     return True
 
 

@@ -28,14 +28,31 @@ def compute_param_bytes(plan: Plan) -> int:
     return 4 if plan.precision == "fp32" else 2
 
 
+def gradient_reduce_bytes(plan: Plan) -> int:
+    """Bytes per element of the data-parallel gradient reduction. Megatron reduces its fp32 main_grad
+    buffer unless `--grad-reduce-in-bf16` (then the buffer itself is bf16; pure bf16 keeps bf16 main grads);
+    FSDP2 reduce-scatters in MixedPrecisionPolicy.reduce_dtype, fp32 in torchtitan's default
+    (`mixed_precision_reduce`), bf16 when asked; DeepSpeed reduces in the model dtype."""
+    c = compute_param_bytes(plan)
+    if plan.engine == "deepspeed" or plan.precision in ("fp32", "pure-bf16"):
+        return c
+    return 2 if plan.grad_reduce_bf16 else 4
+
+
+def deepspeed_overlap_comm(plan: Plan) -> bool:
+    """DeepSpeed's `overlap_comm`: the plan's choice, else the stage default (on for ZeRO-3 only)."""
+    return plan.zero == 3 if plan.overlap_grad_reduce is None else plan.overlap_grad_reduce
+
+
 def deepspeed_bucket_bytes(plan: Plan) -> tuple[float, float]:
-    """(bytes alive always, bytes alive during backward only) of DeepSpeed's gradient buckets."""
+    """(bytes alive always, bytes alive during backward only) of DeepSpeed's gradient buckets. ZeRO-1/2
+    double the bucket with overlap_comm (one fills while the other reduces; stage_1_and_2.py)."""
     if plan.engine != "deepspeed" or plan.zero == 0:
         return 0.0, 0.0
     bucket = DEEPSPEED_REDUCE_BUCKET_ELEMENTS * compute_param_bytes(plan)
     if plan.zero == 3:
         return bucket, 0.0
-    return 0.0, bucket
+    return 0.0, bucket * (2 if deepspeed_overlap_comm(plan) else 1)
 
 
 def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
@@ -52,6 +69,7 @@ def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
     FSDP SHARD_GRAD_OP: every unit of the stage stays unsharded from forward to backward, plus one
     unit's gradients and reduce buffer. Parameter offload gathers the same units from host memory."""
     c = compute_param_bytes(plan)
+    reduce_bytes = gradient_reduce_bytes(plan)
     if plan.engine == "deepspeed" and plan.zero == 3:
         kept = np.minimum(
             np.minimum(DEEPSPEED_MAX_LIVE_PARAMETERS, DEEPSPEED_MAX_REUSE_DISTANCE / 2 + stage.largest_tensor_params),
@@ -60,7 +78,6 @@ def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
         return c * (kept + stage.largest_tensor_params)
     if plan.engine != "fsdp" or plan.zero < 2:
         return 0.0
-    reduce_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8") else c
     unit = stage.largest_unit_params
     working_unit = unit * (2 * c + reduce_bytes)
     if plan.zero == 3:

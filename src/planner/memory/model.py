@@ -28,7 +28,7 @@ from planner.memory.buffers import (
 )
 from planner.memory.calibration import TEXTBOOK, activation_calibration
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads, nccl_communicators
-from planner.memory.stages import StageShard, first_and_last_stage
+from planner.memory.stages import StageShard, checkpointed_blocks, first_and_last_stage
 from planner.memory.states import (
     StateTerm,
     deepspeed_step_cap_bytes,
@@ -163,7 +163,12 @@ def stage_phases(
 
     tokens = plan.tokens_per_micro_batch
     in_flight = stage.in_flight_micro_batches
-    saved = in_flight * stage.num_layers * act.saved_bytes_per_layer(arch, plan) * traced * tokens
+    saved_layer = act.saved_bytes_per_layer(arch, plan) * traced
+    if plan.checkpointing_every > 1:  # the blocks between checkpointed ones keep all their activations
+        kept = stage.num_layers - checkpointed_blocks(stage.num_layers, plan)
+        whole = act.saved_bytes_per_layer(arch, replace(plan, checkpointing="none")) * traced_no_recompute
+        saved_layer = saved_layer * (stage.num_layers - kept) / stage.num_layers + whole * kept / stage.num_layers
+    saved = in_flight * stage.num_layers * saved_layer * tokens
     edge_tokens = stage.is_first * 1 + stage.is_last * 1  # ids on the first stage, labels on the last
     saved = saved + in_flight * act.INPUT_IDS_AND_LABELS_BYTES / 2 * edge_tokens * tokens
     saved = saved + stage.is_last * act.final_norm_bytes(arch, plan) * tokens

@@ -42,7 +42,7 @@ class StageShard:
     largest_tensor_params: object
     """The biggest single parameter tensor on this rank (DeepSpeed ZeRO-3 gathers module by module)."""
     in_flight_micro_batches: object
-    """Micro-batches whose activations this stage holds at once under 1F1B: min(pp - stage, grad_accum)."""
+    """Micro-batches' worth of this stage's activations held at once (see `in_flight_micro_batches`)."""
 
     @property
     def params(self):
@@ -58,6 +58,39 @@ def layers_on_stage(num_layers: int, pp, stage):
     """Blocks on `stage`: an even split, the remainder going to the earliest stages (which also hold
     the most in-flight micro-batches, so this is the memory-conservative placement)."""
     return num_layers // pp + (stage < num_layers % pp)
+
+
+def checkpointed_blocks(num_layers_on_stage, plan: Plan):
+    """Blocks of a stage that full checkpointing recomputes: all of them, or with `checkpointing_every` N
+    every N-th (torchtitan 0.1-0.2's selective layer mode counts a rank's blocks and wraps those whose count
+    is a multiple of N: floor(blocks / N))."""
+    if plan.checkpointing != "full":
+        return 0 * num_layers_on_stage
+    return num_layers_on_stage // plan.checkpointing_every
+
+
+def checkpointed_fraction(num_layers: int, plan: Plan):
+    """Share of the first (most loaded) stage's blocks that are checkpointed, for the recompute work."""
+    blocks = layers_on_stage(num_layers, plan.pp, 0)
+    return checkpointed_blocks(blocks, plan) / blocks
+
+
+def in_flight_micro_batches(plan: Plan, stage):
+    """Micro-batches whose activations (of all the stage's blocks) a pipeline rank holds at its peak.
+
+    1F1B: rank r runs pp - r - 1 warm-up forwards and one more before its first backward, so it holds
+    min(pp - r, m) micro-batches (Narayanan et al. 2021, Sec. 2.2; m = grad_accum).
+    Interleaved with V chunks per rank: Megatron-LM's schedule (core pipeline_parallel/schedules.py,
+    get_num_warmup_microbatches) runs 2 (pp - r - 1) + (V - 1) pp warm-up chunk-forwards, plus one in the
+    steady state; each chunk holds 1/V of the rank's blocks, so rank 0 holds pp + (pp - 1)/V micro-batches'
+    worth, the factor 1 + (pp - 1)/(pp V) of Megatron's theoretical_memory_usage.py (Korthikanti et al.
+    2022, Sec. 4.2.3). With m x V chunk-forwards in a step at most m micro-batches' worth exist."""
+    one_f_one_b = np.minimum(plan.pp - stage, plan.grad_accum)
+    if plan.pp_schedule != "interleaved":
+        return one_f_one_b
+    v = plan.virtual_stages
+    chunks = 2 * (plan.pp - stage - 1) + (v - 1) * plan.pp + 1
+    return np.minimum(chunks / v, plan.grad_accum)
 
 
 def _largest(tensors, tp):
@@ -85,7 +118,7 @@ def _shard(arch: Architecture, plan: Plan, last: bool) -> StageShard:
         embedding_params=numel(embedding_t, tp) * is_first,
         head_params=head * is_last,
         largest_tensor_params=largest,
-        in_flight_micro_batches=np.minimum(pp - stage, plan.grad_accum),
+        in_flight_micro_batches=in_flight_micro_batches(plan, stage),
     )
 
 

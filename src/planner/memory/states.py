@@ -26,6 +26,7 @@ from typing import Literal
 
 from planner.architecture import embedding_tensors, head_tensors, layer_tensors
 from planner.catalog.models import Architecture
+from planner.memory.buffers import gradient_reduce_bytes
 from planner.plan import Plan
 
 Lifetime = Literal["persistent", "gradient", "step"]
@@ -154,16 +155,26 @@ def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
             # torch.distributed.pipelining turns off FSDP gradient sync for all but the last micro-batch
             # (set_requires_gradient_sync(False)): gradients accumulate unsharded in the reduce dtype.
             no_sync = (plan.pp > 1) & (plan.grad_accum > 1)
-            reduce_bytes = 4 if low == 2 else low
+            reduce_bytes = gradient_reduce_bytes(plan)
             terms.append(
                 StateTerm("unsharded_gradient_accumulators", reduce_bytes * no_sync, sharded=False, lifetime="gradient")
             )
     else:  # megatron
-        grad_bytes = 4 if plan.precision != "pure-bf16" else 2  # fp32 main_grad buffer, never sharded
+        # The main_grad buffer, never sharded: fp32, or bf16 with --grad-reduce-in-bf16 / pure bf16.
+        grad_bytes = gradient_reduce_bytes(plan)
         terms += [StateTerm("weights", low, sharded=False), StateTerm("gradients", grad_bytes, sharded=False)]
         if master:
             terms.append(StateTerm("master_weights", master, sharded=zero >= 1, offloaded=offload_opt))
         terms.append(StateTerm("optimizer_states", opt, sharded=zero >= 1, offloaded=offload_opt))
+        if master > grad_bytes:
+            # The step casts the (shard of the) bf16 main_grad to fp32 for the fp32 master weights:
+            # `shard_main_param.grad = shard_model_grad.float()` (distrib_optimizer.py
+            # _copy_model_grads_to_main_grads; optimizer.py Float16OptimizerWithFloat16Params likewise).
+            terms.append(
+                StateTerm(
+                    "optimizer_step_temporaries", master, sharded=zero >= 1, lifetime="step", offloaded=offload_opt
+                )
+            )
 
     if plan.precision == "fp8" and plan.engine == "megatron":
         terms.append(StateTerm("fp8_weight_copies", FP8_WEIGHT_CACHE_BYTES, sharded=False))

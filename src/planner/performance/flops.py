@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from planner.architecture import layer_tensors
 from planner.catalog.models import Architecture
+from planner.memory.stages import checkpointed_fraction
 from planner.plan import Plan
 
 
@@ -88,7 +89,8 @@ def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
     forward_attention = 4 * layers * arch.q_width * attention_span(arch, plan.seq_len)
     forward_head = 2 * arch.vocab_size * arch.hidden_size
     if plan.checkpointing == "full":
-        recompute = forward_matmuls, forward_attention
+        share = checkpointed_fraction(arch.num_layers, plan) if plan.checkpointing_every > 1 else 1.0
+        recompute = forward_matmuls * share, forward_attention * share
     elif plan.checkpointing == "selective":
         recompute = selective_recompute_flops(arch, plan, forward_attention)
     else:

@@ -14,7 +14,7 @@ The attention FLOPs are the convention's (whole s x s, as MFU counts them); a ca
 about half (causal_attention_fraction), at the speed its FlashAttention version reaches on the GPU
 relative to the GEMMs (flash_attention_speed, sourced per GPU in hardware/*.yaml).
 
-Per step: the 1F1B pipeline runs (grad_accum + pp - 1) micro-batch slots (the (pp-1)/(m+pp-1) bubble),
+Per step: the pipeline runs grad_accum + (pp - 1)/V micro-batch slots (V = 1 for 1F1B; the bubble (pp-1)/(V m)),
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
 """
 
@@ -26,8 +26,8 @@ from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
 from planner.catalog.models import Architecture
 from planner.memory.activations import compute_bytes
-from planner.memory.buffers import compute_param_bytes
-from planner.memory.stages import first_and_last_stage, layers_on_stage
+from planner.memory.buffers import compute_param_bytes, deepspeed_overlap_comm, gradient_reduce_bytes
+from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
 from planner.memory.states import optimizer_bytes_per_param, state_layout
 from planner.performance import comm
 from planner.performance.flops import FlopsPerToken, attention_span, flops_per_token
@@ -109,13 +109,15 @@ def _peak_tflops(gpu: GpuSpec, dtype: str) -> float:
     return float(value)
 
 
-def recomputed_tp_collectives(plan: Plan) -> int:
+def recomputed_tp_collectives(plan: Plan, arch_layers: int = 1) -> float:
     """Tensor-parallel collectives per block that checkpointing runs again in backward. Full: the whole
     forward, 4. Selective under the PyTorch engines (torchtitan's op-level policy): the policy keeps the
     reduce-scatters but not the all-gathers in front of the column-parallel matmuls, whose outputs the
     recomputed matmuls need again, 2 (a count of examples/train.py's collectives found the recompute
     before the reduce-scatters were saved). Megatron's selective
     recompute is the core attention, inside one TP rank: 0."""
+    if plan.checkpointing == "full" and plan.checkpointing_every > 1:
+        return 4 * checkpointed_fraction(arch_layers, plan)
     if plan.checkpointing == "full":
         return 4
     if plan.checkpointing == "selective" and plan.engine != "megatron":
@@ -142,6 +144,19 @@ def efficiency(gpu: GpuSpec, tokens: float, width: float, compiled: bool = False
     half_width = params.half_width * (COMPILE_POINTWISE_REMAINING if compiled else 1.0)
     value = params.max * tokens / (tokens + params.half_tokens) * width / (width + half_width)
     return value, params
+
+
+def pipeline_bubble_slots(plan: Plan):
+    """Idle micro-batch slots per step: (pp - 1) for 1F1B, (pp - 1) / V with V interleaved chunks per rank,
+    i.e. the bubble fraction (pp - 1) / (V m) of Narayanan et al. 2021 (Sec. 2.2.2)."""
+    return (plan.pp - 1) / plan.virtual_stages
+
+
+def pipeline_sends_per_micro_batch(plan: Plan):
+    """Boundary activations a rank sends and receives per micro-batch (forward output, backward gradient),
+    once per model chunk: interleaving multiplies the point-to-point traffic by V (Narayanan et al. 2021,
+    Sec. 2.2.2)."""
+    return 2 * plan.virtual_stages
 
 
 @dataclass(frozen=True)
@@ -210,18 +225,23 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s):
     def hidden_behind(comm_s, window_s):
         return np.maximum(0.0, comm_s - window_s)
 
+    reduce_bytes = gradient_reduce_bytes(plan)
     if plan.engine == "deepspeed":
+        overlap = deepspeed_overlap_comm(plan)
         if plan.zero == 0:
             total = ar(c)
             return total, total
         if plan.zero in (1, 2):
-            reductions = ag(c) * (ga if plan.zero == 2 else 1)
-            total = reductions + ag(c)
-            return total, total
+            # overlap_comm reduces each bucket while backward goes on; ZeRO-2 reduces every micro-batch.
+            per_reduction = hidden_behind(ag(c), bwd_s) if overlap else ag(c)
+            reductions = per_reduction * (ga if plan.zero == 2 else 1)
+            total = ag(c) * (ga if plan.zero == 2 else 1) + ag(c)
+            return reductions + ag(c), total
+        if not overlap:
+            return ga * 3 * ag(c), ga * 3 * ag(c)
         per_mb_exposed = hidden_behind(ag(c), fwd_s) + hidden_behind(2 * ag(c), bwd_s)
         return ga * per_mb_exposed, ga * 3 * ag(c)
     if plan.engine == "fsdp":
-        reduce_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8") else c
         if plan.zero == 0:
             grad_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8", "fp32") else c
             total = ar(grad_bytes)
@@ -237,12 +257,16 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s):
             np.where(plan.pp > 1, pipelined, per_step),
             np.where(plan.pp > 1, pipelined_total, ga * (forward + backward)),
         )
-    # megatron: fp32 main_grad reduction
+    # megatron: main_grad reduction (fp32, or bf16 with --grad-reduce-in-bf16), hidden when overlapped
+    overlap_reduce = plan.overlap_grad_reduce is not False
+    overlap_gather = plan.overlap_param_gather is not False
     if plan.zero == 0:
-        total = ar(4)
-        return hidden_behind(total, bwd_s), total
-    reduce, gather = ag(4), ag(c)
-    return hidden_behind(reduce, bwd_s) + hidden_behind(gather, fwd_s), reduce + gather
+        total = ar(reduce_bytes)
+        return (hidden_behind(total, bwd_s) if overlap_reduce else total), total
+    reduce, gather = ag(reduce_bytes), ag(c)
+    exposed_reduce = hidden_behind(reduce, bwd_s) if overlap_reduce else reduce
+    exposed_gather = hidden_behind(gather, fwd_s) if overlap_gather else gather
+    return exposed_reduce + exposed_gather, reduce + gather
 
 
 def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params):
@@ -312,7 +336,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     backward_s = compute_s - forward_s
 
     tp_bw = comm.group_bandwidth_gbps(gpu, plan.tp, 1, plan.gpus_per_node)
-    collectives = TP_COLLECTIVES_PER_LAYER + recomputed_tp_collectives(plan)
+    collectives = TP_COLLECTIVES_PER_LAYER + recomputed_tp_collectives(plan, arch.num_layers)
     tp_s = layers * collectives * comm.all_gather_s(tokens * arch.hidden_size * a, plan.tp, tp_bw)
 
     cp_bw = comm.group_bandwidth_gbps(gpu, plan.cp, plan.tp, plan.gpus_per_node)
@@ -325,7 +349,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     # default), send 1/tp of the activation per GPU.
     split = np.where(plan.sequence_parallel | (plan.engine == "megatron"), plan.tp, 1)
     pp_bw = comm.group_bandwidth_gbps(gpu, np.minimum(plan.pp, 2), plan.tp * plan.cp * plan.dp, plan.gpus_per_node)
-    p2p_s = 2 * tokens * arch.hidden_size * a / split / (pp_bw * 1e9)
+    p2p_s = pipeline_sends_per_micro_batch(plan) * tokens * arch.hidden_size * a / split / (pp_bw * 1e9)
 
     micro_batch_s = compute_s + tp_s + cp_s + p2p_s
     params = np.maximum(*(s.params for s in first_and_last_stage(arch, plan)))
@@ -336,12 +360,12 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         "tensor_parallel_comm": plan.grad_accum * tp_s,
         "context_parallel_comm": plan.grad_accum * cp_s,
         "pipeline_p2p": plan.grad_accum * p2p_s,
-        "pipeline_bubble": (plan.pp - 1) * micro_batch_s,
+        "pipeline_bubble": pipeline_bubble_slots(plan) * micro_batch_s,
         "data_parallel_comm": dp_exposed_s,
         "optimizer_step": optimizer_s,
         "offload": offload_s,
     }
-    step = micro_batch_s * (plan.grad_accum + plan.pp - 1) + dp_exposed_s + optimizer_s + offload_s
+    step = micro_batch_s * (plan.grad_accum + pipeline_bubble_slots(plan)) + dp_exposed_s + optimizer_s + offload_s
     tokens_per_s = plan.global_batch * plan.seq_len / step
     per_gpu = tokens_per_s / plan.gpus
     return {

@@ -60,7 +60,8 @@ def _plan_lines(estimate: Estimate) -> list[str]:
             else ""
         ),
         f"dp {p.dp} x tp {p.tp} x pp {p.pp} x cp {p.cp}; {p.engine}, ZeRO-{p.zero}"
-        + (", sequence parallel" if p.sequence_parallel else ""),
+        + (", sequence parallel" if p.sequence_parallel else "")
+        + (f"; interleaved schedule, {p.virtual_stages} chunks per stage" if p.pp_schedule == "interleaved" else ""),
         f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum} x dp {p.dp} = global batch {p.global_batch}"
         f" sequences of {p.seq_len} tokens",
         f"checkpointing {p.checkpointing}, precision {p.precision}, optimizer {p.optimizer}, offload {p.offload}",

@@ -14,6 +14,7 @@ from planner.architecture import total_params
 from planner.estimate import Estimate
 from planner.memory import TERMS
 from planner.report.estimate import TERM_LABELS
+from planner.search.candidates import CATEGORIES
 
 SHORT = {
     "none": "-",
@@ -101,6 +102,8 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "flash_attention": p.flash_attention,
         "flash_attention_version": p.flash_attention_version,
         "compile": p.compile,
+        "pp_schedule": p.pp_schedule,
+        "virtual_stages": p.virtual_stages,
         "peak_gib": round(m.peak_gib, 2),
         "headroom_gib": round(m.headroom_gib, 2),
         "tokens_per_s": round(perf.tokens_per_s, 1),
@@ -150,12 +153,18 @@ def describe_candidate(result, index: int) -> str:
     cat = dict(
         zip(("engine", "zero", "offload", "checkpointing", "precision"), c.categories[c.group[index]][:5], strict=True)
     )
+    virtual = c.categories[c.group[index]][CATEGORIES.index("virtual_stages")]
     return (
-        f"{int(c.gpus[index])} GPUs dp{int(c.dp[index])} tp{int(c.tp[index])} pp{int(c.pp[index])} "
+        f"{int(c.gpus[index])} GPUs dp{int(c.dp[index])} tp{int(c.tp[index])} pp{pp_text(int(c.pp[index]), virtual)} "
         f"cp{int(c.cp[index])}, {cat['engine']} ZeRO-{cat['zero']}, micro-batch {int(c.micro_batch[index])}, "
         f"checkpointing {cat['checkpointing']}, offload {cat['offload']}, {cat['precision']} "
         f"({c.peak_gib[index]:.1f} GiB)"
     )
+
+
+def pp_text(pp: int, virtual_stages: int) -> str:
+    """The pipeline degree, with the interleaved schedule's chunks per rank: `4` (1F1B) or `4x5v`."""
+    return str(pp) if virtual_stages == 1 else f"{pp}x{virtual_stages}v"
 
 
 def render_terminal(result, table_rows: list[dict], advice: list[str], width: int = 190) -> str:
@@ -200,7 +209,7 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
                 str(row["nodes"]),
                 str(row["dp"]),
                 str(row["tp"]),
-                str(row["pp"]),
+                pp_text(row["pp"], row["virtual_stages"]),
                 str(row["cp"]),
                 SHORT[row["engine"]],
                 str(row["zero"]),

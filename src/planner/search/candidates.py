@@ -31,6 +31,8 @@ CATEGORIES = (
     "flash_attention",
     "compile",
     "flash_attention_version",
+    "pp_schedule",
+    "virtual_stages",
 )
 """Categorical dimensions, in the order the CP-SAT model and the reports use."""
 
@@ -126,6 +128,8 @@ def allowed_combinations(model: ModelSpec, budget: Budget, space: SearchSpace, s
         chosen = dict(zip(CATEGORIES, values, strict=True))
         if not chosen["flash_attention"] and chosen["flash_attention_version"] != space.flash_attention_version[0]:
             continue  # the version only times flash kernels: without them one version stands for all
+        if (chosen["pp_schedule"] == "1f1b") != (chosen["virtual_stages"] == 1):
+            continue  # 1F1B has one chunk per rank, interleaving at least two
         for flags in itertools.product((False, True), repeat=3):
             degrees = {}
             for name, flag in zip(("tp", "pp", "cp"), flags, strict=True):
@@ -140,7 +144,7 @@ def allowed_combinations(model: ModelSpec, budget: Budget, space: SearchSpace, s
                     gpus=gpus,
                     gpus_per_node=min(gpus, budget.gpus_per_node),
                     micro_batch=1,
-                    global_batch=1,
+                    global_batch=degrees["pp"],  # one micro-batch per stage: what interleaving needs at least
                     seq_len=seq_len,
                     **degrees,
                     **chosen,
@@ -170,10 +174,11 @@ def evaluate_candidates(
         mask = np.zeros(len(grid["gpus"]), dtype=bool)
         for tp_flag, pp_flag, cp_flag in flag_rows:
             mask |= (flags["tp"] == tp_flag) & (flags["pp"] == pp_flag) & (flags["cp"] == cp_flag)
+        chosen = dict(zip(CATEGORIES, values, strict=True))
+        mask &= _schedule_fits(chosen, grid, model.architecture.num_layers)
         index = np.flatnonzero(mask)
         if index.size == 0:
             continue
-        chosen = dict(zip(CATEGORIES, values, strict=True))
         numeric = {k: v[index] for k, v in grid.items()}
         plan = group_plan(
             {**chosen, "seq_len": seq_len},
@@ -195,6 +200,15 @@ def evaluate_candidates(
         results.append(result)
     merged = {k: (np.concatenate(v) if v else np.zeros(0, dtype=np.int64)) for k, v in columns.items()}
     return Candidates(categories=categories, allowed=allowed, results=results, **merged)
+
+
+def _schedule_fits(chosen: dict, grid: dict, num_layers: int) -> np.ndarray:
+    """The interleaved schedule's rules per plan (planner.plan._pipeline_schedule): the layers split into
+    pp x V equal chunks and the micro-batches per step are a multiple of pp."""
+    if chosen["pp_schedule"] != "interleaved":
+        return np.ones(len(grid["pp"]), dtype=bool)
+    pp = grid["pp"]
+    return (num_layers % (pp * chosen["virtual_stages"]) == 0) & (grid["grad_accum"] % pp == 0)
 
 
 _OUTPUTS = tuple(f for f in BulkResult.__dataclass_fields__ if f not in ("plan", "memory", "performance"))

@@ -103,7 +103,7 @@ def _global_batch(request: SolveRequest) -> int:
     return max(1, round(tokens / request.seq_len))
 
 
-NUMERIC_PIN_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000}
+NUMERIC_PIN_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000, "virtual_stages": 4096}
 """Largest value of each numeric pin (the bounds make_plan applies to a single plan)."""
 
 
@@ -175,6 +175,8 @@ def solve(request: SolveRequest) -> SolveResult:
     budget = replace(budget, gpu=budget.gpu.with_network(request.network_gbps_per_gpu))
     space = load_space(request.space, budget).pinned(**request.pins)
     _check_flash_attention_versions(space, budget)
+    if space.pp_schedule == ("interleaved",) and max(space.virtual_stages) < 2:
+        raise PlanError("the interleaved schedule needs 2 or more chunks per rank", "add --virtual-stages, e.g. 2")
     global_batch = _global_batch(request)
     cands = evaluate_candidates(model, budget, space, request.seq_len, global_batch)
     usable = budget.gpu.memory_gib * (1 - request.safety_margin)

@@ -17,6 +17,7 @@ from planner.plan import (
     LOSSES,
     OFFLOADS,
     OPTIMIZERS,
+    PP_SCHEDULES,
     PRECISIONS,
 )
 
@@ -32,8 +33,11 @@ CHOICE_DIMENSIONS = {
     "flash_attention": (True, False),
     "compile": (True, False),
     "flash_attention_version": FLASH_ATTENTION_VERSIONS,
+    "pp_schedule": PP_SCHEDULES,
+    "virtual_stages": None,
 }
-OPTIONAL_DIMENSIONS = {"flash_attention_version": [2]}
+"""Dimensions whose values are chosen per group of plans; None: any whole number (NUMERIC_LIMITS)."""
+OPTIONAL_DIMENSIONS = {"flash_attention_version": [2], "pp_schedule": ["1f1b"], "virtual_stages": [1]}
 """Dimensions a search space file may leave out, and the values they then take."""
 GPU_POLICIES = ("powers_of_two", "whole_nodes")
 
@@ -95,6 +99,9 @@ class SearchSpace:
     compile: tuple[bool, ...]
     flash_attention_version: tuple[int, ...] = (2,)
     """Which FlashAttention generation the user's stack runs (a property of the software, usually pinned)."""
+    pp_schedule: tuple[str, ...] = ("1f1b",)
+    virtual_stages: tuple[int, ...] = (1,)
+    """Model chunks per pipeline rank tried with the interleaved schedule (1 goes with 1f1b)."""
     source: str = ""
 
     def pinned(self, **pins: Any) -> "SearchSpace":
@@ -131,7 +138,7 @@ def gpu_counts(policy: Any, budget: Budget) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
-NUMERIC_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000}
+NUMERIC_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000, "virtual_stages": 4096}
 """Largest value of each numeric dimension (the bounds make_plan applies to one plan)."""
 
 
