@@ -147,7 +147,6 @@ HAND_PLANS = {
             global_batch=32,
             pp_schedule="interleaved",
             virtual_stages=2,
-            grad_reduce_bf16=True,
         ),
     ),
     "fsdp-every-3rd-block": (

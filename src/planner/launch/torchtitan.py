@@ -66,6 +66,11 @@ def _check(model: ModelSpec, plan: Plan) -> None:
         raise PlannerError("torchtitan has no fused linear cross-entropy", "use --loss standard or chunked")
     if plan.fsdp_version != 2:
         raise PlannerError("torchtitan runs FSDP2", "use --fsdp-version 2 for the torchtitan config")
+    if plan.grad_reduce_bf16:
+        raise PlannerError(
+            "torchtitan 0.3 reduce-scatters gradients in float32 only (mixed_precision_reduce)",
+            "drop --grad-reduce-bf16 for the torchtitan config",
+        )
     if model.name in TORCHTITAN_FLAVORS:
         return
     unsupported = []
@@ -201,7 +206,7 @@ def training_fields(plan: Plan) -> dict[str, object]:
         "global_batch_size": plan.global_batch,
         "seq_len": plan.seq_len,
         "mixed_precision_param": MIXED_PRECISION_PARAM[plan.precision],
-        "mixed_precision_reduce": "bfloat16" if plan.grad_reduce_bf16 else "float32",
+        "mixed_precision_reduce": "float32",
         "enable_cpu_offload": plan.offload == "optimizer+params",
     }
     if plan.precision == "pure-bf16":

@@ -131,6 +131,9 @@ def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str
         if plan.fsdp_version != 2:
             why.append("torchtitan runs FSDP2" if code == "fsdp" else "")
         values["fsdp_version"] = 2
+    if engine == "fsdp" and plan.grad_reduce_bf16:
+        values["grad_reduce_bf16"] = None
+        why.append("the FSDP launch configs reduce gradients in fp32 (torchtitan 0.3 supports only that)")
     if code in ("deepspeed", "fsdp-hf") and plan.checkpointing_every > 1:
         values["checkpointing_every"] = 1
         why.append("Hugging Face models checkpoint every layer or none")
@@ -192,9 +195,10 @@ def _runs_as_is(plan: Plan, code: str) -> bool:
             and plan.zero in (2, 3)
             and plan.precision != "fp8"
             and plan.checkpointing_every == 1
+            and not plan.grad_reduce_bf16
         )
     if code == "fsdp":
-        return plan.fsdp_version == 2
+        return plan.fsdp_version == 2 and not plan.grad_reduce_bf16
     return True
 
 
