@@ -58,6 +58,13 @@ def layer_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
         _matrix("k_proj", kv, h, "column", "layer"),
         _matrix("v_proj", kv, h, "column", "layer"),
     ]
+    if arch.qk_norm == "head":  # one weight of head_dim each, shared by all heads (Qwen3RMSNorm(head_dim))
+        t += [
+            _vector("q_norm.weight", arch.attention_head_dim, "replicated", "layer"),
+            _vector("k_norm.weight", arch.attention_head_dim, "replicated", "layer"),
+        ]
+    elif arch.qk_norm == "full":  # over the whole projection (Olmo2RMSNorm(num_heads * head_dim))
+        t += [_vector("q_norm.weight", q, "column", "layer"), _vector("k_norm.weight", kv, "column", "layer")]
     if arch.qkv_bias:
         t += [
             _vector("q_proj.bias", q, "column", "layer"),
@@ -67,6 +74,8 @@ def layer_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
     t.append(_matrix("o_proj", h, q, "row", "layer"))
     if arch.attn_out_bias:
         t.append(_vector("o_proj.bias", h, "replicated", "layer"))
+    if arch.post_norms:
+        t += _norm("attention_output_norm", arch, "layer")
     t += _norm("post_attention_norm", arch, "layer")
     up_names = ("gate_proj", "up_proj") if arch.mlp == "swiglu" else ("up_proj",)
     for name in up_names:
@@ -76,6 +85,8 @@ def layer_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
     t.append(_matrix("down_proj", h, f, "row", "layer"))
     if arch.mlp_bias:
         t.append(_vector("down_proj.bias", h, "replicated", "layer"))
+    if arch.post_norms:
+        t += _norm("mlp_output_norm", arch, "layer")
     return tuple(t)
 
 

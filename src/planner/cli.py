@@ -449,11 +449,16 @@ def _echo_pending(paths: tuple[Path, ...]) -> None:
 
 
 @main.command()
-def models() -> None:
+@click.option("--search", "text", default=None, help="Only models whose name, alias or family contains TEXT.")
+def models(text: str | None) -> None:
     """List the model catalog."""
     from planner.architecture import total_params
+    from planner.catalog import search_models
 
-    for spec in list_models():
+    found = list_models() if text is None else search_models(text)
+    if not found:
+        raise PlanError(f"no catalog model matches {text!r}", "see `planner models` for the whole catalog")
+    for spec in found:
         aliases = f"  (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
         click.echo(f"{spec.name:18s} {total_params(spec.architecture) / 1e9:7.2f}B{aliases}")
 

@@ -4,10 +4,13 @@ Supported `model_type`s and the implementation each mapping follows (transformer
 llama, mistral, qwen2 (`LlamaForCausalLM`-shaped: RMSNorm, SwiGLU, RoPE; Qwen2 adds q/k/v biases),
 mpt (`MPTForCausalLM`: bias-free LayerNorm, GELU MLP, ALiBi, tied head), gpt2 (`GPT2LMHeadModel`:
 LayerNorm with bias, learned positions, biases everywhere, tied head) and gpt_neox (`GPTNeoXForCausalLM`:
-LayerNorm with bias, partial rotary, parallel residual, untied `embed_out`).
+LayerNorm with bias, partial rotary, parallel residual, untied `embed_out`), qwen3 (q/k norms), gemma2,
+gemma3/gemma3_text (GeGLU, four norms per block, local/global layers, logit soft-capping), phi3, glm and
+glm4, olmo2 (full-width q/k norms) and internlm2/internlm3 (remote code, Llama-shaped).
 """
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,12 @@ def _get(cfg: dict[str, Any], path: Path, *keys: str, default: Any = None, requi
     return default
 
 
-def _llama_like(cfg: dict[str, Any], path: Path, qkv_bias: bool) -> Architecture:
+def _llama_like(
+    cfg: dict[str, Any], path: Path, qkv_bias: bool, gated_acts: tuple[str, ...] = ("silu", "swish")
+) -> Architecture:
     heads = _get(cfg, path, "num_attention_heads")
-    act = _get(cfg, path, "hidden_act", default="silu")
-    if act not in ("silu", "swish"):
+    act = _get(cfg, path, "hidden_activation", "hidden_act", default="silu")
+    if act not in gated_acts:
         raise CatalogError(
             f"{path}: hidden_act {act!r} is not the SwiGLU (silu) MLP this type uses",
             "write a model YAML for this architecture",
@@ -51,7 +56,22 @@ def _llama_like(cfg: dict[str, Any], path: Path, qkv_bias: bool) -> Architecture
         mlp_bias=bool(cfg.get("mlp_bias", False)),
         sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None,
         attention_dropout=float(cfg.get("attention_dropout") or 0.0),
+        global_attention_every=_global_every(cfg, path),
     )
+
+
+def _global_every(cfg: dict[str, Any], path: Path) -> int:
+    """Every N-th layer attends globally: from `layer_types` (transformers 4.5x+ configs), else
+    `sliding_window_pattern`; 0 when every layer has the same kind."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types and "full_attention" in types and "sliding_attention" in types:
+        full = [i for i, kind in enumerate(types) if kind == "full_attention"]
+        every = full[0] + 1
+        if full != list(range(every - 1, len(types), every)):
+            raise CatalogError(f"{path}: layer_types do not repeat one local/global pattern", "write a model YAML")
+        return every
+    pattern = cfg.get("sliding_window_pattern")
+    return int(pattern) if isinstance(pattern, int) and pattern > 1 else 0
 
 
 def _llama(cfg: dict[str, Any], path: Path) -> Architecture:
@@ -68,6 +88,56 @@ def _sub_config(cfg: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CatalogError(f"{path}: '{key}' must be an object, got {quoted(value)}", "check the config.json")
     return value
+
+
+def _qwen3(cfg: dict[str, Any], path: Path) -> Architecture:
+    # Qwen3Attention: q/k/v/o with bias=attention_bias (false), q_norm/k_norm RMSNorm(head_dim).
+    arch = _llama_like(cfg, path, qkv_bias=False)
+    return replace(arch, qk_norm="head")
+
+
+def _gemma(cfg: dict[str, Any], path: Path) -> Architecture:
+    """Gemma 2 and Gemma 3 text models: GeGLU MLP (gelu_pytorch_tanh; the same three matrices as SwiGLU),
+    four norms per block, tied embeddings, local/global attention layers; Gemma 2 soft-caps the final
+    logits, Gemma 3 normalises queries and keys per head. Gemma 3's multimodal configs hold the text model
+    under `text_config`."""
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    model_type = cfg.get("model_type")
+    merged = {"tie_word_embeddings": True, **text}
+    arch = _llama_like(merged, path, qkv_bias=False, gated_acts=("gelu_pytorch_tanh", "gelu"))
+    gemma3 = model_type in ("gemma3", "gemma3_text")
+    every = arch.global_attention_every or (6 if gemma3 else 2)
+    softcap = merged.get("final_logit_softcapping")
+    return replace(
+        arch,
+        post_norms=True,
+        qk_norm="head" if gemma3 else "none",
+        global_attention_every=every if arch.sliding_window else 0,
+        final_logit_softcap=float(softcap) if softcap else None,
+    )
+
+
+def _phi3(cfg: dict[str, Any], path: Path) -> Architecture:
+    # Phi3: fused qkv_proj and gate_up_proj, no biases: the Llama parameter count.
+    return replace(_llama_like(cfg, path, qkv_bias=False), fused_qkv=True)
+
+
+def _glm(cfg: dict[str, Any], path: Path) -> Architecture:
+    # GlmAttention: q/k/v with bias=attention_bias, o_proj without; fused gate_up_proj; partial RoPE.
+    arch = _llama_like({**cfg, "attention_bias": False}, path, qkv_bias=bool(cfg.get("attention_bias", True)))
+    return replace(arch, post_norms=cfg.get("model_type") == "glm4")
+
+
+def _olmo2(cfg: dict[str, Any], path: Path) -> Architecture:
+    # Olmo2: norms after attention and MLP (two per block, like pre-norm), q_norm/k_norm over the whole width.
+    return replace(_llama_like(cfg, path, qkv_bias=False), qk_norm="full")
+
+
+def _internlm(cfg: dict[str, Any], path: Path) -> Architecture:
+    # InternLM2/3 (remote code): wqkv fused, w1/w3/w2 SwiGLU, RMSNorm; `bias` switches all linear biases.
+    bias = bool(cfg.get("bias", False))
+    arch = _llama_like({**cfg, "attention_bias": False}, path, qkv_bias=bias or bool(cfg.get("qkv_bias", False)))
+    return replace(arch, attn_out_bias=bias, fused_qkv=cfg.get("model_type") == "internlm2")
 
 
 def _mpt(cfg: dict[str, Any], path: Path) -> Architecture:
@@ -154,6 +224,16 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Path], Architecture]] = {
     "llama": _llama,
     "mistral": _llama,
     "qwen2": _qwen2,
+    "qwen3": _qwen3,
+    "gemma2": _gemma,
+    "gemma3": _gemma,
+    "gemma3_text": _gemma,
+    "phi3": _phi3,
+    "glm": _glm,
+    "glm4": _glm,
+    "olmo2": _olmo2,
+    "internlm2": _internlm,
+    "internlm3": _internlm,
     "mpt": _mpt,
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,

@@ -26,6 +26,7 @@ from planner.inputs import one_line, quoted
 NormKind = Literal["rmsnorm", "layernorm"]
 MlpKind = Literal["swiglu", "gelu"]
 PositionKind = Literal["rope", "learned", "alibi"]
+QkNormKind = Literal["none", "head", "full"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,18 @@ class Architecture:
     hidden_dropout: float = 0.0
     """Dropout after the attention output and the MLP (GPT-2: 0.1); each stores a 1-byte mask per value."""
     sliding_window: int | None = None
-    """Attention window (Mistral); None for full causal attention."""
+    """Attention window (Mistral, Gemma); None for full causal attention."""
+    global_attention_every: int = 0
+    """With a sliding window: every N-th layer attends to the whole sequence and the others to the window
+    (Gemma 2: 2, alternating; Gemma 3: 6, five local layers per global one); 0: every layer uses the window."""
+    qk_norm: QkNormKind = "none"
+    """RMSNorm on queries and keys before RoPE: `head` (one head_dim weight shared by the heads: Qwen3,
+    Gemma 3), `full` (over the whole projection width: OLMo 2), `none`."""
+    post_norms: bool = False
+    """Two more norms per block on the attention and MLP outputs before the residual add (Gemma 2/3's
+    post_attention/post_feedforward norms, GLM-4-0414's post_self_attn/post_mlp norms)."""
+    final_logit_softcap: float | None = None
+    """Logits become cap * tanh(logits / cap) before the loss (Gemma 2: 30); None: no soft-capping."""
 
     @property
     def attention_head_dim(self) -> int:
@@ -154,7 +166,7 @@ def _check_field(arch: Architecture, f, where: str) -> None:
     elif f.type in (int, "int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise CatalogError(f"{where}: '{f.name}' must be an integer, got {quoted(value)}", "fix the value")
-        if value < 0 or (value == 0 and f.name != "head_dim"):
+        if value < 0 or (value == 0 and f.name not in ("head_dim", "global_attention_every")):
             raise CatalogError(f"{where}: '{f.name}' must be positive, got {value}", "fix the value")
         if value > MAX_ARCHITECTURE_SIZE:
             raise CatalogError(
@@ -185,6 +197,13 @@ def check_architecture(arch: Architecture, where: str) -> None:
             f"{where}: position_embedding must be rope, learned or alibi, got {quoted(arch.position_embedding)}",
             "fix it",
         )
+    if arch.qk_norm not in ("none", "head", "full"):
+        raise CatalogError(f"{where}: qk_norm must be none, head or full, got {arch.qk_norm!r}", "fix it")
+    cap = arch.final_logit_softcap
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or not 0 < cap < 1e6):
+        raise CatalogError(f"{where}: final_logit_softcap must be a positive number or null", "fix it")
+    if arch.global_attention_every and not arch.sliding_window:
+        raise CatalogError(f"{where}: global_attention_every needs a sliding_window", "give the window or drop it")
     if arch.num_attention_heads % arch.num_kv_heads:
         raise CatalogError(
             f"{where}: num_kv_heads ({arch.num_kv_heads}) must divide num_attention_heads ({arch.num_attention_heads})",
@@ -237,6 +256,17 @@ def list_models() -> list[ModelSpec]:
     """All catalog models, sorted by name, each once."""
     unique = {spec.name: spec for spec in _current_catalog().values()}
     return [unique[name] for name in sorted(unique)]
+
+
+def search_models(text: str) -> list[ModelSpec]:
+    """Catalog models whose name, an alias or the family contains `text` (case-insensitive; `-`, `_`, `.`
+    and spaces are ignored, so `qwen3`, `Qwen 3` and `gemma2` all match)."""
+
+    def squash(value: str) -> str:
+        return "".join(ch for ch in value.lower() if ch.isalnum())
+
+    needle = squash(text)
+    return [m for m in list_models() if needle and any(needle in squash(k) for k in (m.name, m.family, *m.aliases))]
 
 
 def load_model(name_or_path: str) -> ModelSpec:

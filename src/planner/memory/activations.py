@@ -122,6 +122,46 @@ def _norm_bytes(arch: Architecture, plan: Plan, consumers: int) -> float:
     return norm / sp + linear_input
 
 
+def qk_norm_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes the query/key norms keep (Qwen3, Gemma 3: per head; OLMo 2: over the whole width).
+
+    hf/autocast (Qwen3RMSNorm on the projected q and k): the fp32 input (4 bytes per value, saved by pow),
+    one fp32 reciprocal RMS per normalised vector (per head, or per token for the full-width norm) and the
+    normalised tensor in the compute dtype (saved by the weight multiply); RoPE multiplies by constant
+    tables, so it saves nothing more. megatron (TE's q/k layernorm) and torch.compile keep the input in
+    the compute dtype and the statistics; compile recomputes the rest (its saved q, k are the pre-norm
+    projections already counted in `qkv`, so only the statistics are added)."""
+    if arch.qk_norm == "none":
+        return 0.0
+    a = compute_bytes(plan)
+    width = arch.q_width + arch.kv_width
+    vectors = arch.num_attention_heads + arch.num_kv_heads if arch.qk_norm == "head" else 2
+    stats = RSTD_BYTES * vectors
+    if plan.compile:
+        return stats / plan.tp
+    if implementation_family(plan) == "megatron":
+        return (a * width + stats) / plan.tp
+    return ((4 + a) * width + stats) / plan.tp
+
+
+def post_norm_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes of the two extra norms on the attention and MLP outputs (Gemma's sandwich norms):
+    each keeps what a norm keeps (hf: fp32 input, statistic, normalised tensor; compile: its input and
+    statistic) but feeds the residual add, not a linear, so no linear input is added."""
+    if not arch.post_norms:
+        return 0.0
+    a, h, sp = compute_bytes(plan), arch.hidden_size, sequence_shards(plan)
+    if plan.compile:
+        one = a * h + RSTD_BYTES
+    elif implementation_family(plan) == "megatron":
+        one = a * h + 8
+    elif implementation_family(plan) == "autocast":
+        one = 8 * h + RSTD_BYTES
+    else:
+        one = (4 + a) * h + RSTD_BYTES
+    return 2 * one / sp
+
+
 def _attention_probs_bytes(arch: Architecture, family: Family, a: int, seq_len: int) -> float:
     """Eager attention per token: softmax probabilities over seq_len keys for every head.
 
@@ -160,6 +200,7 @@ def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     attn_consumers = 1 if arch.fused_qkv else 3
     mlp_consumers = 2 if arch.mlp == "swiglu" else 1
     norms = _norm_bytes(arch, plan, attn_consumers) + _norm_bytes(arch, plan, mlp_consumers)
+    norms = norms + post_norm_bytes(arch, plan) + qk_norm_bytes(arch, plan)
     # hf/autocast: transformers' SDPA path and torchtitan expand k/v to every query head (repeat_kv)
     # before the kernel, so the saved k and v are q-sized; TransformerEngine handles GQA natively.
     kv_saved = kv if family == "megatron" else q
@@ -192,6 +233,7 @@ def compiled_layer_activations(arch: Architecture, plan: Plan) -> LayerActivatio
     sp = sequence_shards(plan)
     up_projections = 2 if arch.mlp == "swiglu" else 1
     norms = 2 * (res * h + 4) / sp
+    norms = norms + post_norm_bytes(arch, plan) + qk_norm_bytes(arch, plan)
     return LayerActivations(
         norms=norms,
         qkv=a * (q + 2 * kv) / tp,
@@ -284,14 +326,17 @@ def logits_bytes(arch: Architecture, plan: Plan) -> float:
       MemTracker run counted 8.0*V of fp32 temporaries beside the bf16 logits
       (../shared/notes/memory-model.md §3).
     chunked: the bf16 logits stay whole, the fp32 work happens one chunk (1/8) at a time.
+    soft-capping (Gemma 2, cap * tanh(logits / cap)): tanh saves its output, one more a*V logits-sized
+      tensor alive from forward to its backward (not with the fused loss, which caps inside its chunks).
     fused: logits never exist beyond a chunk (Liger sizes chunks so one chunk is about B*T*h values),
       leaving the precomputed input gradient (a*h) and the chunk (about 6*h) per token."""
     a = compute_bytes(plan)
     if plan.loss == "fused":
         return (a + 6) * arch.hidden_size
     vocab = arch.vocab_size / plan.tp
+    softcap = a * vocab if arch.final_logit_softcap else 0.0
     if plan.loss == "chunked":
-        return a * vocab + 12 * vocab / CHUNKED_LOSS_CHUNKS
+        return a * vocab + softcap + 12 * vocab / CHUNKED_LOSS_CHUNKS
     forward = a * vocab + 8 * vocab
     backward = 12 * vocab if implementation_family(plan) != "megatron" else 0.0
-    return np.maximum(forward, backward)
+    return np.maximum(forward, backward) + softcap

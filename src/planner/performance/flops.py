@@ -8,8 +8,9 @@ causal half), embeddings' lookups free, the LM head counted. Per token:
     model    = 3 * forward                      (MFU numerator; no recomputation)
     hardware = model + recomputation + the flash-attention backward's recomputed scores
 
-with s_attn = min(seq_len, sliding window). Full checkpointing recomputes each block's forward (the LM
-head is not recomputed); selective recomputes the attention core (scores and the weighted sum) under
+with s_attn = min(seq_len, sliding window), averaged over the layers when only some layers slide
+(Gemma). Full checkpointing recomputes each block's forward (the LM head is not recomputed);
+selective recomputes the attention core (scores and the weighted sum) under
 Megatron and the matmuls its op-level policy dropped under the PyTorch engines;
 FlashAttention-2's backward runs five matmuls per tile (the recomputed scores QK^T, then dV, dP, dQ,
 dK) where an eager backward runs four, i.e. half an attention forward more (MosaicML's README rounds
@@ -63,9 +64,24 @@ def block_matmul_params(arch: Architecture) -> int:
     return sum(t.numel for t in layer_tensors(arch) if t.is_matrix)
 
 
-def attention_span(arch: Architecture, seq_len: int) -> int:
-    """Keys each query attends to in the FLOPs convention: the sequence, or the sliding window."""
-    return min(seq_len, arch.sliding_window) if arch.sliding_window else seq_len
+def attention_layer_spans(arch: Architecture, seq_len: int) -> tuple[tuple[int, int], ...]:
+    """(layers, keys each query attends to) per kind of attention layer: the sequence for full-attention
+    layers, min(sequence, window) for sliding-window layers (all layers with a window, or all but every
+    `global_attention_every`-th: Gemma 2 alternates, Gemma 3 has one global layer in six)."""
+    layers = arch.num_layers
+    if not arch.sliding_window:
+        return ((layers, seq_len),)
+    window = min(seq_len, arch.sliding_window)
+    if not arch.global_attention_every:
+        return ((layers, window),)
+    full = layers // arch.global_attention_every
+    return ((layers - full, window), (full, seq_len))
+
+
+def attention_span(arch: Architecture, seq_len: int) -> float:
+    """Keys each query attends to in the FLOPs convention, averaged over the layers: the sequence, the
+    sliding window, or the layer-weighted mix of both."""
+    return sum(n * w for n, w in attention_layer_spans(arch, seq_len)) / arch.num_layers
 
 
 def selective_recompute_flops(arch: Architecture, plan: Plan, forward_attention: float) -> tuple[float, float]:

@@ -30,13 +30,19 @@ from planner.memory.buffers import compute_param_bytes, deepspeed_overlap_comm, 
 from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
 from planner.memory.states import optimizer_bytes_per_param, state_layout
 from planner.performance import comm
-from planner.performance.flops import FlopsPerToken, attention_span, flops_per_token
+from planner.performance.flops import FlopsPerToken, attention_layer_spans, flops_per_token
 from planner.plan import Plan
 
 UNFITTED_EFFICIENCY = ComputeEfficiency(
     max=0.5, half_tokens=256.0, half_width=256.0, source="not fitted for this GPU: a conservative default"
 )
 """Used only for GPUs whose catalog file has no fitted `compute_efficiency` (the output says so)."""
+
+SOFTCAP_LOGIT_PASSES = 13
+"""Memory passes over the logits (each of V values per token in the compute dtype) that final-logit
+soft-capping adds (cap * tanh(logits / cap), Gemma 2): forward divides, takes tanh and multiplies, each
+reading and writing the logits (6); backward multiplies the incoming gradient by the cap (2), runs the
+tanh backward from the saved output and the gradient (3) and divides (2). Elementwise, so memory-bound."""
 
 EAGER_ATTENTION_SCORE_PASSES = 10
 """Memory passes over the s x s score matrix without flash attention: forward writes the scores, the
@@ -165,6 +171,8 @@ class _StageWork:
     attention_flops: object
     forward_share: object
     layers: object
+    has_head: object
+    """The stage holds the LM head (the last one)."""
 
 
 def causal_attention_fraction(arch: Architecture, plan: Plan):
@@ -172,12 +180,15 @@ def causal_attention_fraction(arch: Architecture, plan: Plan):
     that a causal flash-attention kernel executes. FlashAttention skips the key tiles above the diagonal
     (Dao 2023, FlashAttention-2 Sec. 3.1.1 "causal masking": about half the blocks), so query i computes
     against min(i, w) keys for a window w (the sequence without one): on average w - w^2 / (2 s) of the
-    w the convention counts, 1/2 without a window. Eager attention computes and then masks the whole
-    s x s score matrix, so it executes all of it. The MFU/HFU conventions keep counting the whole span;
+    w the convention counts, 1/2 without a window; with several kinds of layers (Gemma's local and
+    global ones) the shares are weighted by each kind's conventional count. Eager attention computes
+    and then masks the whole s x s score matrix, so it executes all of it. The MFU/HFU conventions keep
+    counting the whole span;
     only the compute time uses this."""
     s = plan.seq_len
-    w = attention_span(arch, s)
-    return np.where(plan.flash_attention, 1.0 - w / (2.0 * s), 1.0)
+    spans = attention_layer_spans(arch, s)
+    executed = sum(n * w * (1.0 - w / (2.0 * s)) for n, w in spans) / sum(n * w for n, w in spans)
+    return np.where(plan.flash_attention, executed, 1.0)
 
 
 def flash_attention_speed(gpu: GpuSpec, plan: Plan) -> float:
@@ -197,7 +208,7 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage, causal
     attention = executed_attention * share * causal_fraction
     matmul = (flops.block_matmuls + flops.recompute_matmuls) * share + head
     forward = (flops.block_matmuls + flops.attention * causal_fraction) * share / 3 + head / 3
-    return _StageWork(matmul, attention, forward / (matmul + attention), layers)
+    return _StageWork(matmul, attention, forward / (matmul + attention), layers, stage == plan.pp - 1)
 
 
 def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s):
@@ -318,6 +329,9 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         compute = (
             tokens / plan.tp * (work.matmul_flops / (peak_matmul * eff) + work.attention_flops / (peak_attention * eff))
         )
+        if arch.final_logit_softcap:
+            logits = work.has_head * tokens * arch.vocab_size / plan.tp
+            compute = compute + logits * SOFTCAP_LOGIT_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         if not plan.flash_attention:
             scores = work.layers * tokens * arch.num_attention_heads / plan.tp * plan.seq_len
             compute = compute + scores * EAGER_ATTENTION_SCORE_PASSES * a / (
