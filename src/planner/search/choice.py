@@ -68,7 +68,8 @@ class HardwareChoice:
     """Options with a plan, best first by the objective (options without a price last under `cost`)."""
     front: list[FrontPlan]
     """The hours-vs-dollars (tokens/s vs $ per token) Pareto front across all options' plans, the
-    objective's winner first, then by speed."""
+    objective's winner first, then by speed; of plans with the same GPU type, count, speed and cost only
+    the best ranked is listed."""
     notes: list[str]
     search_s: float
 
@@ -197,12 +198,16 @@ def _rank_options(options: list[Option], objective: str, notes: list[str]) -> li
 
 def _front(options: list[Option], objective: str) -> list[FrontPlan]:
     """Pareto front of tokens/s against $ per million tokens over every listed plan of every priced option."""
-    plans, speed, cost = [], [], []
+    plans, speed, cost, seen = [], [], [], set()
     for i, option in enumerate(options):
         if option.result is None or not option.priced:
             continue
-        for index in option.result.feasible:
+        for index in option.result.feasible:  # ranked order: of equal plans the first is the best ranked
             tokens_per_s, usd = _metrics(option, int(index))
+            gpus = int(option.result.candidates.gpus[index])
+            if (i, gpus, tokens_per_s, usd) in seen:
+                continue  # same GPUs, speed and cost (e.g. ZeRO-2 vs ZeRO-3 with nothing to gather): one row
+            seen.add((i, gpus, tokens_per_s, usd))
             plans.append(FrontPlan(i, int(index)))
             speed.append(tokens_per_s)
             cost.append(usd)
