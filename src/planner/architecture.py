@@ -137,3 +137,26 @@ def non_embedding_params(arch: Architecture) -> int:
 def largest_tensor_numel(arch: Architecture) -> int:
     """Elements of the biggest single parameter tensor (usually the embedding, V x h)."""
     return max(t.numel for t in (*layer_tensors(arch), *embedding_tensors(arch), *head_tensors(arch)))
+
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def lora_targeted(arch: Architecture, targets: str) -> tuple[ParamTensor, ...]:
+    """The weight matrices of one block that get a LoRA adapter. `attention`: q, k, v, o; `all-linear`:
+    every linear of the block (PEFT's "all-linear" matches every nn.Linear except the output layer)."""
+    names = ATTENTION_PROJECTIONS + (MLP_PROJECTIONS if targets == "all-linear" else ())
+    return tuple(t for t in layer_tensors(arch) if t.is_matrix and t.name in names)
+
+
+def lora_params_per_layer(arch: Architecture, rank: int, targets: str) -> int:
+    """Adapter parameters of one block: lora_A (r x in) and lora_B (out x r) per targeted linear
+    (PEFT tuners/lora/layer.py update_layer; no bias, lora_bias=False by default)."""
+    return sum(rank * (t.cols + t.rows) for t in lora_targeted(arch, targets))
+
+
+def quantized_params_per_layer(arch: Architecture) -> int:
+    """Weights bitsandbytes stores in 4 bits: every nn.Linear weight of a block (biases, norms,
+    embeddings and the LM head stay in bf16; transformers skips the output embedding)."""
+    return sum(t.numel for t in layer_tensors(arch) if t.is_matrix)

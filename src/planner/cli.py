@@ -15,7 +15,9 @@ from planner.memory import DEFAULT_SAFETY_MARGIN
 from planner.plan import (
     CHECKPOINTING,
     ENGINES,
+    LORA_TARGETS,
     LOSSES,
+    METHODS,
     OFFLOADS,
     OPTIMIZERS,
     PP_SCHEDULES,
@@ -96,6 +98,45 @@ def _flash_attention_version_option(default: str | None):
         "2 (FlashAttention-2, PyTorch SDPA), 3 (FlashAttention-3 or cuDNN attention, Hopper only)."
         + ("" if default is not None else " Default: the search space's (2)."),
     )
+
+
+def _method_options(solve: bool):
+    """--method and the LoRA/freeze settings, shared by estimate and solve."""
+    methods = (*METHODS, "any") if solve else METHODS
+
+    def decorate(command):
+        for option in reversed(
+            (
+                click.option(
+                    "--method",
+                    type=click.Choice(methods),
+                    default=None if solve else "full",
+                    show_default=not solve,
+                    help="What trains: full, lora (PEFT adapters on a bf16 base), qlora (adapters on an NF4 base), "
+                    "freeze (the last --trainable-layers blocks)"
+                    + ("; any: the best plan of each method. Default: the search space's (full)." if solve else "."),
+                ),
+                click.option("--lora-rank", type=int, default=16, show_default=True, help="LoRA rank r."),
+                click.option(
+                    "--lora-targets",
+                    type=click.Choice(LORA_TARGETS),
+                    default="all-linear",
+                    show_default=True,
+                    help="Linears with adapters: attention (q, k, v, o) or all-linear (also the MLP).",
+                ),
+                click.option("--lora-dropout", type=float, default=0.0, show_default=True, help="PEFT lora_dropout."),
+                click.option(
+                    "--trainable-layers",
+                    type=int,
+                    default=None,
+                    help="Blocks that train under --method freeze (the last ones; default 2, as LLaMA-Factory).",
+                ),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 @main.command()
@@ -193,6 +234,7 @@ def _flash_attention_version_option(default: str | None):
 )
 @click.option("--tokens", default=None, help="Total training tokens (e.g. 1e9, 1B, 500M) for hours and dollars.")
 @click.option("--price-per-gpu-hour", type=float, default=None, help="Override the catalog's on-demand price (USD).")
+@_method_options(solve=False)
 @_FORMAT
 def estimate(
     fmt: str, safety_margin: float, compile_: bool, tokens: str | None, price_per_gpu_hour: float | None, **flags
@@ -272,6 +314,7 @@ def estimate(
     help="Also write launch configs for the top plan into the report's launch-1/: "
     "deepspeed,accelerate,trainer,torchrun,megatron,torchtitan or all.",
 )
+@_method_options(solve=True)
 @_FORMAT
 def solve(
     model: str,
@@ -294,12 +337,18 @@ def solve(
     out: Path | None,
     emit: str | None,
     fmt: str,
+    method: str | None,
+    lora_rank: int,
+    lora_targets: str,
+    lora_dropout: float,
+    trainable_layers: int | None,
     **pins,
 ) -> None:
     """Search the plans that fit and rank them by throughput or cost."""
     from planner.search.run import run_solve
 
-    pins = {k: v for k, v in {**pins, "compile": compile_}.items() if v is not None}
+    methods = METHODS if method == "any" else method
+    pins = {k: v for k, v in {**pins, "compile": compile_, "method": methods}.items() if v is not None}
     if budget is None and gpu_types is None:
         raise PlanError("solve needs --budget (e.g. 16xA100) or --gpu-types any --max-gpus N", "add one of them")
     if pins.get("virtual_stages", 1) > 1 and "pp_schedule" not in pins:
@@ -324,6 +373,12 @@ def solve(
         price_per_gpu_hour=price_per_gpu_hour,
         network_gbps_per_gpu=network_gbps_per_gpu,
         pins=pins,
+        method_settings={
+            "lora_rank": lora_rank,
+            "lora_targets": lora_targets,
+            "lora_dropout": lora_dropout,
+            "trainable_layers": trainable_layers,
+        },
     )
     text, error = run_solve(request, out, fmt, emit)
     click.echo(text, nl=False)

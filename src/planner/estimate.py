@@ -12,6 +12,7 @@ from planner.architecture import embedding_params, total_params
 from planner.catalog import GpuSpec, ModelSpec
 from planner.inputs import run_figures
 from planner.memory import DEFAULT_SAFETY_MARGIN, MemoryEstimate, estimate_memory
+from planner.memory.stages import first_and_last_stage
 from planner.performance import CostEstimate, PerformanceEstimate, estimate_cost, estimate_performance
 from planner.plan import Plan, PlanRequest, resolve
 
@@ -36,6 +37,7 @@ class Estimate:
                 "source": self.model.source,
                 "params": total_params(arch),
                 "embedding_params": embedding_params(arch),
+                "trainable_params": trainable_params(self.model, self.plan),
                 "architecture": {k: getattr(arch, k) for k in arch.__dataclass_fields__},
             },
             "gpu": {
@@ -51,6 +53,14 @@ class Estimate:
             "performance": self.performance.to_dict(),
             "cost": self.cost.to_dict(),
         }
+
+
+def trainable_params(model: ModelSpec, plan: Plan) -> int:
+    """Parameters that train: all of them in full fine-tuning, the LoRA adapters, or the last blocks under
+    freeze (PEFT plans run on one pipeline stage and one tensor-parallel rank, so the stage is the model)."""
+    if not plan.peft:
+        return total_params(model.architecture)
+    return int(first_and_last_stage(model.architecture, plan)[0].trainable_params)
 
 
 def estimate_plan(

@@ -22,6 +22,8 @@ Loss = Literal["standard", "chunked", "fused"]
 FlashAttentionVersion = Literal[1, 2, 3]
 PipelineSchedule = Literal["1f1b", "interleaved"]
 FsdpVersion = Literal[1, 2]
+Method = Literal["full", "lora", "qlora", "freeze"]
+LoraTargets = Literal["attention", "all-linear"]
 
 CHECKPOINTING: tuple[str, ...] = get_args(Checkpointing)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -32,6 +34,10 @@ LOSSES: tuple[str, ...] = get_args(Loss)
 FLASH_ATTENTION_VERSIONS: tuple[int, ...] = get_args(FlashAttentionVersion)
 PP_SCHEDULES: tuple[str, ...] = get_args(PipelineSchedule)
 FSDP_VERSIONS: tuple[int, ...] = get_args(FsdpVersion)
+METHODS: tuple[str, ...] = get_args(Method)
+LORA_TARGETS: tuple[str, ...] = get_args(LoraTargets)
+DEFAULT_TRAINABLE_LAYERS = 2
+"""LLaMA-Factory's `freeze_trainable_layers` default (hparams/finetuning_args.py): the last 2 blocks."""
 
 _MAX_GPUS = 1_000_000
 _MAX_SEQ_LEN = 16 * 1024 * 1024
@@ -114,6 +120,25 @@ class Plan:
     fsdp_version: FsdpVersion = 2
     """PyTorch FSDP generation for `engine: fsdp`: 2 (per-parameter DTensor sharding, torchtitan,
     Accelerate `fsdp_version: 2`) or 1 (FlatParameter, `record_stream`; Accelerate/Trainer default)."""
+    method: Method = "full"
+    """Which parameters train: `full` (all); `lora` (PEFT LoRA adapters on a frozen bf16 base); `qlora`
+    (LoRA on a base whose block linears are NF4 with double quantization, bf16 compute, as in the QLoRA
+    paper); `freeze` (only the last `trainable_layers` blocks, as LLaMA-Factory's freeze tuning)."""
+    lora_rank: int = 16
+    """LoRA rank r (PEFT LoraConfig.r); used by lora and qlora."""
+    lora_targets: LoraTargets = "all-linear"
+    """`attention`: q, k, v and o projections; `all-linear`: also the MLP's (PEFT's "all-linear", which
+    leaves out the LM head)."""
+    lora_dropout: float = 0.0
+    """PEFT LoraConfig.lora_dropout (PEFT's default is 0.0): above 0 each adapter drops out a copy of its
+    input, which autograd keeps with its mask."""
+    trainable_layers: int = 0
+    """Blocks that train under `freeze` (the last ones); 0 for other methods."""
+
+    @property
+    def peft(self) -> bool:
+        """Only part of the parameters train (LoRA, QLoRA, freeze)."""
+        return self.method != "full"
 
     @property
     def nodes(self) -> int:
@@ -178,6 +203,12 @@ class PlanRequest:
     overlap_param_gather: bool | None = None
     checkpointing_every: int = 1
     fsdp_version: int = 2
+    method: str = "full"
+    lora_rank: int = 16
+    lora_targets: str = "all-linear"
+    lora_dropout: float = 0.0
+    trainable_layers: int | None = None
+    """Blocks that train under --method freeze; None: LLaMA-Factory's default, 2."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
@@ -317,6 +348,8 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
             "checkpointing every N-th block is counted per model chunk under interleaving, which is not modelled",
             "use --checkpointing-every 1 or --pp-schedule 1f1b",
         )
+    method_fields = _method_fields(request, arch)
+    _check_method(method_fields["method"], engine, tp, pp, cp, checkpointing, offload, precision, request.compile)
     return Plan(
         gpus=gpus,
         gpus_per_node=gpus_per_node,
@@ -342,6 +375,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         pp_schedule=pp_schedule,
         virtual_stages=virtual_stages,
         **options,
+        **method_fields,
     )
 
 
@@ -438,6 +472,83 @@ def _engine_options(
         "checkpointing_every": every,
         "fsdp_version": version,
     }
+
+
+def _method_fields(request: PlanRequest, arch) -> dict[str, Any]:
+    """method, lora_rank, lora_targets, lora_dropout and trainable_layers, checked against the model."""
+    method = _choice(request.method, "method", METHODS)
+    rank = request.lora_rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= arch.hidden_size:
+        raise PlanError(
+            f"--lora-rank must be a whole number from 1 to the hidden size {arch.hidden_size}, got {rank!r}",
+            "use a rank such as 8, 16 or 64",
+        )
+    targets = _choice(request.lora_targets, "lora_targets", LORA_TARGETS)
+    dropout = request.lora_dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise PlanError(f"--lora-dropout must be in [0, 1), got {dropout!r}", "use e.g. 0.0 or 0.05")
+    layers = 0
+    if method == "freeze":
+        wanted = DEFAULT_TRAINABLE_LAYERS if request.trainable_layers is None else request.trainable_layers
+        if isinstance(wanted, bool) or not isinstance(wanted, int) or not 1 <= wanted <= arch.num_layers:
+            raise PlanError(
+                f"--trainable-layers must be from 1 to the model's {arch.num_layers} layers, got {wanted!r}",
+                f"use --trainable-layers {min(DEFAULT_TRAINABLE_LAYERS, arch.num_layers)}, or --method full",
+            )
+        layers = wanted
+    elif request.trainable_layers not in (None, 0):
+        raise PlanError("--trainable-layers applies to --method freeze only", "drop it or add --method freeze")
+    return {
+        "method": method,
+        "lora_rank": rank,
+        "lora_targets": targets,
+        "lora_dropout": float(dropout),
+        "trainable_layers": layers,
+    }
+
+
+def method_fields_for(method: str, settings: dict[str, Any], arch) -> dict[str, Any]:
+    """The method fields of a plan for `method` with the user's LoRA/freeze settings (the search's way in:
+    `trainable_layers` applies to freeze only, the others are ignored by methods that do not use them)."""
+    keys = ("lora_rank", "lora_targets", "lora_dropout") + (("trainable_layers",) if method == "freeze" else ())
+    given = {k: settings[k] for k in keys if settings.get(k) is not None}
+    return _method_fields(PlanRequest(model="", method=method, **given), arch)
+
+
+def _check_method(
+    method: str,
+    engine: str,
+    tp: int,
+    pp: int,
+    cp: int,
+    checkpointing: str,
+    offload: str,
+    precision: str,
+    compile_: bool,
+) -> None:
+    """What is modelled for PEFT plans: the Hugging Face Trainer with PEFT (single GPU, DDP, FSDP or
+    DeepSpeed), data parallelism only, whole-layer checkpointing, no offload or torch.compile."""
+    if method == "full":
+        return
+    if method == "qlora" and precision not in ("bf16", "fp16", "pure-bf16"):
+        raise PlanError(
+            f"QLoRA computes in bf16/fp16 on 4-bit weights, not with --precision {precision}",
+            "use --precision bf16",
+        )
+    if engine == "megatron":
+        raise PlanError(
+            f"--method {method} is modelled for Hugging Face PEFT under DeepSpeed or FSDP/DDP", "use --engine fsdp"
+        )
+    if tp * pp * cp > 1:
+        raise PlanError(
+            f"--method {method} is modelled with data parallelism only (HF Trainer + PEFT)", "use --tp 1 --pp 1 --cp 1"
+        )
+    if checkpointing == "selective":
+        raise PlanError("the Hugging Face Trainer checkpoints whole layers only", "use --checkpointing full or none")
+    if offload != "none":
+        raise PlanError(f"CPU offload is not modelled for --method {method}", "use --offload none")
+    if compile_:
+        raise PlanError(f"torch.compile is not modelled for --method {method}", "drop --compile")
 
 
 def _flash_attention_version(request: PlanRequest, gpu: GpuSpec) -> int:

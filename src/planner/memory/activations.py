@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from planner.architecture import lora_targeted
 from planner.catalog.models import Architecture
 from planner.plan import Plan
 
@@ -50,7 +51,7 @@ def implementation_family(plan: Plan) -> Family:
     """Which model code the engine runs, which decides what autograd saves."""
     if plan.engine == "megatron":
         return "megatron"
-    if plan.engine == "fsdp" and plan.zero == 0 and plan.precision in ("bf16", "fp16", "fp8"):
+    if plan.engine == "fsdp" and plan.zero == 0 and plan.precision in ("bf16", "fp16", "fp8") and not plan.peft:
         return "autocast"
     return "hf"
 
@@ -88,10 +89,20 @@ class LayerActivations:
     """The MLP's inner tensors (SwiGLU: gate, act, up, product; GELU: pre- and post-activation)."""
     dropout_masks: float
     """Masks of the dropouts after attention and MLP (models with hidden dropout only)."""
+    adapter_inputs: float = 0.0
+    """LoRA: the inputs the adapters keep (and their r-wide intermediates); 0 without adapters."""
 
     @property
     def total(self) -> float:
-        return self.norms + self.qkv + self.attention_core + self.attention_output + self.mlp + self.dropout_masks
+        return (
+            self.norms
+            + self.qkv
+            + self.attention_core
+            + self.attention_output
+            + self.mlp
+            + self.dropout_masks
+            + self.adapter_inputs
+        )
 
 
 def _norm_bytes(arch: Architecture, plan: Plan, consumers: int) -> float:
@@ -191,6 +202,8 @@ def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     """Saved bytes per token for one block with no recomputation (checkpointing `none`)."""
     if plan.compile:
         return compiled_layer_activations(arch, plan)
+    if plan.method in ("lora", "qlora"):
+        return lora_layer_activations(arch, plan)
     family = implementation_family(plan)
     a = compute_bytes(plan)
     f = arch.ffn_hidden_size
@@ -213,6 +226,60 @@ def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     mlp = mlp_tensors * a * f / tp
     return LayerActivations(
         norms, qkv, _attention_core_bytes(arch, plan), attention_output, mlp, _dropout_mask_bytes(arch, plan)
+    )
+
+
+def _adapter_input_bytes(arch: Architecture, plan: Plan) -> float:
+    """What the LoRA adapters of one block keep for backward, per token (PEFT tuners/lora/layer.py
+    Linear.forward: result = base_layer(x) + lora_B(lora_A(dropout(x))) * scaling).
+
+    The frozen base linear keeps nothing of its input: PyTorch's generated autograd code saves the input of
+    a matmul only when the weight's gradient will be computed (gen_variable_type.py, guard_for), and
+    bitsandbytes' MatMul4Bit keeps only the packed weight. lora_A keeps the input it multiplies:
+    * fp32 adapters (DDP/FSDP: PEFT's autocast_adapter_dtype): PEFT casts x to the adapter's fp32
+      (_cast_input_dtype), and the Trainer's bf16 autocast casts it back for the matmul: a new bf16 copy
+      per adapter, 2 bytes x in_features each.
+    * bf16 adapters (DeepSpeed casts the module to bf16): no cast, so adapters reading the same tensor
+      share it: the attention norm output (q, k, v), the attention output (o), the MLP norm output (gate,
+      up) and the MLP product (down), each once.
+    * lora_dropout > 0 (nn.Dropout instead of nn.Identity): each adapter drops out its own copy, kept with
+      a one-byte mask, i.e. in_features x (2 + 1) per adapter whatever the dtype.
+    lora_B keeps lora_A's r-wide bf16 output."""
+    a = compute_bytes(plan)
+    targeted = lora_targeted(arch, plan.lora_targets)
+    rank_outputs = len(targeted) * a * plan.lora_rank
+    if plan.lora_dropout > 0:
+        return sum((a + MASK_BYTES) * t.cols for t in targeted) + rank_outputs
+    if plan.engine != "deepspeed":
+        return sum(a * t.cols for t in targeted) + rank_outputs
+    inputs = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out"}
+    inputs |= {"gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_mid"}
+    distinct = {inputs[t.name]: t.cols for t in targeted}
+    return a * sum(distinct.values()) + rank_outputs
+
+
+def lora_layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
+    """Saved bytes per token for one LoRA/QLoRA block (hf family; frozen bf16 base weights).
+
+    Differences from full fine-tuning (layer_activations): with frozen norm weights the weight multiply
+    no longer keeps the normalised tensor (RMSNorm keeps its fp32 input and statistics; LayerNorm's kernel
+    its input, mean and rstd), and no frozen linear keeps its input; what the adapters keep is counted in
+    `_adapter_input_bytes`. Attention (q, k, v, its output and log-sum-exp, which the kernel's backward
+    needs) and the MLP's inner tensors the activation needs for the input gradient (SwiGLU: gate,
+    act(gate) and up; GELU: its input) are unchanged. Check: tests/engines/test_peft.py counts what
+    autograd saves in transformers' Llama block wrapped by PEFT and finds this walk."""
+    a = compute_bytes(plan)
+    h, f, q = arch.hidden_size, arch.ffn_hidden_size, arch.q_width
+    norm = 4 * h + RSTD_BYTES if arch.norm == "rmsnorm" else a * h + 8
+    mlp_tensors = 3 if arch.mlp == "swiglu" else 1
+    return LayerActivations(
+        norms=2 * norm,
+        qkv=a * (q + 2 * q),
+        attention_core=_attention_core_bytes(arch, plan),
+        attention_output=a * q,
+        mlp=mlp_tensors * a * f,
+        dropout_masks=_dropout_mask_bytes(arch, plan),
+        adapter_inputs=_adapter_input_bytes(arch, plan),
     )
 
 

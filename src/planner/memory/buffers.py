@@ -90,5 +90,5 @@ def autocast_weight_copy_bytes(stage: StageShard, plan: Plan) -> float:
     (2 bytes per parameter between forward and backward; measured +2.2 GiB at 1.07B parameters,
     ../shared/notes/memory-model.md §3). Applies to DDP with autocast (FSDP engine, ZeRO-0)."""
     if plan.engine == "fsdp" and plan.zero == 0 and plan.precision in ("bf16", "fp16", "fp8"):
-        return 2.0 * stage.params
+        return 2.0 * stage.trainable_params
     return 0.0

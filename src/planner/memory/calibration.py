@@ -58,7 +58,12 @@ def _ratio(record: dict, path: Path, implementation: str, mode: str) -> float | 
 def activation_calibration(model: ModelSpec, plan: Plan) -> ActivationCalibration:
     """The traced correction of the per-layer activation walk for this model's family and plan."""
     implementation = implementation_family(plan)
-    traceable = implementation in ("hf", "autocast") and plan.checkpointing in ("none", "full") and not plan.compile
+    traceable = (
+        implementation in ("hf", "autocast")
+        and plan.checkpointing in ("none", "full")
+        and not plan.compile
+        and plan.method == "full"
+    )
     found = _family_record(model.family) if traceable else None
     if found is None:
         return ActivationCalibration(1.0, TEXTBOOK)

@@ -32,6 +32,8 @@ from planner.memory.stages import StageShard, checkpointed_blocks, first_and_las
 from planner.memory.states import (
     StateTerm,
     deepspeed_step_cap_bytes,
+    dequantized_weight_bytes,
+    group_params,
     state_layout,
     state_term_bytes,
 )
@@ -44,17 +46,24 @@ see (data-dependent lengths, library versions). Overridable per call."""
 
 TERMS = (
     "weights",
+    "frozen_weights",
+    "quantized_weights",
+    "quantization_constants",
+    "adapter_weights",
     "master_weights",
     "gradients",
+    "adapter_gradients",
     "unsharded_gradient_accumulators",
     "ddp_gradient_buckets",
     "optimizer_states",
+    "adapter_optimizer_states",
     "fp8_weight_copies",
     "optimizer_step_temporaries",
     "activations",
     "logits_and_loss",
     "recompute_and_backward",
     "gathered_parameters",
+    "dequantized_weight_buffer",
     "communication_buckets",
     "autocast_weight_copies",
     "pipeline_buffers",
@@ -136,7 +145,7 @@ def _state_bytes(terms: list[StateTerm], stage: StageShard, plan: Plan) -> dict[
     for term in terms:
         if term.offloaded:
             continue
-        size = state_term_bytes(term, stage.params, plan.shard_degree)
+        size = state_term_bytes(term, group_params(term, stage), plan.shard_degree)
         cap = deepspeed_step_cap_bytes(term, plan)
         out[term.name] = np.minimum(size, cap) if cap is not None else size
     return out
@@ -168,7 +177,7 @@ def stage_phases(
         kept = stage.num_layers - checkpointed_blocks(stage.num_layers, plan)
         whole = act.saved_bytes_per_layer(arch, replace(plan, checkpointing="none")) * traced_no_recompute
         saved_layer = saved_layer * (stage.num_layers - kept) / stage.num_layers + whole * kept / stage.num_layers
-    saved = in_flight * stage.num_layers * saved_layer * tokens
+    saved = in_flight * stage.trained_layers * saved_layer * tokens
     edge_tokens = stage.is_first * 1 + stage.is_last * 1  # ids on the first stage, labels on the last
     saved = saved + in_flight * act.INPUT_IDS_AND_LABELS_BYTES / 2 * edge_tokens * tokens
     saved = saved + stage.is_last * act.final_norm_bytes(arch, plan) * tokens
@@ -182,6 +191,7 @@ def stage_phases(
     seam_common = {
         **persistent,
         "gathered_parameters": gathered_parameter_bytes(stage, plan),
+        "dequantized_weight_buffer": dequantized_weight_bytes(stage),
         "communication_buckets": always_buckets + backward_buckets,
         "autocast_weight_copies": autocast_weight_copy_bytes(stage, plan),
         "pipeline_buffers": _pipeline_buffer_bytes(arch.hidden_size, plan, tokens),
@@ -217,7 +227,7 @@ def _host_offload_bytes(model: ModelSpec, plan: Plan, stage: StageShard):
     total = 0.0
     for term in state_layout(model.architecture, plan):
         if term.offloaded:
-            total = total + state_term_bytes(term, stage.params, plan.shard_degree)
+            total = total + state_term_bytes(term, group_params(term, stage), plan.shard_degree)
     return total
 
 

@@ -14,12 +14,19 @@ The numeric plan fields (pp, grad_accum, ...) may be numpy arrays: the search ev
 with these same functions.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 
 import numpy as np
 
-from planner.architecture import embedding_tensors, head_tensors, layer_tensors, numel
+from planner.architecture import (
+    embedding_tensors,
+    head_tensors,
+    layer_tensors,
+    lora_params_per_layer,
+    numel,
+    quantized_params_per_layer,
+)
 from planner.catalog.models import Architecture
 from planner.plan import Plan
 
@@ -43,6 +50,17 @@ class StageShard:
     """The biggest single parameter tensor on this rank (DeepSpeed ZeRO-3 gathers module by module)."""
     in_flight_micro_batches: object
     """Micro-batches' worth of this stage's activations held at once (see `in_flight_micro_batches`)."""
+    trainable_params: object = None
+    """Parameters that train on this rank (all of them in full fine-tuning; the LoRA adapters, or the
+    last blocks under freeze); they carry gradients and optimizer states."""
+    frozen_params: object = 0
+    """Base parameters kept as they are (bf16) and not trained."""
+    quantized_params: object = 0
+    """Base weights stored in NF4 (QLoRA)."""
+    largest_quantized_params: object = 0
+    """The biggest NF4 weight: QLoRA dequantizes one weight at a time to bf16."""
+    trained_layers: object = None
+    """Blocks whose activations backward needs (all of them, except under freeze)."""
 
     @property
     def params(self):
@@ -109,16 +127,44 @@ def _shard(arch: Architecture, plan: Plan, last: bool) -> StageShard:
     largest = np.maximum(
         _largest(layer_t, tp), np.maximum(_largest(embedding_t, tp) * is_first, largest_head * is_last)
     )
-    return StageShard(
+    num_layers = layers_on_stage(arch.num_layers, pp, stage)
+    shard = StageShard(
         stage=stage,
         is_first=is_first,
         is_last=is_last,
-        num_layers=layers_on_stage(arch.num_layers, pp, stage),
+        num_layers=num_layers,
         layer_params=numel(layer_t, tp),
         embedding_params=numel(embedding_t, tp) * is_first,
         head_params=head * is_last,
         largest_tensor_params=largest,
         in_flight_micro_batches=in_flight_micro_batches(plan, stage),
+    )
+    return _with_method(arch, plan, shard)
+
+
+def _with_method(arch: Architecture, plan: Plan, shard: StageShard) -> StageShard:
+    """Split the stage's parameters into trained, frozen and quantized ones for the plan's method (PEFT
+    plans run without tensor or pipeline parallelism, so the stage is the whole model)."""
+    if plan.method == "full":
+        return replace(shard, trainable_params=shard.params, trained_layers=shard.num_layers)
+    if plan.method == "freeze":
+        trained = np.minimum(plan.trainable_layers, shard.num_layers)
+        trainable = trained * shard.layer_params
+        return replace(
+            shard, trainable_params=trainable, frozen_params=shard.params - trainable, trained_layers=trained
+        )
+    adapters = shard.num_layers * lora_params_per_layer(arch, plan.lora_rank, plan.lora_targets)
+    if plan.method == "lora":
+        return replace(shard, trainable_params=adapters, frozen_params=shard.params, trained_layers=shard.num_layers)
+    quantized = shard.num_layers * quantized_params_per_layer(arch)
+    largest = max(t.numel for t in layer_tensors(arch) if t.is_matrix)
+    return replace(
+        shard,
+        trainable_params=adapters,
+        frozen_params=shard.params - quantized,
+        quantized_params=quantized,
+        largest_quantized_params=largest,
+        trained_layers=shard.num_layers,
     )
 
 

@@ -21,7 +21,7 @@ D is the shard degree (data-parallel x context-parallel ranks). Optimizer bytes 
 fp32 states; `optimizer_bytes_per_param` gives the others.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from planner.architecture import embedding_tensors, head_tensors, layer_tensors
@@ -30,6 +30,9 @@ from planner.memory.buffers import gradient_reduce_bytes
 from planner.plan import Plan
 
 Lifetime = Literal["persistent", "gradient", "step"]
+ParamGroup = Literal["trainable", "frozen", "quantized"]
+"""Which parameters a state term is counted over (planner.memory.stages.StageShard): those that train,
+the frozen base weights kept in bf16, or the base weights stored in NF4 (QLoRA)."""
 """`persistent`: allocated once and alive in every phase. `gradient`: created during backward and freed by
 `zero_grad(set_to_none=True)` after the step, so absent in the first micro-batch's forward. `step`: only
 inside optimizer.step()."""
@@ -59,6 +62,42 @@ class StateTerm:
     sharded: bool
     lifetime: Lifetime = "persistent"
     offloaded: bool = False
+    group: ParamGroup = "trainable"
+
+
+NF4_BITS = 4
+"""bitsandbytes stores each NF4 weight in 4 bits, two per byte (functional.quantize_4bit)."""
+
+NF4_BLOCKSIZE = 64
+"""Params4bit's blocksize default (bitsandbytes nn/modules.py): one absmax per 64 weights."""
+
+NESTED_BLOCKSIZE = 256
+"""Double quantization (compress_statistics=True) quantizes the absmax values themselves with
+quantize_blockwise(absmax, blocksize=256): one uint8 per block of 64 weights plus one fp32 absmax per
+256 blocks (bitsandbytes functional.quantize_4bit, tag 0.45.5, commit d72cb9cb)."""
+
+PEFT_TERM_NAMES = {
+    "weights": "adapter_weights",
+    "gradients": "adapter_gradients",
+    "optimizer_states": "adapter_optimizer_states",
+}
+"""Under LoRA/QLoRA the trained parameters are the adapters: their terms carry these names."""
+
+
+def quantization_constant_bytes(numel: int) -> int:
+    """Bytes of the quantization constants of one NF4 tensor with double quantization: ceil(n/64) uint8
+    absmax values and ceil(ceil(n/64)/256) fp32 second-level absmax values. Left out: the per-tensor fp32
+    offset and the 16-entry NF4 code (a few hundred bytes per tensor) and the 256-entry dynamic map,
+    which bitsandbytes caches once per device."""
+    blocks = -(-numel // NF4_BLOCKSIZE)
+    return blocks + 4 * -(-blocks // NESTED_BLOCKSIZE)
+
+
+def quantization_constant_bytes_per_param(arch: Architecture) -> float:
+    """Quantization constants per NF4 weight, averaged over a block's linears (about 0.0159 bytes, the
+    QLoRA paper's 0.127 bits per parameter)."""
+    matrices = [t for t in layer_tensors(arch) if t.is_matrix]
+    return sum(quantization_constant_bytes(t.numel) for t in matrices) / sum(t.numel for t in matrices)
 
 
 def state_dtype_bytes(plan: Plan) -> int:
@@ -96,7 +135,48 @@ def _master_bytes(plan: Plan) -> int:
 
 
 def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
-    """The per-parameter state terms of the plan's engine, precision, optimizer, ZeRO stage and offload."""
+    """The per-parameter state terms of the plan's engine, precision, optimizer, ZeRO stage and offload.
+
+    PEFT plans (LoRA, QLoRA, freeze) keep the engine's full bookkeeping for the parameters that train,
+    and add the frozen base:
+    * the trained parameters are created as the engine's layout says: PEFT upcasts bf16 adapters to fp32
+      (get_peft_model's autocast_adapter_dtype=True, tuners_utils.cast_adapter_dtype; LLaMA-Factory also
+      casts freeze-tuned blocks to fp32), which is the fp32 weight of the DDP/FSDP rows; DeepSpeed casts
+      the whole module to bf16 and keeps an fp32 master of what trains, the DeepSpeed rows. Only
+      parameters with requires_grad get gradients, DDP buckets and optimizer states.
+    * frozen weights stay in the compute dtype (2 bytes in bf16), sharded only under ZeRO-3/FULL_SHARD.
+    * QLoRA: block linears in NF4 (0.5 bytes) plus their double-quantized constants."""
+    terms = _engine_layout(arch, plan)
+    if not plan.peft:
+        return terms
+    if plan.method in ("lora", "qlora"):
+        terms = [replace(t, name=PEFT_TERM_NAMES.get(t.name, t.name)) for t in terms]
+    low = 4 if plan.precision == "fp32" else 2
+    sharded = plan.zero >= 3
+    terms.append(StateTerm("frozen_weights", low, sharded=sharded, group="frozen"))
+    if plan.method == "qlora":
+        terms += [
+            StateTerm("quantized_weights", NF4_BITS / 8, sharded=sharded, group="quantized"),
+            StateTerm(
+                "quantization_constants",
+                quantization_constant_bytes_per_param(arch),
+                sharded=sharded,
+                group="quantized",
+            ),
+        ]
+    return terms
+
+
+def trained_term(terms: list[StateTerm], name: str) -> StateTerm | None:
+    """The term `weights`, `gradients` or `optimizer_states` of the trained parameters, under either name."""
+    for term in terms:
+        if term.name in (name, PEFT_TERM_NAMES.get(name)):
+            return term
+    return None
+
+
+def _engine_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
+    """The engine's terms for the parameters that train (all of them in full fine-tuning)."""
     opt = optimizer_bytes_per_param(arch, plan)
     low = 4 if plan.precision == "fp32" else 2  # weights/grads in the compute dtype
     master = _master_bytes(plan)
@@ -199,8 +279,25 @@ def state_term_bytes(term: StateTerm, params: int, shard_degree: int) -> float:
     return params * per_param
 
 
+def group_params(term: StateTerm, stage) -> object:
+    """Parameters of the stage a term is counted over (planner.memory.stages.StageShard)."""
+    if term.group == "frozen":
+        return stage.frozen_params
+    if term.group == "quantized":
+        return stage.quantized_params
+    return stage.trainable_params
+
+
 def deepspeed_step_cap_bytes(term: StateTerm, plan: Plan) -> float | None:
     """ZeRO-3 runs the step one sub-group at a time, so its temporaries are capped at one sub-group."""
     if plan.engine == "deepspeed" and plan.zero == 3 and term.name == "optimizer_step_temporaries":
         return term.bytes_per_param * DEEPSPEED_SUB_GROUP_SIZE
     return None
+
+
+def dequantized_weight_bytes(stage) -> float:
+    """QLoRA's bf16 copy of one NF4 weight: bitsandbytes' MatMul4Bit dequantizes the weight it multiplies
+    (forward up to 0.49, backward in every version: autograd/_functions.py, F.dequantize_4bit(B,
+    ctx.state)), one at a time, and first expands the double-quantized absmax to fp32 (4 bytes per 64
+    weights). The largest linear sets the size (the MLP's h x f)."""
+    return stage.largest_quantized_params * (2 + 4 / NF4_BLOCKSIZE)

@@ -19,7 +19,7 @@ this to "the attention multiplier would be 5 instead of 4"). See ../shared/notes
 
 from dataclasses import dataclass
 
-from planner.architecture import layer_tensors
+from planner.architecture import layer_tensors, lora_params_per_layer
 from planner.catalog.models import Architecture
 from planner.memory.stages import checkpointed_fraction
 from planner.plan import Plan
@@ -42,6 +42,11 @@ class FlopsPerToken:
     selective under Megatron: the core attention; 0 otherwise)."""
     flash_backward_recompute: float
     """Scores recomputed by the flash-attention backward."""
+    adapter_matmuls: float = 0.0
+    """LoRA adapter matmuls (forward + backward), whole model; 0 without adapters."""
+    forward_fraction: float = 1 / 3
+    """Share of block_matmuls + attention + lm_head + adapter_matmuls that is forward work (1/3 in full
+    training, where backward costs twice the forward)."""
 
     @property
     def recompute(self) -> float:
@@ -50,8 +55,8 @@ class FlopsPerToken:
 
     @property
     def model(self) -> float:
-        """Model FLOPs (MFU numerator)."""
-        return self.block_matmuls + self.attention + self.lm_head
+        """Model FLOPs (MFU numerator): what one step executes without recomputation."""
+        return self.block_matmuls + self.attention + self.lm_head + self.adapter_matmuls
 
     @property
     def hardware(self) -> float:
@@ -112,6 +117,8 @@ def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
     else:
         recompute = 0.0, 0.0
     flash = forward_attention / 2 if plan.flash_attention else 0.0
+    if plan.peft:
+        return _peft_flops_per_token(arch, plan, forward_matmuls, forward_attention, forward_head, recompute, flash)
     return FlopsPerToken(
         block_matmuls=3 * forward_matmuls,
         attention=3 * forward_attention,
@@ -119,4 +126,51 @@ def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
         recompute_matmuls=recompute[0],
         recompute_attention=recompute[1],
         flash_backward_recompute=flash,
+    )
+
+
+def _peft_flops_per_token(
+    arch: Architecture,
+    plan: Plan,
+    forward_matmuls: float,
+    forward_attention: float,
+    forward_head: float,
+    recompute: tuple[float, float],
+    flash: float,
+) -> FlopsPerToken:
+    """FLOPs per token when only part of the model trains.
+
+    A frozen weight needs no weight gradient, so its backward is one matmul (the input gradient) instead
+    of two: LoRA/QLoRA blocks and the frozen LM head cost 2 x forward instead of 3 x. Each adapter
+    (lora_A: r x in, lora_B: out x r) adds 2 FLOPs per weight per token forward and twice that backward.
+    Under freeze, the lower blocks have no trainable parameter before them and run forward only (autograd
+    records nothing there); the last N blocks train in full, and only they are recomputed by activation
+    checkpointing."""
+    if plan.method == "freeze":
+        trained = min(plan.trainable_layers, arch.num_layers) / arch.num_layers
+        block = forward_matmuls * (1 + 2 * trained)
+        attention = forward_attention * (1 + 2 * trained)
+        adapters = 0.0
+        recompute = (recompute[0] * trained, recompute[1] * trained)
+        flash = flash * trained
+        forward = forward_matmuls + forward_attention + forward_head
+    else:
+        block = 2 * forward_matmuls
+        attention = 3 * forward_attention
+        adapter_forward = 2 * arch.num_layers * lora_params_per_layer(arch, plan.lora_rank, plan.lora_targets)
+        adapters = 3 * adapter_forward
+        if plan.checkpointing == "full":
+            recompute = (recompute[0] + adapter_forward, recompute[1])
+        forward = forward_matmuls + forward_attention + forward_head + adapter_forward
+    head = 2 * forward_head
+    total = block + attention + head + adapters
+    return FlopsPerToken(
+        block_matmuls=block,
+        attention=attention,
+        lm_head=head,
+        recompute_matmuls=recompute[0],
+        recompute_attention=recompute[1],
+        flash_backward_recompute=flash,
+        adapter_matmuls=adapters,
+        forward_fraction=forward / total,
     )

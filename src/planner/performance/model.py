@@ -28,7 +28,7 @@ from planner.catalog.models import Architecture
 from planner.memory.activations import compute_bytes
 from planner.memory.buffers import compute_param_bytes, deepspeed_overlap_comm, gradient_reduce_bytes
 from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
-from planner.memory.states import optimizer_bytes_per_param, state_layout
+from planner.memory.states import NF4_BITS, NF4_BLOCKSIZE, optimizer_bytes_per_param, state_layout, trained_term
 from planner.performance import comm
 from planner.performance.flops import FlopsPerToken, attention_layer_spans, flops_per_token
 from planner.plan import Plan
@@ -206,12 +206,16 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage, causal
     head = flops.lm_head * (stage == plan.pp - 1)
     executed_attention = flops.attention + flops.flash_backward_recompute + flops.recompute_attention
     attention = executed_attention * share * causal_fraction
-    matmul = (flops.block_matmuls + flops.recompute_matmuls) * share + head
-    forward = (flops.block_matmuls + flops.attention * causal_fraction) * share / 3 + head / 3
+    blocks = flops.block_matmuls + flops.adapter_matmuls
+    matmul = (blocks + flops.recompute_matmuls) * share + head
+    if plan.peft:
+        forward = ((blocks + flops.attention * causal_fraction) * share + head) * flops.forward_fraction
+    else:
+        forward = (flops.block_matmuls + flops.attention * causal_fraction) * share / 3 + head / 3
     return _StageWork(matmul, attention, forward / (matmul + attention), layers, stage == plan.pp - 1)
 
 
-def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s):
+def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None):
     """(per-step exposed data-parallel communication, per-step total) for the plan's engine and ZeRO stage.
 
     Volumes: DeepSpeed reduces and gathers bf16 (ZeRO-1/2: reduce-scatter + all-gather per step, ZeRO-2
@@ -221,17 +225,24 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s):
     Overlap: DeepSpeed ZeRO-0/1/2 default overlap_comm=false (exposed); ZeRO-3, FSDP and DDP overlap with
     the compute of the same pass; Megatron with --overlap-grad-reduce/--overlap-param-gather (the launch
     configs enable them) hides the step's reduction behind the last micro-batch's backward and the
-    gather behind the next step's first forward. A group of one rank moves nothing."""
+    gather behind the next step's first forward. A group of one rank moves nothing.
+    PEFT plans reduce (and, below ZeRO-3, re-gather) only the `trainable` parameters; ZeRO-3/FULL_SHARD
+    still gather every frozen weight for forward and backward."""
+    trainable = params if trainable is None else trainable
     n = plan.shard_degree
     bw = comm.group_bandwidth_gbps(gpu, n, plan.tp, plan.gpus_per_node)
     c = compute_param_bytes(plan)
     ga = plan.grad_accum
 
-    def ag(bytes_per_param):
-        return comm.all_gather_s(params * bytes_per_param, n, bw)
+    def ag(bytes_per_param, count=trainable):
+        return comm.all_gather_s(count * bytes_per_param, n, bw)
 
     def ar(bytes_per_param):
-        return comm.all_reduce_s(params * bytes_per_param, n, bw)
+        return comm.all_reduce_s(trainable * bytes_per_param, n, bw)
+
+    def gather_all(bytes_per_param):
+        """ZeRO-3/FULL_SHARD parameter gathers: every parameter, trained or frozen."""
+        return ag(bytes_per_param, params)
 
     def hidden_behind(comm_s, window_s):
         return np.maximum(0.0, comm_s - window_s)
@@ -248,22 +259,23 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s):
             reductions = per_reduction * (ga if plan.zero == 2 else 1)
             total = ag(c) * (ga if plan.zero == 2 else 1) + ag(c)
             return reductions + ag(c), total
+        total = ga * (2 * gather_all(c) + ag(c))
         if not overlap:
-            return ga * 3 * ag(c), ga * 3 * ag(c)
-        per_mb_exposed = hidden_behind(ag(c), fwd_s) + hidden_behind(2 * ag(c), bwd_s)
-        return ga * per_mb_exposed, ga * 3 * ag(c)
+            return total, total
+        per_mb_exposed = hidden_behind(gather_all(c), fwd_s) + hidden_behind(gather_all(c) + ag(c), bwd_s)
+        return ga * per_mb_exposed, total
     if plan.engine == "fsdp":
         if plan.zero == 0:
             grad_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8", "fp32") else c
             total = ar(grad_bytes)
             return hidden_behind(total, bwd_s), total
         gathers_per_mb = 2 if plan.zero == 3 else 1
-        forward = ag(c)
-        backward = ag(c) * (gathers_per_mb - 1) + ag(reduce_bytes)
+        forward = gather_all(c)
+        backward = gather_all(c) * (gathers_per_mb - 1) + ag(reduce_bytes)
         per_step = ga * (hidden_behind(forward, fwd_s) + hidden_behind(backward, bwd_s))
         # Pipelining keeps parameters unsharded and skips gradient sync until the last micro-batch.
-        pipelined = hidden_behind(ag(c), fwd_s) + hidden_behind(ag(reduce_bytes), bwd_s)
-        pipelined_total = ag(c) + ag(reduce_bytes)
+        pipelined = hidden_behind(gather_all(c), fwd_s) + hidden_behind(ag(reduce_bytes), bwd_s)
+        pipelined_total = gather_all(c) + ag(reduce_bytes)
         return (
             np.where(plan.pp > 1, pipelined, per_step),
             np.where(plan.pp > 1, pipelined_total, ga * (forward + backward)),
@@ -292,10 +304,11 @@ def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params):
     * with parameter offload instead, the weights for every forward and every backward of every
       micro-batch (DeepSpeed keeps the bf16 partition on the host, FSDP2 the fp32 shard, cast on the GPU)."""
     arch = model.architecture
-    terms = {t.name: t for t in state_layout(arch, plan)}
+    terms = state_layout(arch, plan)
     opt = optimizer_bytes_per_param(arch, plan)
-    master = terms["master_weights"].bytes_per_param if "master_weights" in terms else 0.0
-    grad = terms["gradients"].bytes_per_param
+    master_term = trained_term(terms, "master_weights")
+    master = master_term.bytes_per_param if master_term is not None else 0.0
+    grad = trained_term(terms, "gradients").bytes_per_param
     low = compute_param_bytes(plan)
     shard = plan.shard_degree if plan.zero >= 1 else 1
     local = params / shard
@@ -311,6 +324,24 @@ def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params):
     else:
         weights_up = low * local
     return 0.0 * touched, touched / host_bw + (grads_down + weights_up) / pcie
+
+
+def dequantization_passes(plan: Plan) -> int:
+    """How often QLoRA dequantizes each NF4 weight per micro-batch: the backward's input gradient always
+    (bitsandbytes MatMul4Bit.backward), the forward (bitsandbytes up to 0.49 dequantizes there too; 0.50
+    runs a fused 4-bit GEMM, which reads the packed weight instead), and the recomputed forward under full
+    checkpointing. Counted as in 0.45-0.49, the versions the validation rows ran."""
+    return 2 + (plan.checkpointing == "full")
+
+
+def dequantization_s(gpu: GpuSpec, plan: Plan, quantized_params) -> float:
+    """Time of QLoRA's dequantization per micro-batch: memory-bound kernels that read the packed 4-bit
+    weight with its constants and write the bf16 weight, at the HBM efficiency of other memory-bound
+    kernels. 0 without quantized weights."""
+    if plan.method != "qlora":
+        return 0.0
+    bytes_per_pass = quantized_params * (NF4_BITS / 8 + 1 / NF4_BLOCKSIZE + 2)
+    return dequantization_passes(plan) * bytes_per_pass / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
 
 
 def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, object]:
@@ -366,9 +397,14 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     p2p_s = pipeline_sends_per_micro_batch(plan) * tokens * arch.hidden_size * a / split / (pp_bw * 1e9)
 
     micro_batch_s = compute_s + tp_s + cp_s + p2p_s
-    params = np.maximum(*(s.params for s in first_and_last_stage(arch, plan)))
-    dp_exposed_s, _ = _dp_exposed_s(plan, gpu, params, forward_s, backward_s)
-    optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, params)
+    stages = first_and_last_stage(arch, plan)
+    params = np.maximum(*(s.params for s in stages))
+    trainable = np.maximum(*(s.trainable_params for s in stages))
+    dequantize_s = dequantization_s(gpu, plan, np.maximum(*(s.quantized_params for s in stages)))
+    compute_s = compute_s + dequantize_s
+    micro_batch_s = micro_batch_s + dequantize_s
+    dp_exposed_s, _ = _dp_exposed_s(plan, gpu, params, forward_s, backward_s, trainable)
+    optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, trainable)
     breakdown = {
         "compute": plan.grad_accum * compute_s,
         "tensor_parallel_comm": plan.grad_accum * tp_s,

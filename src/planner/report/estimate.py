@@ -8,22 +8,29 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.architecture import total_params
-from planner.estimate import Estimate
+from planner.estimate import Estimate, trainable_params
 from planner.memory import TERMS
 
 TERM_LABELS = {
     "weights": "weights",
+    "frozen_weights": "frozen weights (bf16)",
+    "quantized_weights": "quantized weights (NF4)",
+    "quantization_constants": "quantization constants (double-quantized absmax)",
+    "adapter_weights": "LoRA adapter weights",
     "master_weights": "master weights (fp32)",
     "gradients": "gradients",
+    "adapter_gradients": "LoRA adapter gradients",
     "unsharded_gradient_accumulators": "unsharded gradient accumulators (PP)",
     "ddp_gradient_buckets": "DDP gradient buckets",
     "optimizer_states": "optimizer states",
+    "adapter_optimizer_states": "LoRA adapter optimizer states",
     "fp8_weight_copies": "FP8 weight copies",
     "optimizer_step_temporaries": "optimizer-step temporaries",
     "activations": "activations (saved for backward)",
     "logits_and_loss": "logits + cross-entropy",
     "recompute_and_backward": "block recompute + backward workspace",
     "gathered_parameters": "gathered (unsharded) parameters",
+    "dequantized_weight_buffer": "dequantized weight (QLoRA, one at a time)",
     "communication_buckets": "communication buckets",
     "autocast_weight_copies": "autocast bf16 weight copies",
     "pipeline_buffers": "pipeline send/recv buffers",
@@ -45,7 +52,10 @@ def render_json(estimate: Estimate) -> str:
 def _model_line(estimate: Estimate) -> str:
     model = estimate.model
     alias = f" (alias '{model.resolved_from}' resolves to {model.name})" if model.resolved_from else ""
-    return f"{model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters"
+    line = f"{model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters"
+    if estimate.plan.peft:
+        line += f", {trainable_params(model, estimate.plan):,} trainable"
+    return line
 
 
 def _plan_lines(estimate: Estimate) -> list[str]:
@@ -67,7 +77,18 @@ def _plan_lines(estimate: Estimate) -> list[str]:
         f"checkpointing {p.checkpointing}, precision {p.precision}, optimizer {p.optimizer}, offload {p.offload}",
         f"flash attention {f'on (FlashAttention-{p.flash_attention_version})' if p.flash_attention else 'off'}, "
         f"loss {p.loss}" + (", torch.compile" if p.compile else ""),
+        *([_method_line(p)] if p.peft else []),
     ]
+
+
+def _method_line(p) -> str:
+    if p.method == "freeze":
+        return f"method freeze: the last {p.trainable_layers} blocks train, the rest is frozen (bf16)"
+    base = "NF4 base (double quantization, bf16 compute)" if p.method == "qlora" else "bf16 base"
+    return (
+        f"method {p.method}: rank {p.lora_rank} adapters on {p.lora_targets} linears, dropout {p.lora_dropout:g}, "
+        f"{base}"
+    )
 
 
 def render_table(estimate: Estimate, width: int = 100) -> str:

@@ -104,6 +104,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "compile": p.compile,
         "pp_schedule": p.pp_schedule,
         "virtual_stages": p.virtual_stages,
+        "method": p.method,
         "peak_gib": round(m.peak_gib, 2),
         "headroom_gib": round(m.headroom_gib, 2),
         "tokens_per_s": round(perf.tokens_per_s, 1),
@@ -191,6 +192,7 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
             "ckpt",
             "prec",
             "offload",
+            *(["method"] if _shows_method(result) else []),
             "peak GiB",
             "headroom",
             "tokens/s",
@@ -201,7 +203,7 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
             "$/M tok",
         ]
         for h in headers:
-            table.add_column(h, justify="left" if h in ("engine", "ckpt", "prec", "offload") else "right")
+            table.add_column(h, justify="left" if h in ("engine", "ckpt", "prec", "offload", "method") else "right")
         for row in shown:
             table.add_row(
                 f"{row['rank']}{'*' if row['pareto'] else ''}",
@@ -218,6 +220,7 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
                 SHORT[row["checkpointing"]],
                 row["precision"],
                 SHORT.get(row["offload"], row["offload"]),
+                *([row["method"]] if _shows_method(result) else []),
                 f"{row['peak_gib']:.1f}",
                 f"{row['headroom_gib']:.1f}",
                 f"{row['tokens_per_s']:,.0f}",
@@ -235,6 +238,11 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
             + "):"
         )
         console.print(table)
+    by_method = method_lines(result, table_rows)
+    if by_method:
+        console.print("Best plan per fine-tuning method:")
+        for line in by_method:
+            console.print(f"  {line}")
     console.print("Rejected:")
     for line in rejected_lines(result, lambda i: describe_candidate(result, i)):
         console.print(f"  {line}")
@@ -250,6 +258,41 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
     return out.getvalue()
 
 
+def _shows_method(result) -> bool:
+    """Tables get a method column when the search is not full fine-tuning only."""
+    return result.space.method != ("full",)
+
+
+def method_lines(result, table_rows: list[dict]) -> list[str]:
+    """When the search compares fine-tuning methods: the best plan of each (in the ranking's order), and
+    which of them is fastest and which cheapest per token. Empty for a one-method search."""
+    if len(result.space.method) < 2:
+        return []
+    best: dict[str, dict] = {}
+    for row in table_rows:
+        best.setdefault(row["method"], row)
+    lines = []
+    for method in result.space.method:
+        row = best.get(method)
+        if row is None:
+            lines.append(f"{method}: no plan fits")
+            continue
+        price = "" if row["usd_per_million_tokens"] is None else f", ${row['usd_per_million_tokens']}/M tokens"
+        lines.append(
+            f"{method}: #{row['rank']} {row['gpus']} GPU(s), {row['engine']} ZeRO-{row['zero']}, micro-batch "
+            f"{row['micro_batch']}, checkpointing {row['checkpointing']}: {row['tokens_per_s']:,.0f} tokens/s, "
+            f"peak {row['peak_gib']} GiB{price}"
+        )
+    if best:
+        fastest = max(best.values(), key=lambda r: r["tokens_per_s"])
+        lines.append(f"fastest: {fastest['method']}")
+        priced = [r for r in best.values() if r["usd_per_million_tokens"] is not None]
+        if priced:
+            cheapest = min(priced, key=lambda r: r["usd_per_million_tokens"])
+            lines.append(f"cheapest per token: {cheapest['method']}")
+    return lines
+
+
 def render_markdown(result, table_rows: list[dict], estimates: dict[int, Estimate]) -> str:
     lines = [
         f"# Plan search: {result.model.name} on {result.budget.text}",
@@ -260,6 +303,9 @@ def render_markdown(result, table_rows: list[dict], estimates: dict[int, Estimat
         "",
     ]
     lines += [f"- {line}" for line in assumptions(result)]
+    by_method = method_lines(result, table_rows)
+    if by_method:
+        lines += ["", "## Best plan per fine-tuning method", ""] + [f"- {line}" for line in by_method]
     lines += ["", f"## Ranked plans (top {min(result.request.top, len(table_rows))} of {len(table_rows)})", ""]
     headers = [
         "rank",
@@ -277,6 +323,7 @@ def render_markdown(result, table_rows: list[dict], estimates: dict[int, Estimat
         "checkpointing",
         "precision",
         "offload",
+        *(["method"] if _shows_method(result) else []),
         "peak_gib",
         "headroom_gib",
         "tokens_per_s",

@@ -16,7 +16,7 @@ import numpy as np
 from planner.catalog import ModelSpec
 from planner.errors import PlanError
 from planner.memory.runtime import DEFAULT_OVERHEADS
-from planner.plan import PlanRequest, make_plan
+from planner.plan import PlanRequest, make_plan, method_fields_for
 from planner.search.bulk import BulkResult, evaluate_group, group_plan
 from planner.search.space import Budget, SearchSpace
 
@@ -30,6 +30,7 @@ CATEGORIES = (
     "loss",
     "flash_attention",
     "compile",
+    "method",
     "flash_attention_version",
     "pp_schedule",
     "virtual_stages",
@@ -107,7 +108,9 @@ def numeric_grid(model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: 
     }
 
 
-def allowed_combinations(model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: int) -> list[tuple]:
+def allowed_combinations(
+    model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: int, method_settings: dict | None = None
+) -> list[tuple]:
     """Categorical x (tp>1, pp>1, cp>1) combinations `make_plan` accepts, tried on small representative
     plans (the smallest valid degree above one for each of tp, pp and cp)."""
     arch = model.architecture
@@ -147,7 +150,7 @@ def allowed_combinations(model: ModelSpec, budget: Budget, space: SearchSpace, s
                     global_batch=degrees["pp"],  # one micro-batch per stage: what interleaving needs at least
                     seq_len=seq_len,
                     **degrees,
-                    **chosen,
+                    **{**chosen, **method_fields_for(chosen["method"], method_settings or {}, arch)},
                 )
                 try:
                     make_plan(request, model, budget.gpu)
@@ -158,11 +161,18 @@ def allowed_combinations(model: ModelSpec, budget: Budget, space: SearchSpace, s
 
 
 def evaluate_candidates(
-    model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: int, global_batch: int, overheads=DEFAULT_OVERHEADS
+    model: ModelSpec,
+    budget: Budget,
+    space: SearchSpace,
+    seq_len: int,
+    global_batch: int,
+    overheads=DEFAULT_OVERHEADS,
+    method_settings: dict | None = None,
 ) -> Candidates:
-    """Enumerate and evaluate every structurally valid plan of the space."""
+    """Enumerate and evaluate every structurally valid plan of the space. `method_settings` holds the
+    LoRA rank, targets and dropout and the freeze depth (plan fields that are settings, not dimensions)."""
     grid = numeric_grid(model, budget, space, seq_len, global_batch)
-    allowed = allowed_combinations(model, budget, space, seq_len)
+    allowed = allowed_combinations(model, budget, space, seq_len, method_settings)
     flags = {name: grid[name] > 1 for name in ("tp", "pp", "cp")}
     by_category: dict[tuple, list[tuple[bool, bool, bool]]] = {}
     for row in allowed:
@@ -180,8 +190,9 @@ def evaluate_candidates(
         if index.size == 0:
             continue
         numeric = {k: v[index] for k, v in grid.items()}
+        method = method_fields_for(chosen["method"], method_settings or {}, model.architecture)
         plan = group_plan(
-            {**chosen, "seq_len": seq_len},
+            {**chosen, **method, "seq_len": seq_len},
             {
                 **numeric,
                 "gpus_per_node": np.minimum(numeric["gpus"], budget.gpus_per_node),

@@ -16,6 +16,7 @@ from planner.catalog import ModelSpec, load_model
 from planner.errors import NoFeasiblePlanError, PlanError
 from planner.inputs import MAX_GLOBAL_BATCH, MAX_HOURS, MAX_USD, optional, quantity, run_figures, whole_number
 from planner.memory import DEFAULT_SAFETY_MARGIN
+from planner.plan import method_fields_for
 from planner.search.candidates import CATEGORIES, Candidates, evaluate_candidates
 from planner.search.cpsat import SolverStats, feasible_indices
 from planner.search.space import Budget, SearchSpace, load_space, parse_budget
@@ -58,6 +59,8 @@ class SolveRequest:
     """List only the plans no other plan beats on both speed (tokens/s) and GPU-hours per token: what a
     choice between GPU types needs (each type's best plan by any objective is among them), at a fraction
     of the enumeration time. Off for a plain solve, which lists every plan that fits."""
+    method_settings: dict = field(default_factory=dict)
+    """lora_rank, lora_targets, lora_dropout, trainable_layers for the PEFT methods of the space."""
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,11 @@ def solve(request: SolveRequest) -> SolveResult:
     if space.pp_schedule == ("interleaved",) and max(space.virtual_stages) < 2:
         raise PlanError("the interleaved schedule needs 2 or more chunks per rank", "add --virtual-stages, e.g. 2")
     global_batch = _global_batch(request)
-    cands = evaluate_candidates(model, budget, space, request.seq_len, global_batch)
+    for method in space.method:  # bad LoRA/freeze settings are the user's error, not an empty search
+        method_fields_for(method, request.method_settings, model.architecture)
+    cands = evaluate_candidates(
+        model, budget, space, request.seq_len, global_batch, method_settings=request.method_settings
+    )
     usable = budget.gpu.memory_gib * (1 - request.safety_margin)
     price, price_source = _price(budget, request)
 

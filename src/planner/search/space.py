@@ -15,6 +15,7 @@ from planner.plan import (
     ENGINES,
     FLASH_ATTENTION_VERSIONS,
     LOSSES,
+    METHODS,
     OFFLOADS,
     OPTIMIZERS,
     PP_SCHEDULES,
@@ -35,9 +36,15 @@ CHOICE_DIMENSIONS = {
     "flash_attention_version": FLASH_ATTENTION_VERSIONS,
     "pp_schedule": PP_SCHEDULES,
     "virtual_stages": None,
+    "method": METHODS,
 }
 """Dimensions whose values are chosen per group of plans; None: any whole number (NUMERIC_LIMITS)."""
-OPTIONAL_DIMENSIONS = {"flash_attention_version": [2], "pp_schedule": ["1f1b"], "virtual_stages": [1]}
+OPTIONAL_DIMENSIONS = {
+    "flash_attention_version": [2],
+    "pp_schedule": ["1f1b"],
+    "virtual_stages": [1],
+    "method": ["full"],
+}
 """Dimensions a search space file may leave out, and the values they then take."""
 GPU_POLICIES = ("powers_of_two", "whole_nodes")
 
@@ -102,6 +109,8 @@ class SearchSpace:
     pp_schedule: tuple[str, ...] = ("1f1b",)
     virtual_stages: tuple[int, ...] = (1,)
     """Model chunks per pipeline rank tried with the interleaved schedule (1 goes with 1f1b)."""
+    method: tuple[str, ...] = ("full",)
+    """Fine-tuning methods (full, lora, qlora, freeze); the default space keeps full fine-tuning only."""
     source: str = ""
 
     def pinned(self, **pins: Any) -> "SearchSpace":

@@ -1,0 +1,213 @@
+"""Fine-tuning methods (LoRA, QLoRA, freeze): plan checks, exact memory and FLOPs terms, search, CLI.
+
+Parameter counts of Llama-2-7B used below (h = 4096, f = 11008, 32 layers, V = 32000):
+* per block, linears: 4 h^2 + 3 h f = 67,108,864 + 135,266,304 = 202,375,168; with two norms 202,383,360;
+* embedding + LM head + final norm: 2 x 32000 x 4096 + 4096 = 262,148,096; total 6,738,415,616;
+* LoRA r = 16 on all linears: 16 x (4 x 8192 + 3 x 15104) = 1,249,280 per block, 39,976,960 in all (the
+  figure PEFT's print_trainable_parameters gives for this model; tests/engines/test_peft.py checks it).
+"""
+
+import pytest
+from click.testing import CliRunner
+from tests.conftest import plan_for
+
+from planner.architecture import lora_params_per_layer, quantized_params_per_layer
+from planner.cli import main
+from planner.estimate import trainable_params
+from planner.memory import activations as act
+from planner.memory import estimate_memory
+from planner.memory.model import stage_phases
+from planner.memory.stages import first_and_last_stage
+from planner.memory.states import group_params, quantization_constant_bytes, state_layout, state_term_bytes
+from planner.performance import comm
+from planner.performance.flops import flops_per_token
+from planner.performance.model import HBM_EFFICIENCY, _dp_exposed_s, dequantization_s
+from planner.search.solve import SolveRequest, solve
+
+P_7B = 6_738_415_616
+BLOCK_LINEARS = 202_375_168
+BLOCK = 202_383_360
+OUTSIDE_BLOCKS = 262_148_096
+LORA_R16_ALL = 39_976_960
+
+
+def _states(**kwargs) -> dict[str, float]:
+    model, _, plan = plan_for(**kwargs)
+    stage = first_and_last_stage(model.architecture, plan)[0]
+    return {
+        t.name: state_term_bytes(t, group_params(t, stage), plan.shard_degree)
+        for t in state_layout(model.architecture, plan)
+    }
+
+
+def test_parameter_counts():
+    model, _, plan = plan_for(method="lora")
+    arch = model.architecture
+    assert lora_params_per_layer(arch, 16, "all-linear") * 32 == LORA_R16_ALL
+    assert lora_params_per_layer(arch, 8, "attention") * 32 == 8 * 4 * 8192 * 32
+    assert quantized_params_per_layer(arch) == BLOCK_LINEARS
+    assert 32 * BLOCK + OUTSIDE_BLOCKS == P_7B
+    assert trainable_params(model, plan) == LORA_R16_ALL
+    assert trainable_params(*plan_for(method="freeze", trainable_layers=3)[::2]) == 3 * BLOCK
+    assert trainable_params(*plan_for()[::2]) == P_7B
+
+
+def test_default_plan_is_full_fine_tuning():
+    _, _, plan = plan_for()
+    assert (plan.method, plan.lora_rank, plan.lora_targets, plan.lora_dropout, plan.trainable_layers) == (
+        "full",
+        16,
+        "all-linear",
+        0.0,
+        0,
+    )
+    assert not plan.peft
+
+
+def test_lora_states_single_gpu():
+    # HF Trainer on one GPU (fsdp engine, ZeRO-0): fp32 adapters (PEFT autocast_adapter_dtype), fp32 grads,
+    # AdamW 8 B; the bf16 base is frozen; no DDP buckets on one rank.
+    s = _states(engine="fsdp", method="lora")
+    assert s["adapter_weights"] == 4 * LORA_R16_ALL
+    assert s["adapter_gradients"] == 4 * LORA_R16_ALL
+    assert s["adapter_optimizer_states"] == 8 * LORA_R16_ALL
+    assert s["ddp_gradient_buckets"] == 0
+    assert s["frozen_weights"] == 2 * P_7B
+    assert "weights" not in s and "quantized_weights" not in s
+
+
+def test_qlora_states():
+    s = _states(engine="fsdp", method="qlora")
+    assert s["quantized_weights"] == 32 * BLOCK_LINEARS / 2
+    # q, k, v, o: 16,777,216 weights = 262,144 blocks of 64 -> 262,144 uint8 absmax + 1,024 fp32 -> 266,240 B;
+    # gate, up, down: 45,088,768 = 704,512 blocks -> 704,512 + 4 x 2,752 = 715,520 B.
+    assert quantization_constant_bytes(16_777_216) == 266_240
+    assert quantization_constant_bytes(45_088_768) == 715_520
+    assert s["quantization_constants"] == pytest.approx(32 * (4 * 266_240 + 3 * 715_520))
+    assert s["frozen_weights"] == 2 * OUTSIDE_BLOCKS + 2 * 32 * (BLOCK - BLOCK_LINEARS)
+    model, gpu, plan = plan_for(engine="fsdp", method="qlora")
+    m = estimate_memory(model, gpu, plan)
+    assert m.breakdown_gib["dequantized_weight_buffer"] * 2**30 == pytest.approx(45_088_768 * (2 + 4 / 64))
+
+
+def test_deepspeed_lora_and_freeze_states():
+    # DeepSpeed casts the module to bf16 and keeps an fp32 master of what trains; ZeRO-3 shards the frozen base.
+    s = _states(engine="deepspeed", method="lora", gpus=8, zero=3)
+    assert s["adapter_weights"] == 2 * LORA_R16_ALL / 8
+    assert s["master_weights"] == 4 * LORA_R16_ALL / 8
+    assert s["frozen_weights"] == 2 * P_7B / 8
+    f = _states(engine="deepspeed", method="freeze", trainable_layers=2)
+    assert f["weights"] == 2 * 2 * BLOCK
+    assert f["optimizer_states"] == 8 * 2 * BLOCK
+    assert f["frozen_weights"] == 2 * (P_7B - 2 * BLOCK)
+
+
+def test_lora_block_activations_exact():
+    # norms: fp32 input + rstd (the frozen weight keeps no normalised copy): 2 x (4h + 4);
+    # SDPA: q, k, v, output (2h each) + lse (4 x 32); MLP: gate, act(gate), up (2f each);
+    # adapters (fp32 under autocast): a bf16 copy of each input (q, k, v, o, gate, up: h; down: f) + r-wide outputs.
+    model, _, plan = plan_for(engine="fsdp", method="lora")
+    layer = act.layer_activations(model.architecture, plan)
+    h, f = 4096, 11008
+    assert layer.norms == 2 * (4 * h + 4)
+    assert layer.qkv + layer.attention_output == 8 * h
+    assert layer.mlp == 6 * f
+    assert layer.adapter_inputs == 2 * (6 * h + f) + 7 * 2 * 16
+    # bf16 adapters (DeepSpeed) share their inputs: the two norm outputs, the attention output, the MLP product.
+    _, _, ds = plan_for(engine="deepspeed", method="lora")
+    assert act.layer_activations(model.architecture, ds).adapter_inputs == 2 * (3 * h + f) + 7 * 2 * 16
+    # dropout: each adapter keeps its own dropped-out copy and a one-byte mask.
+    _, _, dropout = plan_for(engine="fsdp", method="lora", lora_dropout=0.05)
+    assert act.layer_activations(model.architecture, dropout).adapter_inputs == 3 * (6 * h + f) + 7 * 2 * 16
+
+
+def test_freeze_keeps_activations_of_trained_blocks_only():
+    # Blocks below the trained ones have no trainable parameter upstream: autograd records nothing there.
+    def saved(layers):
+        model, _, plan = plan_for(engine="fsdp", method="freeze", trainable_layers=layers)
+        stage = first_and_last_stage(model.architecture, plan)[0]
+        return stage_phases(model, plan, stage)["loss"]["activations"], model, plan
+
+    two, model, plan = saved(2)
+    all_blocks, _, _ = saved(32)
+    per_layer = act.saved_bytes_per_layer(model.architecture, plan) * 2048
+    assert all_blocks - two == pytest.approx(30 * per_layer)
+
+
+def test_lora_flops():
+    model, _, full = plan_for(engine="fsdp")
+    _, _, lora = plan_for(engine="fsdp", method="lora")
+    f, lf = flops_per_token(model.architecture, full), flops_per_token(model.architecture, lora)
+    assert lf.block_matmuls == pytest.approx(f.block_matmuls * 2 / 3)  # no weight gradients
+    assert lf.lm_head == pytest.approx(f.lm_head * 2 / 3)
+    assert lf.attention == f.attention
+    assert lf.adapter_matmuls == 6 * LORA_R16_ALL
+    _, _, all_blocks = plan_for(engine="fsdp", method="freeze", trainable_layers=32)
+    freeze = flops_per_token(model.architecture, all_blocks)
+    assert freeze.block_matmuls == pytest.approx(f.block_matmuls)
+
+
+def test_data_parallel_traffic_is_the_adapters_only():
+    _, gpu, plan = plan_for(engine="fsdp", method="lora", gpus=8)
+    _, total = _dp_exposed_s(plan, gpu, P_7B, 0.0, 0.0, LORA_R16_ALL)
+    bandwidth = comm.group_bandwidth_gbps(gpu, 8, 1, 8)
+    assert total == pytest.approx(comm.all_reduce_s(4 * LORA_R16_ALL, 8, bandwidth))
+
+
+def test_qlora_dequantization_time():
+    _, gpu, plan = plan_for(engine="fsdp", method="qlora")
+    quantized = 32 * BLOCK_LINEARS
+    expected = 2 * quantized * (0.5 + 1 / 64 + 2) / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
+    assert dequantization_s(gpu, plan, quantized) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "lora", "--lora-rank", "0"], "--lora-rank must be"),
+        (["--method", "lora", "--lora-rank", "4097"], "hidden size 4096"),
+        (["--method", "qlora", "--precision", "fp32"], "QLoRA computes in bf16"),
+        (
+            ["--method", "qlora", "--precision", "fp8", "--engine", "fsdp", "--gpu", "H100-80GB"],
+            "QLoRA computes in bf16",
+        ),
+        (["--method", "freeze", "--trainable-layers", "33"], "32 layers"),
+        (["--method", "lora", "--engine", "megatron"], "Hugging Face PEFT"),
+        (["--method", "lora", "--gpus", "2", "--tp", "2"], "data parallelism only"),
+        (["--method", "lora", "--trainable-layers", "2"], "--method freeze only"),
+        (["--method", "lora", "--lora-dropout", "1.5"], "--lora-dropout"),
+    ],
+)
+def test_bad_method_input_is_one_line_exit_2(args, message):
+    result = CliRunner().invoke(main, ["estimate", "--model", "7b", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and result.output.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+def test_estimate_json_carries_method_terms():
+    import json
+
+    result = CliRunner().invoke(main, ["estimate", "--model", "7b", "--method", "qlora", "--format", "json"])
+    data = json.loads(result.output)
+    assert data["model"]["trainable_params"] == LORA_R16_ALL
+    assert data["plan"]["method"] == "qlora"
+    for term in ("frozen_weights", "quantized_weights", "quantization_constants", "adapter_weights"):
+        assert data["memory"]["breakdown_gib"][term] > 0
+    assert sum(data["memory"]["breakdown_gib"].values()) == pytest.approx(data["memory"]["peak_gib"], abs=0.01)
+
+
+def test_default_search_keeps_full_fine_tuning():
+    result = solve(SolveRequest(model="7b", budget="8xA100", global_batch=64, seq_len=2048))
+    from planner.search.candidates import CATEGORIES
+
+    methods = {result.candidates.categories[g][CATEGORIES.index("method")] for g in result.candidates.group}
+    assert methods == {"full"}
+
+
+def test_solve_any_method_names_fastest_and_cheapest(tmp_path):
+    args = ["solve", "--model", "7b", "--budget", "1xRTX-4090", "--method", "any", "--seq-len", "2048"]
+    result = CliRunner().invoke(main, [*args, "--global-batch", "16", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    for method in ("full:", "lora:", "qlora:", "freeze:", "fastest:", "cheapest per token:"):
+        assert method in result.output
