@@ -133,7 +133,7 @@ def test_bf16_fp8_pairs_differ_only_in_precision():
     spec.loader.exec_module(report)
     results = {r.case.id: r for r in validate_throughput(load_throughput_cases(CASES)).results}
     pairs = report.precision_pairs(list(results.values()))
-    assert len(pairs) >= 22  # 24.09 and 25.04 Llama 8B, Nemotron-4 15B, 405B proxies, torchtitan 8B
+    assert len(pairs) >= 43  # DGX Cloud 24.09 and 25.04 tables (Llama 3.1, Nemotron-4, GPT-3), torchtitan 8B
     for pair in pairs:
         bf16, fp8 = results[pair.bf16_id], results[pair.fp8_id]
         assert (bf16.case.request.precision, fp8.case.request.precision) == ("bf16", "fp8")

@@ -497,10 +497,9 @@ def _echo_pending(paths: tuple[Path, ...]) -> None:
         if waiting:
             fields = sorted({m for missing in waiting for m in missing if " " not in m})
             others = sum(any(" " in m for m in missing) for missing in waiting)
-            click.echo(
-                f"not scored: {len(waiting)} pending cases in {path} wait for plan fields {', '.join(fields) or '-'}"
-                + (f" ({others} also for a stated condition, see their waits_for)" if others else "")
-            )
+            reasons = [f"plan fields {', '.join(fields)}"] if fields else []
+            reasons += [f"a stated condition ({others} cases, see their waits_for)"] if others else []
+            click.echo(f"not scored: {len(waiting)} pending cases in {path} wait for {' and '.join(reasons)}")
 
 
 @main.command()
