@@ -211,3 +211,18 @@ def test_solve_any_method_names_fastest_and_cheapest(tmp_path):
     assert result.exit_code == 0, result.output
     for method in ("full:", "lora:", "qlora:", "freeze:", "fastest:", "cheapest per token:"):
         assert method in result.output
+
+
+def test_launch_writes_peft_files_and_refuses_full_training_stacks(tmp_path):
+    import json
+
+    out = tmp_path / "r"
+    args = ["solve", "--model", "7b", "--budget", "8xA100", "--method", "qlora", "--seq-len", "2048"]
+    result = CliRunner().invoke(main, [*args, "--global-batch", "64", "--out", str(out), "--emit", "all"])
+    assert result.exit_code == 0, result.output
+    folder = out / "launch-1"
+    assert json.loads((folder / "peft_config.json").read_text())["r"] == 16
+    bnb = json.loads((folder / "bnb_config.json").read_text())
+    assert bnb["bnb_4bit_quant_type"] == "nf4" and bnb["bnb_4bit_use_double_quant"] is True
+    assert not (folder / "torchtitan_plan.py").exists() and not (folder / "megatron_args.txt").exists()
+    assert "train every parameter" in result.output and "Megatron-LM trains every parameter" in result.output

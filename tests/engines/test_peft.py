@@ -99,3 +99,29 @@ def test_lora_block_keeps_what_the_walk_counts(targets, dropout):
         # the adapter's dtype), 4 bytes per value; CUDA's fused native_dropout keeps a bool mask, 1 byte.
         expected += (4 - 1) * sum(t.cols for t in lora_targeted(small.architecture, targets))
     assert traced == pytest.approx(expected, abs=0.5)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_launch_files_load_in_peft_and_transformers(tmp_path, method):
+    import json
+
+    from click.testing import CliRunner
+    from transformers import BitsAndBytesConfig, TrainingArguments
+
+    from planner.cli import main
+
+    out = tmp_path / "report"
+    args = ["solve", "--model", "7b", "--budget", "8xA100", "--method", method, "--seq-len", "2048"]
+    result = CliRunner().invoke(main, [*args, "--global-batch", "64", "--out", str(out), "--emit", "trainer"])
+    assert result.exit_code == 0, result.output
+    folder = out / "launch-1"
+    lora = peft.LoraConfig(**json.loads((folder / "peft_config.json").read_text()))
+    assert (lora.r, lora.lora_dropout, lora.target_modules) == (16, 0.0, "all-linear")
+    if method == "qlora":
+        bnb = BitsAndBytesConfig(**json.loads((folder / "bnb_config.json").read_text()))
+        assert bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_use_double_quant
+        assert bnb.bnb_4bit_compute_dtype == torch.bfloat16 == bnb.bnb_4bit_quant_storage
+    trainer = json.loads((folder / "trainer_args.json").read_text())
+    trainer.pop("deepspeed", None)  # DeepSpeed's own validation is tests/engines/test_engine_validators.py
+    trainer.update(bf16=False, output_dir=str(tmp_path / "o"))  # this CPU has no bf16 GPU
+    TrainingArguments(**trainer)

@@ -23,6 +23,7 @@ from planner.launch.accelerate import (
 from planner.launch.deepspeed import deepspeed_command, deepspeed_config, hostfile_example
 from planner.launch.layout import node_layout
 from planner.launch.megatron import flag_lines, megatron_arguments
+from planner.launch.peft import peft_files
 from planner.launch.shell import NODE_COMMENTS, render_script, torchrun_args
 from planner.launch.torchtitan import torchtitan_module
 from planner.launch.trainer import trainer_arguments, trainer_flags
@@ -148,6 +149,7 @@ def _write_accelerate(folder: LaunchFolder) -> None:
         folder.commands["Accelerate + FSDP2 (accelerate_fsdp.yaml)"] = ["launch_accelerate_fsdp.sh"]
     if ds is not None or fsdp is not None:
         folder.skipped.pop("accelerate", None)
+        _write_peft_files(folder, folder.chosen.plan)
 
 
 def _accelerate_script(variant: Variant, config_name: str) -> str:
@@ -161,6 +163,24 @@ def _accelerate_script(variant: Variant, config_name: str) -> str:
         ]
     setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your training script}"']
     return render_script(f"accelerate launch ({config_name}), written by planner launch", comments, setup, command)
+
+
+def _peft_comments(plan: Plan) -> list[str]:
+    if plan.method in ("lora", "qlora"):
+        lines = ["PEFT: the script wraps the model with get_peft_model(model, LoraConfig(**peft_config.json))"]
+        if plan.method == "qlora":
+            lines.append("and loads it with quantization_config=BitsAndBytesConfig(**bnb_config.json).")
+        return lines
+    if plan.method == "freeze":
+        return ["freeze: the script trains only the blocks listed in freeze_config.json."]
+    return []
+
+
+def _write_peft_files(folder: LaunchFolder, plan: Plan) -> None:
+    """peft_config.json / bnb_config.json / freeze_config.json of a PEFT plan (planner.launch.peft); the
+    training script applies them (LoraConfig, BitsAndBytesConfig, get_peft_model)."""
+    for name, content in peft_files(plan, folder.chosen.model).items():
+        folder.files[name] = _json(content)
 
 
 def _write_trainer(folder: LaunchFolder) -> None:
@@ -188,6 +208,7 @@ def _write_trainer(folder: LaunchFolder) -> None:
     if "accelerator_config" in args:
         folder.files["trainer_accelerator_config.json"] = _json(args["accelerator_config"])
     folder.files["trainer_args.json"] = _json(args)
+    _write_peft_files(folder, variant.plan)
     # The script gets absolute paths to this folder's files, so it runs from any directory.
     flags = trainer_flags(
         {**args, "deepspeed": "$HERE/ds_config_trainer.json"} if "deepspeed" in args else args,
@@ -200,6 +221,7 @@ def _write_trainer(folder: LaunchFolder) -> None:
         "TRAIN_SCRIPT: a script that parses TrainingArguments with HfArgumentParser, e.g. transformers'",
         "examples/pytorch/language-modeling/run_clm.py; add its model and data flags after this script's name.",
         "trainer_args.json holds the same arguments (its file names are relative to this folder).",
+        *_peft_comments(variant.plan),
     ]
     setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your Trainer script}"']
     script = render_script("Hugging Face Trainer via torchrun, written by planner launch", comments, setup, command)

@@ -164,6 +164,15 @@ def build_variant(
 ) -> Variant:
     """The variant of `chosen` for `code`: the plan itself, its translation, or a searched replacement."""
     model, gpu, plan = chosen.model, chosen.gpu, chosen.plan
+    if plan.peft and code in ("fsdp", "megatron"):
+        return Variant(
+            code,
+            None,
+            "none",
+            (),
+            f"{'torchtitan and examples/train.py train' if code == 'fsdp' else 'Megatron-LM trains'} every parameter; "
+            f"--method {plan.method} runs with the Trainer or Accelerate configs and PEFT",
+        )
     if _runs_as_is(plan, code):
         return Variant(code, chosen, "plan")
     request, why = translated_request(plan, model, code)
