@@ -156,6 +156,21 @@ HAND_PLANS = {
             engine="fsdp", gpus=8, zero=3, micro_batch=2, global_batch=32, checkpointing="full", checkpointing_every=3
         ),
     ),
+    "fsdp1-hf-trainer": (
+        "llama-3-8b",
+        "A100-80GB",
+        dict(
+            engine="fsdp",
+            gpus=4,
+            zero=3,
+            micro_batch=8,
+            global_batch=64,
+            seq_len=512,
+            checkpointing="full",
+            fsdp_version=1,
+            grad_reduce_bf16=True,
+        ),
+    ),
     "qwen-fsdp": ("qwen2.5-7b", "A100-80GB", dict(engine="fsdp", gpus=8, zero=3, micro_batch=1, global_batch=32)),
 }
 

@@ -168,3 +168,28 @@ def test_defaults_keep_todays_plan():
     _, _, plan = plan_for("llama-2-7b", gpus=8, zero=3)
     assert (plan.pp_schedule, plan.virtual_stages, plan.checkpointing_every, plan.fsdp_version) == ("1f1b", 1, 1, 2)
     assert plan.grad_reduce_bf16 is plan.overlap_grad_reduce is plan.overlap_param_gather is None
+
+
+def test_fsdp1_keeps_side_stream_blocks_reserved():
+    # Llama-3-8B: the largest FSDP unit is the final norm + LM head (4096 + 128256 x 4096 parameters). FSDP1 keeps
+    # two gathered units (bf16, the rate limiter's two all-gathers) and one unit's padded unsharded gradient
+    # plus its shard (fp32 reduce, 4 ranks) in its side streams' pools: 525,336,576 x (2 x 2 + 4 x 1.25) bytes.
+    model, gpu, plan = plan_for("llama-3-8b", engine="fsdp", gpus=4, zero=3, micro_batch=8, global_batch=32)
+    v1 = replace(plan, fsdp_version=1)
+    two, one = evaluate(model, gpu, plan).memory, evaluate(model, gpu, v1).memory
+    assert two.breakdown_gib["fsdp1_stream_blocks"] == 0
+    assert one.breakdown_gib["fsdp1_stream_blocks"] * GIB == pytest.approx((4096 + 525_336_576) * (2 * 2 + 4 * 1.25))
+    assert one.allocated_peak_gib == two.allocated_peak_gib
+    assert one.reserved_peak_gib - two.reserved_peak_gib == pytest.approx(one.breakdown_gib["fsdp1_stream_blocks"])
+
+
+def test_accelerate_fsdp_variant_reduces_in_bf16_and_keeps_the_fsdp_version():
+    from planner.launch.variants import build_variant
+
+    model, gpu, plan = plan_for("llama-3-8b", engine="fsdp", gpus=4, zero=3, micro_batch=1, global_batch=32)
+    chosen = evaluate(model, gpu, replace(plan, fsdp_version=1))
+    variant = build_variant("fsdp-hf", chosen)
+    assert variant.origin == "translated" and variant.plan.grad_reduce_bf16 is True
+    assert variant.plan.fsdp_version == 1
+    torchtitan = build_variant("fsdp", chosen)
+    assert torchtitan.plan.fsdp_version == 2 and "fsdp_version: 1 -> 2" in torchtitan.changes

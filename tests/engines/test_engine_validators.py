@@ -38,7 +38,7 @@ DS_PLANS = [
     "ds-zero0",
     "ds-zero2-offload-sgd",
 ]
-FSDP_PLANS = ["fsdp-zero2-compile", "fsdp-offload-llama2"]
+FSDP_PLANS = ["fsdp-zero2-compile", "fsdp-offload-llama2", "fsdp1-hf-trainer"]
 TITAN_PLANS = ["fsdp-zero2-compile", "fsdp-tp-pp-fp8", "fsdp-offload-llama2", "fsdp-ddp", "fsdp-pp-interleaved"]
 TITAN_PLANS += ["fsdp-every-3rd-block"]
 MEGATRON_PLANS = ["megatron-tp-pp", "megatron-cp-full", "megatron-uneven-pp", "megatron-interleaved-bf16-reduce"]
@@ -169,12 +169,22 @@ def test_accelerate_loads_yaml_and_knows_every_nested_key(tmp_path, monkeypatch,
         assert plugin.zero_stage == plan.zero
     else:
         env = prepare_multi_gpu_env(args)
-        assert env["FSDP_VERSION"] == "2"
-        assert env["FSDP_RESHARD_AFTER_FORWARD"] == str(plan.zero == 3).lower()
+        assert env["FSDP_VERSION"] == str(plan.fsdp_version)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
+        if plan.fsdp_version == 1:  # FSDP1's sync_module_states asks for the current device
+            monkeypatch.setattr("accelerate.utils.dataclasses.is_cuda_available", lambda: True)
+            monkeypatch.setattr("torch.cuda.current_device", lambda: 0)
         plugin = FullyShardedDataParallelPlugin()
-        assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is (plan.zero == 3)
+        assert plugin.fsdp_version == plan.fsdp_version
+        if plan.fsdp_version == 2:
+            assert env["FSDP_RESHARD_AFTER_FORWARD"] == str(plan.zero == 3).lower()
+            assert plugin.reshard_after_forward is (plan.zero == 3)
+        else:
+            from torch.distributed.fsdp import ShardingStrategy
+
+            strategy = ShardingStrategy.FULL_SHARD if plan.zero == 3 else ShardingStrategy.SHARD_GRAD_OP
+            assert plugin.sharding_strategy == strategy and plugin.limit_all_gathers
         assert plugin.activation_checkpointing is (plan.checkpointing == "full")
         from torch.distributed.fsdp import CPUOffloadPolicy
 
@@ -236,7 +246,10 @@ def test_training_arguments_accept_args_file_and_flags(tmp_path, monkeypatch, la
         for parsed in (from_file, from_flags):
             sync = parsed.accelerator_config.gradient_accumulation_kwargs or {}
             assert sync.get("sync_each_batch", False) is (est.plan.grad_accum > 1)
-            assert parsed.fsdp_plugin_args["reshard_after_forward"] is (est.plan.zero == 3)
+            reshard = est.plan.zero == 3
+            if est.plan.fsdp_version == 1:  # FSDP1 takes the sharding strategy's name
+                reshard = "full_shard" if est.plan.zero == 3 else "shard_grad_op"
+            assert parsed.fsdp_plugin_args["reshard_after_forward"] == reshard
             assert parsed.fsdp_plugin_args["activation_checkpointing"] is (est.plan.checkpointing == "full")
 
 

@@ -33,11 +33,16 @@ def accelerate_deepspeed_config(plan: Plan, ds_config_path: str = "ds_config.jso
 
 
 def accelerate_fsdp_config(plan: Plan, model: ModelSpec) -> dict[str, Any]:
-    """Accelerate YAML for FSDP2 (`fsdp_`-prefixed launcher options; offload is `fsdp_offload_params`)."""
+    """Accelerate YAML for FSDP, version as predicted (`fsdp_`-prefixed launcher options; offload is
+    `fsdp_offload_params`)."""
     fsdp = {
         ("fsdp_offload_params" if key == "cpu_offload" else f"fsdp_{key}"): value
         for key, value in hf_fsdp2_settings(plan, model).items()
     }
+    if plan.fsdp_version == 1:
+        # Accelerate's FSDP1 plugin reads the strategy from fsdp_sharding_strategy (default FULL_SHARD) before
+        # it looks at fsdp_reshard_after_forward, so both say the same.
+        fsdp["fsdp_sharding_strategy"] = fsdp["fsdp_reshard_after_forward"]
     return _cluster(plan, "FSDP", MIXED_PRECISION[plan.precision]) | {"fsdp_config": fsdp}
 
 

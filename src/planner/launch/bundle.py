@@ -144,9 +144,10 @@ def _write_accelerate(folder: LaunchFolder) -> None:
     fsdp = _variant(folder, "accelerate", "fsdp-hf")
     if fsdp is not None:
         config = accelerate_fsdp_config(fsdp.plan, chosen_model)
-        folder.files["accelerate_fsdp.yaml"] = render_accelerate_yaml(config, "Accelerate + FSDP2")
+        title = f"Accelerate + FSDP{fsdp.plan.fsdp_version}"
+        folder.files["accelerate_fsdp.yaml"] = render_accelerate_yaml(config, title)
         folder.files["launch_accelerate_fsdp.sh"] = _accelerate_script(fsdp, "accelerate_fsdp.yaml")
-        folder.commands["Accelerate + FSDP2 (accelerate_fsdp.yaml)"] = ["launch_accelerate_fsdp.sh"]
+        folder.commands[f"{title} (accelerate_fsdp.yaml)"] = ["launch_accelerate_fsdp.sh"]
     if ds is not None or fsdp is not None:
         folder.skipped.pop("accelerate", None)
         _write_peft_files(folder, folder.chosen.plan)

@@ -51,9 +51,9 @@ def require_whole_layer_checkpointing(plan: Plan) -> None:
 
 
 def hf_fsdp2_settings(plan: Plan, model: ModelSpec) -> dict[str, Any]:
-    """FSDP2 settings for Hugging Face model code, as Accelerate's FSDP plugin and the Trainer's fsdp_config
-    name them without the `fsdp_` prefix. ZeRO-3 = reshard after forward, ZeRO-2 = keep the gathered
-    parameters until backward; checkpointing is per decoder layer (HF models have no selective mode);
+    """FSDP settings (the plan's FSDP version) for Hugging Face model code, as Accelerate's FSDP plugin and
+    the Trainer's fsdp_config name them without the `fsdp_` prefix. ZeRO-3 = reshard after forward (FSDP1:
+    FULL_SHARD), ZeRO-2 = keep the gathered parameters until backward (SHARD_GRAD_OP); checkpointing is per decoder layer (HF models have no selective mode);
     offload moves parameters, gradients and optimizer together."""
     if plan.engine != "fsdp" or plan.zero not in (2, 3) or plan.tp * plan.pp * plan.cp > 1:
         raise PlannerError(
@@ -62,9 +62,11 @@ def hf_fsdp2_settings(plan: Plan, model: ModelSpec) -> dict[str, Any]:
             "planner launch writes these files for the plan's HF-FSDP variant",
         )
     require_whole_layer_checkpointing(plan)
+    # FSDP1 names its sharding strategy where FSDP2 takes a bool (Accelerate's FullyShardedDataParallelPlugin).
+    fsdp1_strategy = "full_shard" if plan.zero == 3 else "shard_grad_op"
     settings: dict[str, Any] = {
-        "version": 2,
-        "reshard_after_forward": plan.zero == 3,
+        "version": plan.fsdp_version,
+        "reshard_after_forward": plan.zero == 3 if plan.fsdp_version == 2 else fsdp1_strategy,
         "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "transformer_layer_cls_to_wrap": HF_DECODER_LAYER.get(model.hf_model_type or ""),
         "cpu_offload": plan.offload == "optimizer+params",

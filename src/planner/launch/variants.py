@@ -118,6 +118,12 @@ def translated_request(plan: Plan, model: ModelSpec, code: str) -> tuple[PlanReq
     return PlanRequest(**values), "; ".join(why)
 
 
+def _accelerate_reduces_in_low_precision(precision: str) -> bool | None:
+    """Accelerate's FSDP mixed-precision policy reduces in the compute dtype (reduce_dtype = param_dtype,
+    FullyShardedDataParallelPlugin.set_mixed_precision), unlike torchtitan's fp32."""
+    return True if precision in ("bf16", "fp16") else None
+
+
 def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str]) -> None:
     """Engine options that another engine states differently (or not at all) go back to its default."""
     engine = CODE_ENGINE[code]
@@ -131,9 +137,11 @@ def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str
         if plan.fsdp_version != 2:
             why.append("torchtitan runs FSDP2" if code == "fsdp" else "")
         values["fsdp_version"] = 2
-    if engine == "fsdp" and plan.grad_reduce_bf16:
+    if code == "fsdp" and plan.grad_reduce_bf16:
         values["grad_reduce_bf16"] = None
-        why.append("the FSDP launch configs reduce gradients in fp32 (torchtitan 0.3 supports only that)")
+        why.append("torchtitan 0.3 reduce-scatters gradients in fp32 only")
+    if code == "fsdp-hf":
+        values["grad_reduce_bf16"] = _accelerate_reduces_in_low_precision(values["precision"])
     if code in ("deepspeed", "fsdp-hf") and plan.checkpointing_every > 1:
         values["checkpointing_every"] = 1
         why.append("Hugging Face models checkpoint every layer or none")
@@ -204,7 +212,7 @@ def _runs_as_is(plan: Plan, code: str) -> bool:
             and plan.zero in (2, 3)
             and plan.precision != "fp8"
             and plan.checkpointing_every == 1
-            and not plan.grad_reduce_bf16
+            and plan.grad_reduce_bf16 == _accelerate_reduces_in_low_precision(plan.precision)
         )
     if code == "fsdp":
         return plan.fsdp_version == 2 and not plan.grad_reduce_bf16

@@ -92,3 +92,27 @@ def autocast_weight_copy_bytes(stage: StageShard, plan: Plan) -> float:
     if plan.engine == "fsdp" and plan.zero == 0 and plan.precision in ("bf16", "fp16", "fp8"):
         return 2.0 * stage.trainable_params
     return 0.0
+
+
+FSDP1_MAX_INFLIGHT_ALL_GATHERS = 2
+"""FSDP1's rate limiter (`limit_all_gathers=True`, the default in PyTorch and Accelerate): the CPU issues at
+most two all-gathers ahead of the compute stream (torch/distributed/fsdp/_limiter_utils.py, _FreeEventQueue)."""
+
+
+def fsdp1_stream_blocks_bytes(stage: StageShard, plan: Plan):
+    """Memory PyTorch reserves under FSDP1 beyond what is allocated at the peak (a reserved-only term).
+
+    FSDP1 gathers each FlatParameter on its unshard stream and reduce-scatters gradients on its
+    post-backward stream; when it frees them it calls record_stream (flat_param.py
+    `_free_unsharded_flat_param`; _runtime_utils.py for the padded unsharded gradient), so the caching
+    allocator keeps each block out of reuse until the compute stream has passed it, and blocks allocated by
+    a side stream stay in that stream's pool, unavailable to the compute stream's activations. At the peak
+    those pools hold the gathered units the rate limiter lets run ahead (two, in the compute dtype) and one
+    unit's padded unsharded gradient with its reduced shard (reduce dtype). FSDP2 allocates its all-gather
+    and reduce-scatter buffers without record_stream and reuses them (torchtitan docs/fsdp.md: lower peak
+    than FSDP1), so the term is 0 there, and for the other engines."""
+    if plan.engine != "fsdp" or plan.zero < 2 or plan.fsdp_version != 1:
+        return 0.0 * stage.largest_unit_params
+    unit = stage.largest_unit_params
+    gathered = FSDP1_MAX_INFLIGHT_ALL_GATHERS * compute_param_bytes(plan) * unit
+    return gathered + gradient_reduce_bytes(plan) * unit * (1 + 1 / plan.shard_degree)

@@ -11,7 +11,7 @@ Phases (what is alive at the moment each one peaks):
 * `optimizer_step`: states, all gradients and the step's temporaries; no activations.
 
 allocated (torch.cuda.max_memory_allocated) = the largest phase on the most loaded stage.
-reserved = allocated x (1 + allocator fragmentation).
+reserved = allocated x (1 + allocator fragmentation) + FSDP1's side-stream blocks.
 peak (nvidia-smi) = reserved + CUDA context + NCCL communicators.
 """
 
@@ -24,6 +24,7 @@ from planner.memory import activations as act
 from planner.memory.buffers import (
     autocast_weight_copy_bytes,
     deepspeed_bucket_bytes,
+    fsdp1_stream_blocks_bytes,
     gathered_parameter_bytes,
 )
 from planner.memory.calibration import TEXTBOOK, activation_calibration
@@ -68,6 +69,7 @@ TERMS = (
     "autocast_weight_copies",
     "pipeline_buffers",
     "allocator_fragmentation",
+    "fsdp1_stream_blocks",
     "cuda_context",
     "nccl_communicators",
 )
@@ -252,12 +254,15 @@ class MemoryArrays:
     """Where the per-layer activation constant comes from: a trace of the real code, or the walk."""
 
 
-def runtime_view(allocated_gib, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS):
+def runtime_view(
+    allocated_gib, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS, stream_blocks_gib: object = 0.0
+):
     """(fragmentation, NCCL, reserved, peak) GiB for an allocated peak: reserved = allocated x (1 + the
-    allocator's fragmentation); the nvidia-smi peak adds the CUDA context and NCCL buffers."""
+    allocator's fragmentation) + blocks cached for FSDP1's side streams (`fsdp1_stream_blocks_bytes`); the
+    nvidia-smi peak adds the CUDA context and NCCL buffers."""
     fragmentation = allocated_gib * overheads.allocator_fragmentation
     nccl = sum(nccl_communicators(plan, overheads).values())
-    reserved = allocated_gib + fragmentation
+    reserved = allocated_gib + fragmentation + stream_blocks_gib
     return fragmentation, nccl, reserved, reserved + overheads.cuda_context_gib + nccl
 
 
@@ -287,8 +292,12 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
 
     breakdown = {term: pick([terms.get(term, 0.0) for _, _, terms, _ in slots]) / GIB for term in TERMS}
     allocated_gib = allocated / GIB
-    fragmentation_gib, nccl_gib, reserved_gib, peak_gib = runtime_view(allocated_gib, plan, overheads)
+    stream_blocks_gib = np.maximum(*(fsdp1_stream_blocks_bytes(s, plan) for s in (first, last))) / GIB
+    fragmentation_gib, nccl_gib, reserved_gib, peak_gib = runtime_view(
+        allocated_gib, plan, overheads, stream_blocks_gib
+    )
     breakdown["allocator_fragmentation"] = fragmentation_gib
+    breakdown["fsdp1_stream_blocks"] = stream_blocks_gib * np.ones_like(allocated)
     breakdown["cuda_context"] = overheads.cuda_context_gib * np.ones_like(allocated)
     breakdown["nccl_communicators"] = nccl_gib * np.ones_like(allocated)
     stage_index = pick([stage for stage, _, _, _ in slots])

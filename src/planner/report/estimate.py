@@ -35,6 +35,7 @@ TERM_LABELS = {
     "autocast_weight_copies": "autocast bf16 weight copies",
     "pipeline_buffers": "pipeline send/recv buffers",
     "allocator_fragmentation": "allocator fragmentation (reserved - allocated)",
+    "fsdp1_stream_blocks": "FSDP1 side-stream blocks (record_stream)",
     "cuda_context": "CUDA context + kernels",
     "nccl_communicators": "NCCL communicators",
 }
