@@ -53,7 +53,8 @@ def require_whole_layer_checkpointing(plan: Plan) -> None:
 def hf_fsdp2_settings(plan: Plan, model: ModelSpec) -> dict[str, Any]:
     """FSDP settings (the plan's FSDP version) for Hugging Face model code, as Accelerate's FSDP plugin and
     the Trainer's fsdp_config name them without the `fsdp_` prefix. ZeRO-3 = reshard after forward (FSDP1:
-    FULL_SHARD), ZeRO-2 = keep the gathered parameters until backward (SHARD_GRAD_OP); checkpointing is per decoder layer (HF models have no selective mode);
+    FULL_SHARD), ZeRO-2 = keep the gathered parameters until backward (SHARD_GRAD_OP); checkpointing is
+    per decoder layer (HF models have no selective mode);
     offload moves parameters, gradients and optimizer together."""
     if plan.engine != "fsdp" or plan.zero not in (2, 3) or plan.tp * plan.pp * plan.cp > 1:
         raise PlannerError(

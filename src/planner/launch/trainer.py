@@ -2,9 +2,9 @@
 
 DeepSpeed runs from a copy of the plan's JSON whose batch, clipping and precision fields are `"auto"`:
 the Trainer fills them from these arguments, and offline it sees a world size of 1, so concrete global
-values would be rejected (launch-configs.md B.3). FSDP (version 1 or 2, as predicted) takes `fsdp=True` with an `fsdp_config`; with
-FSDP, checkpointing goes through `fsdp_config.activation_checkpointing`, which avoids the extra
-all-gather the Trainer's own `gradient_checkpointing` causes.
+values would be rejected (launch-configs.md B.3). FSDP (version 1 or 2, as predicted) takes `fsdp=True`
+with an `fsdp_config`; with FSDP, checkpointing goes through `fsdp_config.activation_checkpointing`, which
+avoids the extra all-gather the Trainer's own `gradient_checkpointing` causes.
 """
 
 import json
