@@ -16,6 +16,7 @@ from planner.plan import (
     CHECKPOINTING,
     ENGINES,
     LORA_TARGETS,
+    FP8_RECIPES,
     LOSSES,
     METHODS,
     OFFLOADS,
@@ -226,6 +227,13 @@ def _method_options(solve: bool):
     help="PyTorch FSDP generation for --engine fsdp (1: FlatParameter, Accelerate/Trainer's default).",
 )
 @click.option(
+    "--fp8-recipe",
+    type=click.Choice(FP8_RECIPES),
+    default="tensorwise",
+    show_default=True,
+    help="fp8 scaling with --precision fp8 (mxfp8: Blackwell only).",
+)
+@click.option(
     "--safety-margin",
     type=click.FloatRange(0, 0.5),
     default=DEFAULT_SAFETY_MARGIN,
@@ -299,6 +307,7 @@ def estimate(
 @click.option("--loss", type=click.Choice(LOSSES), default=None)
 @click.option("--compile/--no-compile", "compile_", default=None)
 @click.option("--pp-schedule", type=click.Choice(PP_SCHEDULES), default=None, help="Pin the pipeline schedule.")
+@click.option("--fp8-recipe", type=click.Choice(FP8_RECIPES), default=None, help="Pin the fp8 scaling recipe.")
 @click.option(
     "--virtual-stages", type=int, default=None, help="Pin the interleaved schedule's chunks per rank (implies it)."
 )

@@ -24,6 +24,7 @@ PipelineSchedule = Literal["1f1b", "interleaved"]
 FsdpVersion = Literal[1, 2]
 Method = Literal["full", "lora", "qlora", "freeze"]
 LoraTargets = Literal["attention", "all-linear"]
+Fp8Recipe = Literal["tensorwise", "rowwise", "delayed", "mxfp8"]
 
 CHECKPOINTING: tuple[str, ...] = get_args(Checkpointing)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -38,6 +39,7 @@ METHODS: tuple[str, ...] = get_args(Method)
 LORA_TARGETS: tuple[str, ...] = get_args(LoraTargets)
 DEFAULT_TRAINABLE_LAYERS = 2
 """LLaMA-Factory's `freeze_trainable_layers` default (hparams/finetuning_args.py): the last 2 blocks."""
+FP8_RECIPES: tuple[str, ...] = get_args(Fp8Recipe)
 
 _MAX_GPUS = 1_000_000
 _MAX_SEQ_LEN = 16 * 1024 * 1024
@@ -140,6 +142,13 @@ class Plan:
         """Only part of the parameters train (LoRA, QLoRA, freeze)."""
         return self.method != "full"
 
+    fp8_recipe: Fp8Recipe = "tensorwise"
+    """How fp8 linears are scaled (used only with `precision: fp8`): `tensorwise` (one scale per tensor
+    from this step's amax: torchao's default, TransformerEngine's Float8CurrentScaling; under FSDP the
+    weights are all-gathered in fp8), `rowwise` (torchao: one scale per row, bf16 all-gather),
+    `delayed` (TransformerEngine's DelayedScaling: scales from an amax history, no amax pass before the
+    cast) or `mxfp8` (one scale per 32 elements, Blackwell tensor cores only)."""
+
     @property
     def nodes(self) -> int:
         return -(-self.gpus // self.gpus_per_node)
@@ -209,6 +218,8 @@ class PlanRequest:
     lora_dropout: float = 0.0
     trainable_layers: int | None = None
     """Blocks that train under --method freeze; None: LLaMA-Factory's default, 2."""
+    fp8_recipe: str = "tensorwise"
+    """Used only with --precision fp8 (see Plan)."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
@@ -374,9 +385,22 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         compile=request.compile,
         pp_schedule=pp_schedule,
         virtual_stages=virtual_stages,
+        fp8_recipe=_fp8_recipe(request.fp8_recipe, precision, gpu),
         **options,
         **method_fields,
     )
+
+
+def _fp8_recipe(recipe: Any, precision: str, gpu: GpuSpec) -> str:
+    """The fp8 scaling recipe; mxfp8 needs Blackwell's block-scaled tensor cores (torchao's MX training
+    requires CUDA capability 10.0+; TransformerEngine's MXFP8BlockScaling likewise)."""
+    recipe = _choice(recipe, "fp8_recipe", FP8_RECIPES)
+    if precision == "fp8" and recipe == "mxfp8" and gpu.architecture != "blackwell":
+        raise PlanError(
+            f"--fp8-recipe mxfp8 needs Blackwell tensor cores; {gpu.name} is {gpu.architecture or 'not Blackwell'}",
+            "use --fp8-recipe tensorwise, rowwise or delayed, or a Blackwell GPU",
+        )
+    return recipe
 
 
 def _pipeline_schedule(request: PlanRequest, num_layers: int, pp: int, grad_accum: int, engine: str) -> tuple[str, int]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from planner.architecture import layer_tensors
 from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
 from planner.catalog.models import Architecture
@@ -30,7 +31,7 @@ from planner.memory.buffers import compute_param_bytes, deepspeed_overlap_comm, 
 from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
 from planner.memory.states import NF4_BITS, NF4_BLOCKSIZE, optimizer_bytes_per_param, state_layout, trained_term
 from planner.performance import comm
-from planner.performance.flops import FlopsPerToken, attention_layer_spans, flops_per_token
+from planner.performance.flops import FlopsPerToken, attention_layer_spans, block_matmul_params, flops_per_token
 from planner.plan import Plan
 
 UNFITTED_EFFICIENCY = ComputeEfficiency(
@@ -142,14 +143,83 @@ def pointwise_width(hidden_size: int, plan: Plan):
     return np.where(plan.sequence_parallel, hidden_size, hidden_size / plan.tp)
 
 
-def efficiency(gpu: GpuSpec, tokens: float, width: float, compiled: bool = False) -> tuple[float, ComputeEfficiency]:
+def efficiency(
+    gpu: GpuSpec, tokens: float, width: float, compiled: bool = False, peak_ratio: float = 1.0
+) -> tuple[float, ComputeEfficiency]:
     """Achieved fraction of peak for GEMMs with `tokens` rows; `width` is `pointwise_width`. The width
     factor stands for pointwise work, whose cost relative to the matmuls falls as 1/width; torch.compile
-    fuses part of it away."""
+    fuses part of it away.
+
+    `peak_ratio` is the GEMM dtype's peak over the bf16 peak the constants were fitted at (2 for fp8 on
+    Hopper). Both factors have the form 1 / (1 + overhead time / matmul time): a per-GEMM fixed cost (tile
+    ramp-up, wave quantisation, epilogue, launch) for the token factor, the bf16 pointwise kernels for the
+    width factor. Neither overhead gets faster when the matmuls run on fp8 tensor cores, while the matmul
+    time divides by `peak_ratio`, so both half points scale by it: an fp8 GEMM needs `peak_ratio` times
+    the tokens (and width) to reach the same share of its own peak. That is fp8's shape-dependent
+    efficiency: near 2x for large shapes, much less for small ones (torchao float8 README, 'Performance':
+    the GEMM speedup approaches 2x as M, K, N grow and falls below 1 for small shapes)."""
     params = gpu.compute_efficiency or UNFITTED_EFFICIENCY
-    half_width = params.half_width * (COMPILE_POINTWISE_REMAINING if compiled else 1.0)
-    value = params.max * tokens / (tokens + params.half_tokens) * width / (width + half_width)
+    half_width = params.half_width * (COMPILE_POINTWISE_REMAINING if compiled else 1.0) * peak_ratio
+    half_tokens = params.half_tokens * peak_ratio
+    value = params.max * tokens / (tokens + half_tokens) * width / (width + half_width)
     return value, params
+
+
+FP8_CAST_BYTES_PER_ELEMENT = {"tensorwise": 6.0, "delayed": 2.0, "rowwise": 10.0, "mxfp8": 6.0 + 2 / 32}
+"""HBM bytes moved per element of a bf16 operand (2 bytes) to scale and cast it to fp8 for one linear.
+Each operand is needed in two layouts, one per GEMM that reads it (the forward GEMM and the backward GEMM
+that uses its transpose), written as 1-byte fp8 each.
+tensorwise (dynamic, torchao Float8Linear / TE Float8CurrentScaling): an amax pass (read 2) and one cast
+pass writing both layouts (read 2, write 1 + 1) = 6. delayed (TE DelayedScaling): the scale comes from
+the amax history, so the producing kernel (TE's LayerNormLinear norm, the fused activation, the backward's
+cast_transpose) writes the two fp8 layouts itself and takes the amax on the way: of the bf16 write
+(2 bytes) it would have done, 1 + 1 fp8 bytes remain, no extra read: 2. rowwise (torchao):
+one scale per row of each layout, so each layout has its own amax and cast pass: 2 x (2 + 2 + 1) = 10.
+mxfp8 (one e8m0 scale per 32 elements, taken inside the cast kernel; torchao casts dim0 and dim1
+separately): 2 x (2 + 1) plus a 1-byte scale per 32 elements per layout. These passes are memory-bound,
+so they cost bytes / (HBM bandwidth x HBM_EFFICIENCY) (torchao float8 README, 'Derivation': the fp8
+overhead is bounded by memory bandwidth)."""
+
+
+def fp8_linear_elements(arch: Architecture, plan: Plan, weight_divisor=1.0):
+    """(activation elements per token, weight elements) one GPU scales and casts per block and micro-batch:
+    every linear's input and output gradient (T x in, T x out), and its weight (divided by `weight_divisor`
+    where FSDP casts the local shard before an fp8 all-gather), all split over the TP ranks."""
+    matrices = [t for t in layer_tensors(arch) if t.is_matrix]
+    activations = sum(t.rows + t.cols for t in matrices) / plan.tp
+    weights = sum(t.numel for t in matrices) / plan.tp / weight_divisor
+    return activations, weights
+
+
+def fsdp_fp8_all_gather(plan: Plan) -> bool:
+    """torchao's enable_fsdp_float8_all_gather: FSDP2 casts each Float8Linear weight shard to fp8 before
+    the all-gather (tensorwise scaling only; torchtitan docs/float8.md), halving the gathered bytes of the
+    linears and casting 1/N of each weight per GPU."""
+    return plan.precision == "fp8" and plan.engine == "fsdp" and plan.zero == 3 and plan.fp8_recipe == "tensorwise"
+
+
+def fp8_scaling_s(arch: Architecture, plan: Plan, gpu: GpuSpec, layers):
+    """Per micro-batch: the memory-bound amax and cast passes of the plan's fp8 recipe over `layers` blocks
+    (0 unless precision is fp8)."""
+    if plan.precision != "fp8":
+        return 0.0
+    divisor = plan.shard_degree if fsdp_fp8_all_gather(plan) else 1.0
+    activations, weights = fp8_linear_elements(arch, plan, divisor)
+    elements = layers * (plan.tokens_per_micro_batch * activations + weights)
+    return elements * FP8_CAST_BYTES_PER_ELEMENT[plan.fp8_recipe] / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
+
+
+def gathered_param_bytes(arch: Architecture, plan: Plan) -> float:
+    """Bytes per parameter of the FSDP/ZeRO-3 parameter all-gather: the compute dtype, except the blocks'
+    linear weights gathered in fp8 (1 byte) under fsdp_fp8_all_gather, weighted by their share of the
+    parameters (norms, embeddings and the LM head stay bf16)."""
+    c = compute_param_bytes(plan)
+    if not fsdp_fp8_all_gather(plan):
+        return float(c)
+    linear = arch.num_layers * block_matmul_params(arch)
+    block = arch.num_layers * sum(t.numel for t in layer_tensors(arch))
+    total = block + 2 * arch.vocab_size * arch.hidden_size
+    return c - (c - 1) * linear / total
 
 
 def pipeline_bubble_slots(plan: Plan):
@@ -168,6 +238,9 @@ def pipeline_sends_per_micro_batch(plan: Plan):
 @dataclass(frozen=True)
 class _StageWork:
     matmul_flops: object
+    """Block matmuls (fp8 under an fp8 recipe)."""
+    head_flops: object
+    """The LM head (bf16 under every fp8 recipe: torchao's and Megatron's fp8 cover the blocks' linears)."""
     attention_flops: object
     forward_share: object
     layers: object
@@ -207,15 +280,15 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage, causal
     executed_attention = flops.attention + flops.flash_backward_recompute + flops.recompute_attention
     attention = executed_attention * share * causal_fraction
     blocks = flops.block_matmuls + flops.adapter_matmuls
-    matmul = (blocks + flops.recompute_matmuls) * share + head
+    matmul = (blocks + flops.recompute_matmuls) * share
     if plan.peft:
         forward = ((blocks + flops.attention * causal_fraction) * share + head) * flops.forward_fraction
     else:
         forward = (flops.block_matmuls + flops.attention * causal_fraction) * share / 3 + head / 3
-    return _StageWork(matmul, attention, forward / (matmul + attention), layers, stage == plan.pp - 1)
+    return _StageWork(matmul, head, attention, forward / (matmul + head + attention), layers, stage == plan.pp - 1)
 
 
-def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None):
+def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None, gather_bytes=None):
     """(per-step exposed data-parallel communication, per-step total) for the plan's engine and ZeRO stage.
 
     Volumes: DeepSpeed reduces and gathers bf16 (ZeRO-1/2: reduce-scatter + all-gather per step, ZeRO-2
@@ -270,12 +343,13 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
             total = ar(grad_bytes)
             return hidden_behind(total, bwd_s), total
         gathers_per_mb = 2 if plan.zero == 3 else 1
-        forward = gather_all(c)
-        backward = gather_all(c) * (gathers_per_mb - 1) + ag(reduce_bytes)
+        g = c if gather_bytes is None else gather_bytes
+        forward = gather_all(g)
+        backward = gather_all(g) * (gathers_per_mb - 1) + ag(reduce_bytes)
         per_step = ga * (hidden_behind(forward, fwd_s) + hidden_behind(backward, bwd_s))
         # Pipelining keeps parameters unsharded and skips gradient sync until the last micro-batch.
-        pipelined = hidden_behind(gather_all(c), fwd_s) + hidden_behind(ag(reduce_bytes), bwd_s)
-        pipelined_total = gather_all(c) + ag(reduce_bytes)
+        pipelined = hidden_behind(gather_all(g), fwd_s) + hidden_behind(ag(reduce_bytes), bwd_s)
+        pipelined_total = gather_all(g) + ag(reduce_bytes)
         return (
             np.where(plan.pp > 1, pipelined, per_step),
             np.where(plan.pp > 1, pipelined_total, ga * (forward + backward)),
@@ -350,19 +424,30 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     arch = model.architecture
     flops = flops_per_token(arch, plan)
     tokens = plan.tokens_per_micro_batch
-    eff, eff_params = efficiency(gpu, tokens, pointwise_width(arch.hidden_size, plan), plan.compile)
+    width = pointwise_width(arch.hidden_size, plan)
+    eff, eff_params = efficiency(gpu, tokens, width, plan.compile)
     peak_matmul = _peak_tflops(gpu, matmul_dtype(plan)) * 1e12
-    peak_attention = _peak_tflops(gpu, "tf32" if plan.precision == "fp32" else "bf16") * 1e12
-    peak_attention = peak_attention * np.where(plan.flash_attention, flash_attention_speed(gpu, plan), 1.0)
+    peak_high = _peak_tflops(gpu, "tf32" if plan.precision == "fp32" else "bf16") * 1e12
+    peak_attention = peak_high * np.where(plan.flash_attention, flash_attention_speed(gpu, plan), 1.0)
+    linear_eff = efficiency(gpu, tokens, width, plan.compile, peak_matmul / peak_high)[0]
+    head_eff = eff if plan.precision == "fp8" else linear_eff
+    peak_head = peak_high if plan.precision == "fp8" else peak_matmul
     a = compute_bytes(plan)
 
     def stage_compute(work: _StageWork):
         compute = (
-            tokens / plan.tp * (work.matmul_flops / (peak_matmul * eff) + work.attention_flops / (peak_attention * eff))
+            tokens
+            / plan.tp
+            * (
+                work.matmul_flops / (peak_matmul * linear_eff)
+                + work.head_flops / (peak_head * head_eff)
+                + work.attention_flops / (peak_attention * eff)
+            )
         )
         if arch.final_logit_softcap:
             logits = work.has_head * tokens * arch.vocab_size / plan.tp
             compute = compute + logits * SOFTCAP_LOGIT_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
+        compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers)
         if not plan.flash_attention:
             scores = work.layers * tokens * arch.num_attention_heads / plan.tp * plan.seq_len
             compute = compute + scores * EAGER_ATTENTION_SCORE_PASSES * a / (
@@ -403,7 +488,9 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     dequantize_s = dequantization_s(gpu, plan, np.maximum(*(s.quantized_params for s in stages)))
     compute_s = compute_s + dequantize_s
     micro_batch_s = micro_batch_s + dequantize_s
-    dp_exposed_s, _ = _dp_exposed_s(plan, gpu, params, forward_s, backward_s, trainable)
+    dp_exposed_s, _ = _dp_exposed_s(
+        plan, gpu, params, forward_s, backward_s, trainable, gathered_param_bytes(arch, plan)
+    )
     optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, trainable)
     breakdown = {
         "compute": plan.grad_accum * compute_s,

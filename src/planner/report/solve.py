@@ -105,6 +105,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "pp_schedule": p.pp_schedule,
         "virtual_stages": p.virtual_stages,
         "method": p.method,
+        "fp8_recipe": p.fp8_recipe,
         "peak_gib": round(m.peak_gib, 2),
         "headroom_gib": round(m.headroom_gib, 2),
         "tokens_per_s": round(perf.tokens_per_s, 1),

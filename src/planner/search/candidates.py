@@ -34,6 +34,7 @@ CATEGORIES = (
     "flash_attention_version",
     "pp_schedule",
     "virtual_stages",
+    "fp8_recipe",
 )
 """Categorical dimensions, in the order the CP-SAT model and the reports use."""
 
@@ -133,6 +134,8 @@ def allowed_combinations(
             continue  # the version only times flash kernels: without them one version stands for all
         if (chosen["pp_schedule"] == "1f1b") != (chosen["virtual_stages"] == 1):
             continue  # 1F1B has one chunk per rank, interleaving at least two
+        if chosen["precision"] != "fp8" and chosen["fp8_recipe"] != space.fp8_recipe[0]:
+            continue  # the recipe only matters in fp8: one stands for all elsewhere
         for flags in itertools.product((False, True), repeat=3):
             degrees = {}
             for name, flag in zip(("tp", "pp", "cp"), flags, strict=True):

@@ -14,6 +14,7 @@ from planner.plan import (
     CHECKPOINTING,
     ENGINES,
     FLASH_ATTENTION_VERSIONS,
+    FP8_RECIPES,
     LOSSES,
     METHODS,
     OFFLOADS,
@@ -37,6 +38,7 @@ CHOICE_DIMENSIONS = {
     "pp_schedule": PP_SCHEDULES,
     "virtual_stages": None,
     "method": METHODS,
+    "fp8_recipe": FP8_RECIPES,
 }
 """Dimensions whose values are chosen per group of plans; None: any whole number (NUMERIC_LIMITS)."""
 OPTIONAL_DIMENSIONS = {
@@ -44,6 +46,7 @@ OPTIONAL_DIMENSIONS = {
     "pp_schedule": ["1f1b"],
     "virtual_stages": [1],
     "method": ["full"],
+    "fp8_recipe": ["tensorwise"],
 }
 """Dimensions a search space file may leave out, and the values they then take."""
 GPU_POLICIES = ("powers_of_two", "whole_nodes")
@@ -111,6 +114,8 @@ class SearchSpace:
     """Model chunks per pipeline rank tried with the interleaved schedule (1 goes with 1f1b)."""
     method: tuple[str, ...] = ("full",)
     """Fine-tuning methods (full, lora, qlora, freeze); the default space keeps full fine-tuning only."""
+    fp8_recipe: tuple[str, ...] = ("tensorwise",)
+    """fp8 scaling recipes tried for fp8 plans (a property of the user's stack, usually pinned)."""
     source: str = ""
 
     def pinned(self, **pins: Any) -> "SearchSpace":
