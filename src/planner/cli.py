@@ -15,8 +15,8 @@ from planner.memory import DEFAULT_SAFETY_MARGIN
 from planner.plan import (
     CHECKPOINTING,
     ENGINES,
-    LORA_TARGETS,
     FP8_RECIPES,
+    LORA_TARGETS,
     LOSSES,
     METHODS,
     OFFLOADS,
