@@ -1,0 +1,83 @@
+"""The LoRA / QLoRA memory and speed models against measured runs (issue 12, item 6):
+tests/data/lora_measured.csv, scored through tests/data/lora_memory_cases.yaml and lora_throughput_cases.yaml.
+
+Issue 12's targets are median |error| <= 10% (memory), <= 15% (speed) and no unsafe case. Memory does NOT
+meet its target yet: the median asserted below is today's figure, kept as a regression bound (it may only get
+better); the zero-unsafe and speed checks are the real targets and hold today.
+"""
+
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.validate.memory import load_memory_cases, validate_memory
+from planner.validate.throughput import load_throughput_cases, validate_throughput
+
+DATA = Path(__file__).resolve().parent / "data"
+CSV = DATA / "lora_measured.csv"
+MEMORY_CASES = DATA / "lora_memory_cases.yaml"
+THROUGHPUT_CASES = DATA / "lora_throughput_cases.yaml"
+
+
+@pytest.fixture(scope="module")
+def memory():
+    return validate_memory(load_memory_cases(MEMORY_CASES))
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {row["id"]: row for row in csv.DictReader(CSV.open())}
+
+
+def _median_by_source(results) -> dict[str, float]:
+    errors = defaultdict(list)
+    for r in results:
+        errors[r.case.source_id].append(abs(r.error_pct))
+    return {source: statistics.median(e) for source, e in errors.items()}
+
+
+def test_every_row_is_a_case_or_skipped_with_a_reason(rows):
+    data = yaml.safe_load(MEMORY_CASES.read_text())
+    scored = {i for i, row in rows.items() if row["status"] == "scored"}
+    assert set(data["cases"]) == scored
+    assert set(data["skipped"]) == set(rows) - scored
+    assert all(rows[i]["status"].startswith("not scored: ") for i in data["skipped"])
+
+
+def test_case_values_match_the_measured_csv(memory, rows):
+    for r in memory.results:
+        row = rows[r.case.id]
+        assert r.case.measured.peak_gib == float(row["peak_gib"]), r.case.id
+        assert r.case.measured.metric == row["mem_metric"]
+        assert r.case.request.method == row["method"]
+
+
+def test_rows_come_from_three_sources_and_cover_lora_and_qlora(memory):
+    counts = defaultdict(int)
+    for r in memory.results:
+        counts[r.case.source_id] += 1
+    assert counts == {"ttlora": 7, "swift": 20, "flagperf": 1}
+    assert {r.case.request.method for r in memory.results} == {"lora", "qlora"}
+
+
+def test_no_unsafe_case(memory):
+    assert memory.unsafe_count == 0, [r.case.id for r in memory.results if r.unsafe]
+
+
+def test_memory_median_error_regression_bound(memory):
+    """Today: 26.7% over 28 cases (target 10%: not met). ms-swift is under-predicted (PEFT + HF Trainer
+    reserves more than the walk of saved tensors), torchtune over-predicted (compile, activation offloading)."""
+    assert memory.median_abs_error_pct == pytest.approx(26.7, abs=0.05)
+    by_source = _median_by_source(memory.results)
+    assert by_source["swift"] == pytest.approx(23.35, abs=0.05)
+    assert by_source["ttlora"] == pytest.approx(34.7, abs=0.05)
+
+
+def test_throughput_within_fifteen_percent():
+    summary = validate_throughput(load_throughput_cases(THROUGHPUT_CASES))
+    assert len(summary.results) == 8
+    assert summary.median_abs_error_pct <= 15.0
