@@ -441,3 +441,57 @@ def test_stale_staging_folders_are_removed_and_only_ours(tmp_path):
 
 def test_data_dirs_are_found():
     assert data_dirs("hardware")  # the catalogs these tests copy from
+
+
+# -- size guard of search spaces ----------------------------------------------------------------------------------
+
+
+def _refuse_work(monkeypatch):
+    import planner.search.solve as solve_module
+
+    monkeypatch.setattr(solve_module, "evaluate_candidates", lambda *a, **k: pytest.fail("the search ran"))
+
+
+def test_full_space_on_2048_gpus_passes_the_size_guard():
+    from planner.search.space import load_space, parse_budget
+
+    space = load_space(ROOT / "search_spaces" / "full.yaml", parse_budget("2048xH100"))
+    assert space.size() == 5_308_416  # the README's benchmark (c)
+    space.check_size()
+
+
+def test_a_space_too_large_is_refused_before_work(tmp_path, monkeypatch):
+    _refuse_work(monkeypatch)
+    data = yaml.safe_load((ROOT / "search_spaces" / "full.yaml").read_text())
+    data["optimizer"] = ["adamw", "adamw-8bit", "sgd", "adafactor"]
+    space = yaml_file(tmp_path, "big.yaml", data)
+    args = ["solve", "--model", "llama-3.1-405b", "--budget", "2048xH100", "--space", str(space)]
+    line = one_line_error(run([*args, "--out", str(tmp_path / "o")]), 2, "21,233,664 combinations", "20,000,000")
+    assert "big.yaml (12 values)" in line and "--pp (8 values)" in line
+
+
+def test_every_choice_open_is_refused_before_work(tmp_path, monkeypatch):
+    _refuse_work(monkeypatch)
+    choices = {
+        "zero": [0, 1, 2, 3],
+        "checkpointing": ["none", "selective", "full"],
+        "precision": ["bf16", "fp16", "fp32", "pure-bf16", "fp8"],
+        "offload": ["none", "optimizer", "optimizer+params"],
+        "engine": ["deepspeed", "fsdp", "megatron"],
+        "optimizer": ["adamw", "adamw-8bit", "sgd", "adafactor"],
+        "loss": ["standard", "chunked", "fused"],
+        "flash_attention": [True, False],
+        "compile": [True, False],
+        "flash_attention_version": [1, 2, 3],
+    }
+    space = space_with(tmp_path, tp=[1], pp=[1], micro_batch=[1], **choices)
+    line = one_line_error(run(solve_args(tmp_path, "--space", str(space))), 2, "77,760 combinations of its")
+    assert "--precision (5 values)" in line
+
+
+def test_too_many_valid_plans_are_refused_before_the_models_run(tmp_path, monkeypatch):
+    import planner.search.candidates as candidates
+
+    monkeypatch.setattr(candidates, "evaluate_group", lambda *a, **k: pytest.fail("the models ran"))
+    monkeypatch.setattr(candidates, "MAX_CANDIDATES", 10)
+    one_line_error(run(solve_args(tmp_path)), 2, "structurally valid plans, more than the 10 ")

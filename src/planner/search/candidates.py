@@ -181,8 +181,7 @@ def evaluate_candidates(
     for row in allowed:
         by_category.setdefault(row[: len(CATEGORIES)], []).append(row[len(CATEGORIES) :])
 
-    columns: dict[str, list[np.ndarray]] = {k: [] for k in (*grid, "group", "position", *_OUTPUTS)}
-    categories, results = [], []
+    groups = []
     for values, flag_rows in by_category.items():
         mask = np.zeros(len(grid["gpus"]), dtype=bool)
         for tp_flag, pp_flag, cp_flag in flag_rows:
@@ -190,8 +189,14 @@ def evaluate_candidates(
         chosen = dict(zip(CATEGORIES, values, strict=True))
         mask &= _schedule_fits(chosen, grid, model.architecture.num_layers)
         index = np.flatnonzero(mask)
-        if index.size == 0:
-            continue
+        if index.size:
+            groups.append((values, index))
+    _check_candidate_count(sum(index.size for _, index in groups), space)
+
+    columns: dict[str, list[np.ndarray]] = {k: [] for k in (*grid, "group", "position", *_OUTPUTS)}
+    categories, results = [], []
+    for values, index in groups:
+        chosen = dict(zip(CATEGORIES, values, strict=True))
         numeric = {k: v[index] for k, v in grid.items()}
         method = method_fields_for(chosen["method"], method_settings or {}, model.architecture)
         plan = group_plan(
@@ -223,6 +228,21 @@ def _schedule_fits(chosen: dict, grid: dict, num_layers: int) -> np.ndarray:
         return np.ones(len(grid["pp"]), dtype=bool)
     pp = grid["pp"]
     return (num_layers % (pp * chosen["virtual_stages"]) == 0) & (grid["grad_accum"] % pp == 0)
+
+
+MAX_CANDIDATES = 500_000
+"""Most structurally valid plans one search evaluates (each holds about 2.2 kB of model outputs: 377,000
+took 0.84 GB); search_spaces/full.yaml for Llama-3.1-405B on 2048 GPUs has 125,640."""
+
+
+def _check_candidate_count(count: int, space: SearchSpace) -> None:
+    """Refuse, before the models run, a search whose valid plans would not fit in memory."""
+    if count > MAX_CANDIDATES:
+        raise PlanError(
+            f"the search space holds {count:,} structurally valid plans, more than the {MAX_CANDIDATES:,} one "
+            "search evaluates",
+            f"pin or narrow its widest dimensions: {space.widest_pins()}",
+        )
 
 
 _OUTPUTS = tuple(f for f in BulkResult.__dataclass_fields__ if f not in ("plan", "memory", "performance"))

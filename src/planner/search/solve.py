@@ -177,6 +177,7 @@ def solve(request: SolveRequest) -> SolveResult:
     budget = parse_budget(request.budget)
     budget = replace(budget, gpu=budget.gpu.with_network(request.network_gbps_per_gpu))
     space = load_space(request.space, budget).pinned(**request.pins)
+    space.check_size()
     _check_flash_attention_versions(space, budget)
     if space.pp_schedule == ("interleaved",) and max(space.virtual_stages) < 2:
         raise PlanError("the interleaved schedule needs 2 or more chunks per rank", "add --virtual-stages, e.g. 2")

@@ -50,6 +50,14 @@ OPTIONAL_DIMENSIONS = {
 }
 """Dimensions a search space file may leave out, and the values they then take."""
 GPU_POLICIES = ("powers_of_two", "whole_nodes")
+MAX_SPACE_COMBINATIONS = 20_000_000
+"""Largest search space accepted (product of the value counts of every dimension). search_spaces/full.yaml
+on a 2048-GPU budget has 5,308,416; the search holds the numeric grid and every structurally valid plan
+in memory, which grows with the space (see README, "How the search works")."""
+MAX_CHOICE_COMBINATIONS = 10_000
+"""Largest product of the categorical dimensions' value counts (full.yaml: 864). Each combination is
+checked against the engines' rules and evaluated as one group: about 1.4 ms and 15 kB each, so every
+dimension open (77,760) took 108 s and 1.2 GB for a single GPU count."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,37 @@ class SearchSpace:
         for name in ("gpus", *NUMERIC_DIMENSIONS, *CHOICE_DIMENSIONS):
             n *= len(getattr(self, name))
         return n
+
+    def widest_pins(self, dimensions: tuple[str, ...] | None = None) -> str:
+        """The three dimensions with the most values, as the flags (or space-file edit) that pin them."""
+        names = dimensions or ("gpus", *NUMERIC_DIMENSIONS, *CHOICE_DIMENSIONS)
+        widest = sorted(((len(getattr(self, n)), n) for n in names), key=lambda item: -item[0])
+        return ", ".join(
+            (f"gpus: [..] in {self.source}" if name == "gpus" else f"--{name.replace('_', '-')}") + f" ({n} values)"
+            for n, name in widest[:3]
+            if n > 1
+        )
+
+    def check_size(self) -> None:
+        """Refuse, before any work, a space larger than the search takes (MAX_SPACE_COMBINATIONS in all,
+        MAX_CHOICE_COMBINATIONS of the categorical dimensions, whose every combination is checked and
+        evaluated as its own group); the error names the size and the pins that shrink it most."""
+        size = self.size()
+        if size > MAX_SPACE_COMBINATIONS:
+            raise PlanError(
+                f"the search space has {size:,} combinations, more than the {MAX_SPACE_COMBINATIONS:,} one search "
+                "takes",
+                f"pin or narrow its widest dimensions: {self.widest_pins()}",
+            )
+        choices = 1
+        for name in CHOICE_DIMENSIONS:
+            choices *= len(getattr(self, name))
+        if choices > MAX_CHOICE_COMBINATIONS:
+            raise PlanError(
+                f"the search space has {choices:,} combinations of its categorical choices, more than the "
+                f"{MAX_CHOICE_COMBINATIONS:,} one search takes",
+                f"pin or narrow its widest choices: {self.widest_pins(tuple(CHOICE_DIMENSIONS))}",
+            )
 
 
 def gpu_counts(policy: Any, budget: Budget) -> tuple[int, ...]:
