@@ -9,6 +9,7 @@ seed per category, so two runs generate the same inputs.
 """
 
 import argparse
+import json
 import sys
 import time
 from collections import Counter
@@ -36,6 +37,19 @@ INPUTS = {
 """Inputs per category: the whole-search categories (solve, space) cost about 0.3 s each, the rest ms."""
 
 
+KEEP: Path | None = None
+"""Folder to write each failing attempt to (argv.json, problem.txt and its input files), or None."""
+
+
+def _keep(attempt, problem: str, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "argv.json").write_text(json.dumps(list(attempt.argv)))
+    (folder / "problem.txt").write_text(problem)
+    for name, body in attempt.files.items():
+        (folder / "files" / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "files" / name).write_bytes(body)
+
+
 def run_category(name: str, count: int) -> tuple[Counter, list[str], float]:
     outcomes: Counter = Counter()
     failures: list[str] = []
@@ -54,6 +68,8 @@ def run_category(name: str, count: int) -> tuple[Counter, list[str], float]:
         outcomes[f"exit {code}"] += 1
         if problem:
             failures.append(f"{problem}\n      {attempt!r}"[:1200])
+            if KEEP is not None:
+                _keep(attempt, problem, KEEP / f"{name}-{len(failures)}")
 
     start = time.perf_counter()
     one()
@@ -64,7 +80,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every category's input count")
     parser.add_argument("--only", default=None, help="comma-separated categories")
+    parser.add_argument("--keep", type=Path, default=None, help="write failing inputs into this folder")
     args = parser.parse_args()
+    global KEEP
+    KEEP = args.keep
     names = args.only.split(",") if args.only else list(INPUTS)
     total, failed = 0, 0
     print(f"{'category':16s} {'inputs':>7s} {'exit 0':>7s} {'exit 2':>7s} {'exit 3':>7s} {'failures':>8s} {'s':>7s}")

@@ -161,8 +161,8 @@ ESTIMATE_FLAGS: dict[str, list[str]] = {
 SWITCHES = ["--flash-attention", "--no-flash-attention", "--compile", "--no-compile"]
 
 SOLVE_FLAGS: dict[str, list[str]] = {
-    "--seq-len": ["1024", "2048", "4096"],
-    "--global-batch": ["16", "64", "256"],
+    "--seq-len": ["1024", "2048", "4096", "131072"],
+    "--global-batch": ["16", "64", "256", "1000000"],
     "--global-batch-tokens": ["65536", "1M", "4M"],
     "--tokens": ["1B", "10B", "1e16"],
     "--objective": ["throughput", "cost", "time"],
@@ -265,7 +265,7 @@ def mutated(draw, base: dict, max_changes: int = 3) -> dict:
         target = data
         nested = [k for k, v in data.items() if isinstance(v, dict) and v]
         if nested and draw(st.booleans()):
-            target = data[draw(st.sampled_from(sorted(nested)))]
+            target = data[draw(st.sampled_from(sorted(nested, key=str)))]
         op = draw(st.sampled_from(["set", "set", "drop", "add"]))
         keys = sorted(target, key=str)
         if op == "set" and keys:
@@ -294,9 +294,30 @@ def _serialized(draw, data, as_json: bool) -> bytes:
         return b"{}"
 
 
+SPACE_VALUES = {
+    "gpus": ["powers_of_two", "whole_nodes", [1, 2, 8], [3, 5], [1000000]],
+    "tp": [[1, 2, 4, 8, 16], [3], [1, 4096]],
+    "pp": [[1, 2, 3, 4, 6, 8], [5], [4096]],
+    "cp": [[1, 2, 4, 8], [3], [4096]],
+    "micro_batch": [[1, 3, 32], [10000000]],
+    "zero": [[0, 1, 2, 3]],
+    "precision": [["bf16", "fp16", "fp32", "pure-bf16", "fp8"]],
+    "optimizer": [["adamw", "adamw-8bit", "sgd", "adafactor"]],
+    "loss": [["standard", "chunked", "fused"]],
+    "flash_attention": [[True, False]],
+    "compile": [[True, False]],
+    "flash_attention_version": [[1, 2, 3], [3]],
+}
+"""Valid but unusual values per search-space dimension (wide, odd, extreme)."""
+
+
 @st.composite
 def space_files(draw) -> Attempt:
-    data = draw(mutated(_yaml("search_spaces/default.yaml"), 3))
+    data = copy.deepcopy(_yaml("search_spaces/default.yaml"))
+    for key in draw(st.lists(st.sampled_from(sorted(SPACE_VALUES)), max_size=3, unique=True)):
+        data[key] = draw(st.sampled_from(SPACE_VALUES[key]))
+    if draw(st.booleans()):
+        data = draw(mutated(data, 2))
     argv = [*_solve_head(draw), "--space", "space.yaml", "--out", "out"]
     return Attempt("space-yaml", tuple(argv), {"space.yaml": _serialized(draw, data, False)})
 
@@ -351,6 +372,12 @@ def case_files(draw) -> Attempt:
         if bases[i][0] == kind:
             cases[f"c-{i}"] = draw(mutated(case, 2)) if draw(st.booleans()) else copy.deepcopy(case)
     data = {"cases": cases} if draw(st.integers(0, 9)) else draw(mutated({"cases": cases}, 1))
+    if draw(st.integers(0, 4)) == 0:  # cases waiting for plan fields, and refinements applied later
+        waiting = copy.deepcopy(bases[chosen[0]][1])
+        waiting[draw(st.sampled_from(["pp_schedule", "tp", "nope"]))] = draw(yaml_value())
+        waiting["waits_for"] = draw(st.one_of(st.just(["uneven split"]), yaml_value()))
+        waiting["later"] = draw(st.one_of(st.just({"zero": 1}), yaml_value()))
+        data["pending"] = draw(st.one_of(st.just({"p-1": waiting}), yaml_value()))
     argv = ["validate", kind, "cases.yaml", *draw(st.sampled_from([[], ["--format", "json"]]))]
     return Attempt("cases-yaml", tuple(argv), {"cases.yaml": _serialized(draw, data, False)})
 

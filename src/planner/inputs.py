@@ -27,7 +27,9 @@ MAX_NESTING = 64
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's safe loader when PyYAML was built with it (ten times faster), else the pure-Python one."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""Control characters, including those str.splitlines breaks at (NEL, the Unicode line and paragraph
+separators): never quoted raw in a one-line message."""
 
 
 def one_line(text: str, limit: int = 300) -> str:

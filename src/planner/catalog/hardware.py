@@ -148,17 +148,24 @@ class GpuSpec:
 
 MAX_CATALOG_NUMBER = 1e9
 """Largest number a GPU file may hold (TFLOP/s, GB/s, GiB, watts, dollars): far above any real part."""
+MIN_CATALOG_NUMBER = 1e-3
+"""Smallest non-zero number a GPU file may hold: far below any real part's figure in these units, and
+large enough that no time or cost computed from it overflows."""
 
 
 def _number(
     data: dict[str, Any], key: str, path: Path, allow_none: bool = False, positive: bool = False
 ) -> float | None:
-    """data[key] as a finite number in [0, 1e9] (or (0, 1e9] when `positive`); None only if allowed."""
+    """data[key] as a finite number in [1e-3, 1e9], or 0 unless `positive`; None only if allowed."""
     value = data.get(key)
     if value is None and allow_none:
         return None
     value = require(data, key, (int, float), path)
-    return quantity(value, f"{path}: '{key}'", 0.0, MAX_CATALOG_NUMBER, low_open=positive, error=CatalogError)
+    if value == 0 and not positive:
+        return 0.0
+    return quantity(
+        value, f"{path}: '{key}'", MIN_CATALOG_NUMBER, MAX_CATALOG_NUMBER, low_open=False, error=CatalogError
+    )
 
 
 def _mapping(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -172,7 +179,7 @@ def _gpu_from_file(path: Path) -> GpuSpec:
     data = read_yaml_mapping(path)
     path = Path(one_line(str(path)))
     tflops_raw = require(data, "tflops", dict, path)
-    tflops = {dtype: _number(tflops_raw, dtype, path, allow_none=True) for dtype in DTYPES}
+    tflops = {dtype: _number(tflops_raw, dtype, path, allow_none=True, positive=True) for dtype in DTYPES}
     node_raw = require(data, "node", dict, path)
     price_raw = _mapping(data, "price", path)
     aliases = data.get("aliases") or []

@@ -68,6 +68,8 @@ def pending_fields(path: Path) -> dict[str, list[str]]:
     for case_id, raw in _section(read_yaml_mapping(path), "pending", path).items():
         keys = set(raw) - _META_KEYS if isinstance(raw, dict) else set()
         waits = raw.get("waits_for") or [] if isinstance(raw, dict) else []
+        if not isinstance(waits, list):
+            raise CatalogError(f"{path}: pending case {case_id}: `waits_for:` must be a list of conditions", "fix it")
         out[str(case_id)] = sorted(keys - known) + [str(w) for w in waits]
     return out
 
