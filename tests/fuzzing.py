@@ -122,7 +122,7 @@ def flag_value(valid: list[str]):
 
 def yaml_value():
     return st.one_of(
-        st.sampled_from(WEIRD_VALUES),
+        st.sampled_from(WEIRD_VALUES).map(copy.deepcopy),  # a fresh copy: mutations must not edit the pool
         st.integers(-(10**6), 10**6),
         st.floats(allow_nan=True, allow_infinity=True),
         st.text(max_size=10),
