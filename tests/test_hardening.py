@@ -495,3 +495,28 @@ def test_too_many_valid_plans_are_refused_before_the_models_run(tmp_path, monkey
     monkeypatch.setattr(candidates, "evaluate_group", lambda *a, **k: pytest.fail("the models ran"))
     monkeypatch.setattr(candidates, "MAX_CANDIDATES", 10)
     one_line_error(run(solve_args(tmp_path)), 2, "structurally valid plans, more than the 10 ")
+
+
+# -- calibrate: flags and output paths checked before any training step -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--steps", "0"], ("--steps", "between 3")),
+        (["--max-minutes", "nan"], ("--max-minutes", "finite")),
+        (["--max-minutes", "inf"], ("--max-minutes",)),
+        (["--out", "."], ("--out", "is a directory")),
+        (["--out", "{afile}/m.csv"], ("--out", "is a file, not a folder")),
+    ],
+)
+def test_calibrate_measure_flags(tmp_path, args, words):
+    (tmp_path / "afile").write_text("x")
+    args = [a.replace("{afile}", str(tmp_path / "afile")) for a in args]
+    one_line_error(run(["calibrate", "measure", "--grid", "tiny", "--device", "cpu", *args]), 2, *words)
+
+
+def test_calibrate_trace_out_in_the_way(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(run(["calibrate", "trace", "--out", str(afile)]), 2, "--out", "is a file")

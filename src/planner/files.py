@@ -45,28 +45,50 @@ def remove_stale_staging(folder: Path, now: float | None = None) -> list[Path]:
     return removed
 
 
-def check_output_folder(folder: Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output folder that cannot be written: no name (`.`, `/`), a name too
-    long for the file system, a file in the way, or a parent the user may not write to."""
+def check_output_folder(folder: Path, flag: str = "--out", own_name: bool = True) -> Path:
+    """Refuse, before any work, an output folder that cannot be written: no name (`.`, `/`; allowed when
+    not `own_name`, for a folder files are written into rather than one replaced whole), a name too long
+    for the file system, a file in the way, or a parent the user may not write to."""
     folder = Path(folder)
     shown = one_line(str(folder))
-    if folder.name in ("", ".", ".."):
+    if own_name and folder.name in ("", ".", ".."):
         raise PlannerError(f"{flag} {shown} names no folder of its own", f"pass a new folder, e.g. {flag} reports/run1")
-    for part in folder.parts:
-        if len(os.fsencode(part)) > 255:
-            raise PlannerError(f"{flag}: the name {one_line(part, 40)} is longer than 255 bytes", "use a shorter name")
-    if len(os.fsencode(str(folder))) > 4000:
-        raise PlannerError(f"{flag} path is longer than 4000 bytes", "use a shorter path")
+    _check_path_length(folder, flag)
     if folder.exists() and not folder.is_dir():
         raise PlannerError(f"{flag} {shown} is a file", "pass a folder name, or move the file")
-    ancestor = folder.parent
+    _check_writable(folder if folder.is_dir() and not own_name else folder.parent, shown, flag)
+    return folder
+
+
+def check_output_file(path: Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output file that cannot be written (a folder in the way, a name too
+    long, a parent the user may not write to)."""
+    path = Path(path)
+    shown = one_line(str(path))
+    _check_path_length(path, flag)
+    if path.name in ("", ".", "..") or path.is_dir():
+        raise PlannerError(f"{flag} {shown} is a folder, not a file name", f"pass a file, e.g. {flag} out.csv")
+    _check_writable(path.parent, shown, flag)
+    return path
+
+
+def _check_path_length(path: Path, flag: str) -> None:
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise PlannerError(f"{flag}: the name {one_line(part, 40)} is longer than 255 bytes", "use a shorter name")
+    if len(os.fsencode(str(path))) > 4000:
+        raise PlannerError(f"{flag} path is longer than 4000 bytes", "use a shorter path")
+
+
+def _check_writable(folder: Path, shown: str, flag: str) -> None:
+    """The nearest existing ancestor of `folder` (itself included) is a folder the user may write in."""
+    ancestor = folder
     while not ancestor.exists():
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise PlannerError(f"{flag} {shown}: {one_line(str(ancestor))} is a file, not a folder", "pick another path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise PlannerError(f"{flag} {shown}: cannot write in {one_line(str(ancestor))}", "pick a folder you can write")
-    return folder
 
 
 def write_folder(folder: Path, files: dict[str, str]) -> Path:

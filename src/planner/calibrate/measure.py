@@ -18,6 +18,7 @@ image with PyTorch can run it straight from the source tree:
 """
 
 import argparse
+import contextlib
 import csv
 import gc
 import io
@@ -33,6 +34,8 @@ from pathlib import Path
 from planner.catalog import load_gpu, load_model
 from planner.catalog.paths import data_dirs
 from planner.errors import PlannerError
+from planner.files import check_output_file
+from planner.inputs import one_line, optional, quantity, whole_number
 
 GIB = 2**30
 WARMUP_STEPS = 2
@@ -317,10 +320,15 @@ def render_csv(rows: list[dict]) -> str:
 
 def write_text_atomically(path: Path, text: str) -> Path:
     """Write atomically: the file appears whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            staging.unlink(missing_ok=True)
+        raise PlannerError(f"cannot write {one_line(str(path))}: {exc.strerror or exc}", "pick another --out") from None
     return path
 
 
@@ -343,6 +351,10 @@ def measure(grid: str, device_name: str, steps: int, out: Path | None, max_minut
     """The whole command: (path written, rows)."""
     if grid not in GRIDS:
         raise PlannerError(f"unknown grid {grid!r}", f"use one of {', '.join(GRIDS)}")
+    whole_number(steps, "--steps", WARMUP_STEPS + 1, 10_000)
+    optional(quantity, max_minutes, "--max-minutes", 0.0, 10_080.0)  # at most a week
+    if out is not None:
+        check_output_file(out, "--out")
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401

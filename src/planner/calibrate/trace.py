@@ -285,6 +285,9 @@ def render_calibration(record: dict) -> str:
 
 def trace(models: tuple[str, ...], out_dir: Path) -> list[Path]:
     """Trace each model and write calibration/traced/<family>.yaml (atomically, one file per family)."""
+    from planner.files import check_output_folder
+
+    check_output_folder(out_dir, "--out", own_name=False)
     try:
         import torch  # noqa: F401
         import transformers  # noqa: F401
