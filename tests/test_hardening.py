@@ -503,7 +503,8 @@ def test_too_many_valid_plans_are_refused_before_the_models_run(tmp_path, monkey
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--steps", "0"], ("--steps", "between 3")),
+        (["--steps", "0"], ("--steps", "warm-up")),
+        (["--steps", "100000"], ("--steps", "between 3")),
         (["--max-minutes", "nan"], ("--max-minutes", "finite")),
         (["--max-minutes", "inf"], ("--max-minutes",)),
         (["--out", "."], ("--out", "is a directory")),

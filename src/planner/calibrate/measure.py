@@ -351,6 +351,8 @@ def measure(grid: str, device_name: str, steps: int, out: Path | None, max_minut
     """The whole command: (path written, rows)."""
     if grid not in GRIDS:
         raise PlannerError(f"unknown grid {grid!r}", f"use one of {', '.join(GRIDS)}")
+    if isinstance(steps, int) and steps <= WARMUP_STEPS:
+        raise PlannerError(f"--steps must exceed the {WARMUP_STEPS} warm-up steps, got {steps}", "use 4 or more")
     whole_number(steps, "--steps", WARMUP_STEPS + 1, 10_000)
     optional(quantity, max_minutes, "--max-minutes", 0.0, 10_080.0)  # at most a week
     if out is not None:
