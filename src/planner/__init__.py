@@ -10,3 +10,7 @@ try:
     __version__ = version("planner")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
+
+from planner.api import Solution, estimate, solve
+
+__all__ = ["Solution", "__version__", "estimate", "solve"]

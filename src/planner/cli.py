@@ -6,10 +6,9 @@ from typing import NoReturn
 
 import click
 
-from planner import __version__
+from planner import __version__, api
 from planner.catalog import list_gpus, list_models
 from planner.errors import PlanError, PlannerError
-from planner.estimate import estimate_plan
 from planner.inputs import one_line
 from planner.memory import DEFAULT_SAFETY_MARGIN
 from planner.plan import (
@@ -23,7 +22,6 @@ from planner.plan import (
     OPTIMIZERS,
     PP_SCHEDULES,
     PRECISIONS,
-    PlanRequest,
 )
 from planner.report.estimate import render_json, render_table
 from planner.report.validation import (
@@ -243,14 +241,27 @@ def _method_options(solve: bool):
 @click.option("--tokens", default=None, help="Total training tokens (e.g. 1e9, 1B, 500M) for hours and dollars.")
 @click.option("--price-per-gpu-hour", type=float, default=None, help="Override the catalog's on-demand price (USD).")
 @_method_options(solve=False)
-@_FORMAT
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "html"]),
+    default="table",
+    show_default=True,
+    help="Human table, one JSON object, or a self-contained HTML page with the memory chart.",
+)
 def estimate(
     fmt: str, safety_margin: float, compile_: bool, tokens: str | None, price_per_gpu_hour: float | None, **flags
 ) -> None:
     """Memory, speed and cost of one training plan."""
-    request = PlanRequest(compile=compile_, **flags)
     total = parse_count(tokens, "--tokens") if tokens is not None else None
-    result = estimate_plan(request, safety_margin=safety_margin, tokens=total, price_per_gpu_hour=price_per_gpu_hour)
+    result = api.estimate(
+        safety_margin=safety_margin, tokens=total, price_per_gpu_hour=price_per_gpu_hour, compile=compile_, **flags
+    )
+    if fmt == "html":
+        from planner.report.html import render_estimate_html
+
+        click.echo(render_estimate_html(result), nl=False)
+        return
     click.echo(render_json(result) if fmt == "json" else render_table(result), nl=False)
 
 

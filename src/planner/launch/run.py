@@ -44,6 +44,12 @@ def run_launch(ref: str, rank: int | None, targets: str, out: Path | None) -> st
 
 def emitted_files(result, estimates: dict, targets: str) -> tuple[dict[str, str], LaunchFolder]:
     """`solve --emit`: the launch folder of the top plan, as files under `launch-1/` of the report."""
+    folder = launch_folder(result, estimates, targets, 1)
+    return {f"launch-1/{name}": text for name, text in folder.files.items()}, folder
+
+
+def launch_folder(result, estimates: dict, targets: str, rank: int) -> LaunchFolder:
+    """The launch folder of the plan ranked `rank` in a search result."""
     request = result.request
     context = SearchContext(
         model_ref=request.model,
@@ -55,6 +61,5 @@ def emitted_files(result, estimates: dict, targets: str) -> tuple[dict[str, str]
         price_per_gpu_hour=request.price_per_gpu_hour,
         network_gbps_per_gpu=request.network_gbps_per_gpu,
     )
-    chosen = estimates[int(result.feasible[0])]
-    folder = build_launch_folder(chosen, parse_targets(targets), context, "rank 1 of this search (report.json)")
-    return {f"launch-1/{name}": text for name, text in folder.files.items()}, folder
+    chosen = estimates[int(result.feasible[rank - 1])]
+    return build_launch_folder(chosen, parse_targets(targets), context, f"rank {rank} of this search (report.json)")

@@ -106,6 +106,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "virtual_stages": p.virtual_stages,
         "method": p.method,
         "fp8_recipe": p.fp8_recipe,
+        "sequence_parallel": p.sequence_parallel,
         "peak_gib": round(m.peak_gib, 2),
         "headroom_gib": round(m.headroom_gib, 2),
         "tokens_per_s": round(perf.tokens_per_s, 1),
@@ -434,13 +435,20 @@ def report_name(result) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)[-200:]  # a file name holds at most 255 bytes
 
 
+def render_report_json(result, estimates: dict[int, Estimate]) -> str:
+    """report.json's text. Compact separators keep json on its C encoder: a search can list thousands of plans."""
+    return json.dumps(solve_json(result, estimates), separators=(",", ":")) + "\n"
+
+
 def render_all(result, estimates: dict[int, Estimate]) -> tuple[list[dict], dict[str, str]]:
     """(table rows, report files) of a search result."""
+    from planner.report.html import render_solve_html
+
     table_rows = rows(result, estimates)
     files = {
         "report.md": render_markdown(result, table_rows, estimates),
-        # Compact separators keep json on its C encoder: a search can list thousands of plans.
-        "report.json": json.dumps(solve_json(result, estimates), separators=(",", ":")) + "\n",
+        "report.json": render_report_json(result, estimates),
         "plans.csv": render_csv(table_rows),
+        "report.html": render_solve_html(result, table_rows, estimates),
     }
     return table_rows, files

@@ -3,12 +3,12 @@
 import json
 from pathlib import Path
 
+from planner.api import solve_request
 from planner.errors import PlannerError
 from planner.files import check_output_folder, write_folder
 from planner.report.solve import render_all, render_terminal, report_name
-from planner.search.advice import nearest_miss_advice
 from planner.search.details import plan_estimates
-from planner.search.solve import SolveRequest, require_feasible, solve
+from planner.search.solve import SolveRequest, require_feasible
 
 DEFAULT_REPORTS = Path("reports")
 
@@ -28,15 +28,14 @@ def run_solve(
 
     if is_multi(request):
         return run_choice(request, out, fmt, emit)
-    result = solve(request)
+    solution, advice = solve_request(request)
+    result, estimates = solution.result, solution.estimates
     if not len(result.feasible):
-        advice = nearest_miss_advice(result)
         text = render_terminal(result, [], advice)
         try:
             require_feasible(result, advice)
         except PlannerError as error:
             return (json.dumps({"feasible": 0, "advice": advice}, indent=1) + "\n" if fmt == "json" else text), error
-    estimates = plan_estimates(result, result.feasible)
     table_rows, files = render_all(result, estimates)
     launch = None
     if emit is not None:
@@ -46,7 +45,7 @@ def run_solve(
     if fmt == "json":
         return files["report.json"], None
     text = render_terminal(result, table_rows, [])
-    text += f"Reports: {folder}/report.md, report.json, plans.csv\n"
+    text += f"Reports: {folder}/report.md, report.json, plans.csv, report.html\n"
     if launch is not None:
         text += "\n".join(summary_lines(launch, folder / "launch-1")) + "\n"
     return text, None
