@@ -154,7 +154,7 @@ def test_e_output_folders_refused_before_the_search(tmp_path, monkeypatch):
     # a folder the user may not write to: refused by its permissions before any search work starts
     import planner.search.run as search_run
 
-    monkeypatch.setattr(search_run, "solve", lambda request: pytest.fail("the search ran"))
+    monkeypatch.setattr(search_run, "solve_request", lambda request: pytest.fail("the search ran"))
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     one_line_error(run(solve_args(tmp_path, "--out", str(tmp_path / "ro" / "x"))), 2, "cannot write in")
 
