@@ -89,6 +89,9 @@ def build_launch_folder(
     folder = LaunchFolder(chosen, variants, context.model_ref if context is not None else chosen.model.name)
     for target in targets:
         _WRITERS[target](folder)
+    from planner.launch.cluster import cluster_files
+
+    folder.files.update(cluster_files(chosen.plan, chosen.model.name, folder.files))
     from planner.launch.readme import render_plan_json, render_readme
 
     folder.files["plan.json"] = render_plan_json(folder, origin_note)

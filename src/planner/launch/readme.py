@@ -82,6 +82,14 @@ def render_readme(folder, targets: tuple[str, ...], origin_note: str) -> str:
         ]
     for label, scripts in folder.commands.items():
         lines.append(f"- **{label}**: `" + "`, `".join(f"./{s}" for s in scripts) + "`")
+    if "slurm.sbatch" in folder.files:
+        lines += [
+            "",
+            "On a cluster: `sbatch slurm.sbatch` (Slurm: one task per node runs the per-node script with NODE_RANK and",
+            "MASTER_ADDR from the allocation; `LAUNCH=<script>` picks another one), or `kubectl create configmap",
+            "planner-launch --from-file=.` then `kubectl apply -f pytorchjob.yaml` (Kubeflow training operator",
+            "PyTorchJob; set the image and TRAIN_SCRIPT first).",
+        ]
     if folder.skipped:
         lines += ["", "## Not written", ""]
         for target, reason in folder.skipped.items():
