@@ -399,7 +399,14 @@ def report_dir(tmp_path_factory):
 
 def test_solve_emit_writes_the_top_plan_folder(report_dir):
     folder = report_dir / "launch-1"
-    assert {p.name for p in folder.iterdir()} == {"README.md", "plan.json", "launch_torchrun.sh", "train.py"}
+    assert {p.name for p in folder.iterdir()} == {
+        "README.md",
+        "plan.json",
+        "launch_torchrun.sh",
+        "train.py",
+        "slurm.sbatch",
+        "pytorchjob.yaml",
+    }
     data = json.loads((folder / "plan.json").read_text())
     assert data["variants"]["fsdp"]["origin"] == "plan"
     assert data["chosen"]["plan"] == data["variants"]["fsdp"]["plan"]
