@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from tests.fuzzing import CATEGORIES, Attempt, check
 
+import planner.api
 import planner.cli
 
 EXAMPLES = {
@@ -66,7 +67,7 @@ def test_the_check_catches_a_traceback(monkeypatch):
     def crash(*args, **kwargs):
         return 1 / 0
 
-    monkeypatch.setattr(planner.cli, "estimate_plan", crash)
+    monkeypatch.setattr(planner.api, "estimate_plan", crash)
     _code, problem = check(ESTIMATE)
     assert problem.startswith("traceback: ZeroDivisionError")
 
@@ -76,7 +77,7 @@ def test_the_check_catches_a_two_line_error(monkeypatch):
         click.echo("error: one\ntwo", err=True)
         sys.exit(2)
 
-    monkeypatch.setattr(planner.cli, "estimate_plan", two_lines)
+    monkeypatch.setattr(planner.api, "estimate_plan", two_lines)
     assert check(ESTIMATE)[1].startswith("error is not one line")
 
 
