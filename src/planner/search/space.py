@@ -153,24 +153,20 @@ class SearchSpace:
         numeric dimensions, whose grid is built whole, MAX_CHOICE_COMBINATIONS of the categorical ones, whose
         every combination is checked and evaluated as its own group); the error names the size and the pins
         that shrink it most. planner.search.candidates bounds the structurally valid plans as well."""
-        numeric_names = ("gpus", *NUMERIC_DIMENSIONS)
-        numeric = 1
-        for name in numeric_names:
-            numeric *= len(getattr(self, name))
-        if numeric > MAX_NUMERIC_COMBINATIONS:
+        self._refuse_over(
+            ("gpus", *NUMERIC_DIMENSIONS), MAX_NUMERIC_COMBINATIONS, "GPU counts and degrees", "dimensions"
+        )
+        self._refuse_over(tuple(CHOICE_DIMENSIONS), MAX_CHOICE_COMBINATIONS, "its categorical choices", "choices")
+
+    def _refuse_over(self, names: tuple[str, ...], limit: int, what: str, pins: str) -> None:
+        """PlanError when the product of the named dimensions' sizes exceeds `limit`."""
+        size = 1
+        for name in names:
+            size *= len(getattr(self, name))
+        if size > limit:
             raise PlanError(
-                f"the search space has {numeric:,} combinations of GPU counts and degrees, more than the "
-                f"{MAX_NUMERIC_COMBINATIONS:,} one search takes",
-                f"pin or narrow its widest dimensions: {self.widest_pins(numeric_names)}",
-            )
-        choices = 1
-        for name in CHOICE_DIMENSIONS:
-            choices *= len(getattr(self, name))
-        if choices > MAX_CHOICE_COMBINATIONS:
-            raise PlanError(
-                f"the search space has {choices:,} combinations of its categorical choices, more than the "
-                f"{MAX_CHOICE_COMBINATIONS:,} one search takes",
-                f"pin or narrow its widest choices: {self.widest_pins(tuple(CHOICE_DIMENSIONS))}",
+                f"the search space has {size:,} combinations of {what}, more than the {limit:,} one search takes",
+                f"pin or narrow its widest {pins}: {self.widest_pins(names)}",
             )
 
 
