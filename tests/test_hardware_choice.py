@@ -27,7 +27,7 @@ def test_catalog_holds_todays_gpus_with_every_number_sourced():
         gpu = load_gpu(name)
         assert gpu.memory_gib > 0 and gpu.hbm_bandwidth_gbps > 0 and gpu.tdp_w, name
         assert gpu.tflops["bf16"] and gpu.node.gpus_per_node >= 1 and gpu.architecture, name
-        assert gpu.price.source and gpu.price.currency == "USD", name
+        assert gpu.price.source and gpu.price.currency in ("USD", "CNY"), name
         if gpu.price.usd_per_gpu_hour is not None:
             assert gpu.price.date and gpu.price.instance, name
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from planner.catalog._yaml import read_yaml_mapping, require
 from planner.catalog._yaml import suggestions as _suggestions
+from planner.catalog.currency import USD, ExchangeRate, exchange_rate
 from planner.catalog.paths import data_dirs
 from planner.errors import CatalogError, PlanError
 from planner.inputs import one_line, quantity, quoted, text, whole_number
@@ -41,11 +42,39 @@ class PriceSpec:
     """On-demand price, with the public list it came from."""
 
     usd_per_gpu_hour: float | None
+    """US dollars per GPU-hour, what every cost uses: the listed price, converted when the list is not in USD."""
     instance: str = ""
     source: str = ""
     date: str = ""
     currency: str = "USD"
-    """Currency of the list the price was read from (the price itself is always USD)."""
+    """Currency of the list the price was read from."""
+    listed_per_gpu_hour: float | None = None
+    """The price as listed, in `currency` (equal to `usd_per_gpu_hour` for a USD list)."""
+    exchange_rate: ExchangeRate = USD
+    """The reference rate that turned the listed price into dollars (USD = 1 for a USD list)."""
+
+    @property
+    def converted(self) -> bool:
+        """True when the dollars were computed from a price listed in another currency."""
+        return self.usd_per_gpu_hour is not None and self.currency != "USD"
+
+    def conversion(self, cite: bool = True) -> str:
+        """How the dollars were obtained from a non-USD list, e.g. 'converted from 7.50 CNY/GPU-hour at
+        7.0779 CNY per USD (<rate source>, <rate date>)' (only the rate's date without `cite`); empty for
+        a USD list."""
+        if not self.converted:
+            return ""
+        rate = self.exchange_rate
+        reference = f"{rate.source}, {rate.date}" if cite else f"reference rate of {rate.date}"
+        return (
+            f"converted from {self.listed_per_gpu_hour:.2f} {self.currency}/GPU-hour at {rate.per_usd:g} "
+            f"{self.currency} per USD ({reference})"
+        )
+
+    def describe(self) -> str:
+        """Where the price comes from, for reports: instance, list, date and any currency conversion."""
+        listed = f"{self.instance} ({self.source}, {self.date})"
+        return f"{listed}; {self.conversion()}" if self.converted else listed
 
 
 @dataclass(frozen=True)
@@ -202,13 +231,7 @@ def _gpu_from_file(path: Path) -> GpuSpec:
             example=str(node_raw.get("example") or ""),
             nvlink_domain_gpus=_domain(node_raw, path),
         ),
-        price=PriceSpec(
-            usd_per_gpu_hour=_number(price_raw, "usd_per_gpu_hour", path, allow_none=True, positive=True),
-            instance=str(price_raw.get("instance") or ""),
-            source=str(price_raw.get("source") or ""),
-            date=str(price_raw.get("date") or ""),
-            currency=str(price_raw.get("currency") or "USD"),
-        ),
+        price=_price(price_raw, path),
         aliases=tuple(str(a) for a in aliases),
         tdp_w=_number(data, "tdp_w", path, allow_none=True),
         notes=str(data.get("notes") or ""),
@@ -216,6 +239,33 @@ def _gpu_from_file(path: Path) -> GpuSpec:
         flash_attention_speed=_flash_attention_speed(data, path),
         flash_attention_source=str(data.get("flash_attention_source") or ""),
         architecture=str(data.get("architecture") or ""),
+    )
+
+
+def _price(raw: dict[str, Any], path: Path) -> PriceSpec:
+    """`price:` of a GPU file: `usd_per_gpu_hour` for a list in dollars, or `per_gpu_hour` with its
+    `currency` for a list in another currency (dollars then come from hardware/currency/exchange_rates.yaml)."""
+    currency = one_line(str(raw.get("currency") or "USD")).strip().upper()
+    usd = _number(raw, "usd_per_gpu_hour", path, allow_none=True, positive=True)
+    listed = _number(raw, "per_gpu_hour", path, allow_none=True, positive=True)
+    if currency == "USD" and listed is not None:
+        raise CatalogError(f"{path}: a USD price goes in price.usd_per_gpu_hour", "rename per_gpu_hour")
+    if currency != "USD" and usd is not None:
+        raise CatalogError(
+            f"{path}: the price is listed in {currency}, so give price.per_gpu_hour in {currency}",
+            "dollars are computed from hardware/currency/exchange_rates.yaml",
+        )
+    rate = exchange_rate(currency, f"{path}: price")
+    if currency != "USD" and listed is not None:
+        usd = rate.to_usd(listed)
+    return PriceSpec(
+        usd_per_gpu_hour=usd,
+        instance=str(raw.get("instance") or ""),
+        source=str(raw.get("source") or ""),
+        date=str(raw.get("date") or ""),
+        currency=currency,
+        listed_per_gpu_hour=usd if currency == "USD" else listed,
+        exchange_rate=rate,
     )
 
 

@@ -47,7 +47,7 @@ def estimate_cost(
     else:
         price = gpu.price.usd_per_gpu_hour
         source = (
-            f"{gpu.price.instance} ({gpu.price.source}, {gpu.price.date})"
+            gpu.price.describe()
             if price is not None
             else (f"no price for {gpu.name} in the catalog; pass --price-per-gpu-hour")
         )

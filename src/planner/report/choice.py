@@ -120,6 +120,8 @@ def skipped_lines(choice) -> list[str]:
             lines.append(f"{option.gpu.name}: not listed, {option.skipped}")
         elif option.result is not None and not option.priced:
             lines.append(f"{option.gpu.name}: dollars blank, {option.result.price_source}")
+        elif option.result is not None and option.gpu.price.converted:
+            lines.append(f"{option.gpu.name}: price {option.gpu.price.conversion(cite=False)}")
     return lines + choice.notes
 
 

@@ -36,7 +36,8 @@ def _short_source(result) -> str:
     price = result.budget.gpu.price
     if result.request.price_per_gpu_hour is not None or result.price_per_gpu_hour is None:
         return result.price_source
-    return f"{price.instance}; list of {price.date}"
+    listed = f"{price.instance}; list of {price.date}"
+    return f"{listed}; {price.conversion(cite=False)}" if price.converted else listed
 
 
 def assumptions(result) -> list[str]:

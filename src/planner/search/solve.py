@@ -143,7 +143,7 @@ def _price(budget: Budget, request: SolveRequest) -> tuple[float | None, str]:
     price = budget.gpu.price
     if price.usd_per_gpu_hour is None:
         return None, f"no price for {budget.gpu.name} in the catalog (pass --price-per-gpu-hour)"
-    return price.usd_per_gpu_hour, f"{price.instance} ({price.source}, {price.date})"
+    return price.usd_per_gpu_hour, price.describe()
 
 
 def non_dominated(speed: np.ndarray, cost: np.ndarray, eligible: np.ndarray) -> np.ndarray:
