@@ -5,6 +5,7 @@ The browser tests need Debian's `chromium` and `chromium-driver` (apt-get instal
 in CI (CI set) a missing browser fails them.
 """
 
+import json
 import os
 import shutil
 import time
@@ -14,7 +15,15 @@ import pytest
 
 import planner
 from planner.memory import TERMS
-from planner.report.html import TABLE_ROWS, dimension_values, render_estimate_html
+from planner.report import vega
+from planner.report.html import (
+    TABLE_ROWS,
+    dimension_chart,
+    dimension_values,
+    memory_chart,
+    render_estimate_html,
+    speed_cost_chart,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -44,8 +53,44 @@ def test_page_is_self_contained_small_and_byte_identical(solution, page):
 def test_page_lists_assumptions_table_and_rejections(solution, page):
     assert "Assumptions" in page and "global batch 256 sequences" in page
     assert f"top {TABLE_ROWS} of {len(solution.plans):,} (all in plans.csv)" in page
-    assert page.count("<tr><td>") == TABLE_ROWS
+    assert page.count("<tr><td data-v=") == TABLE_ROWS  # the rank cell carries its sort value
     assert "Why the other combinations were rejected" in page and "plans fit" in page
+
+
+def test_charts_are_valid_vega_lite(solution):
+    """The specifications are written by hand as JSON: check them against the Vega-Lite schema of the version the
+    page's bundle carries (altair ships that schema; its validator is jsonschema)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    altair_v6 = pytest.importorskip("altair.vegalite.v6")
+    schema = json.loads((Path(altair_v6.__file__).parent / "schema" / "vega-lite-schema.json").read_text())
+    assert vega.VEGA_LITE_SCHEMA.endswith(f"v{altair_v6.SCHEMA_VERSION.lstrip('v')}.json")
+    rows = solution.frame.to_dict("records")
+    validator = jsonschema.Draft7Validator(schema)
+    for chart in (memory_chart(solution.plans[:5], 80.0, 76.0), speed_cost_chart(rows), dimension_chart(rows)):
+        spec = {"$schema": vega.VEGA_LITE_SCHEMA, **chart}
+        errors = [e.message for e in validator.iter_errors(spec)]
+        assert errors == []
+    broken = {**memory_chart(solution.plans[:1], 80.0, 76.0), "width": "wide"}
+    assert list(validator.iter_errors(broken))  # the check does reject a bad specification
+
+
+def test_vega_bundle_is_generated_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path))
+    vega.vega_bundle.cache_clear()
+    calls = []
+    generate = vega._generate
+    monkeypatch.setattr(vega, "_generate", lambda: calls.append(1) or generate())
+    first = vega.vega_bundle()
+    vega.vega_bundle.cache_clear()
+    second = vega.vega_bundle()
+    vega.vega_bundle.cache_clear()
+    assert calls == [1]  # the second page read the file
+    assert first == second and "vegaEmbed" in first and "</script" not in first
+    assert [p.name for p in tmp_path.iterdir()] == [vega.bundle_path().name]  # no temporary file left behind
+    monkeypatch.setenv("PLANNER_CACHE_DIR", str(tmp_path / "file" / "x"))
+    (tmp_path / "file").write_text("not a folder")
+    assert vega.vega_bundle() == first  # an unwritable cache still gives the page, same bytes
+    vega.vega_bundle.cache_clear()
 
 
 def _browser():
@@ -96,8 +141,8 @@ def test_solve_page_renders_in_chromium(solution, page, tmp_path):
         # sorting: clicking tokens_per_s twice puts the slowest... then the fastest first
         header = driver.find_elements("css selector", "table.sortable th")
         names = [h.text for h in header]
-        header[names.index("rank")].click()
-        header[names.index("rank")].click()
+        header[names.index("#")].click()
+        header[names.index("#")].click()
         first_rank = driver.execute_script("return document.querySelector('table.sortable tbody tr td').textContent")
     finally:
         driver.quit()

@@ -15,7 +15,8 @@ from rich.table import Table
 
 from planner import __version__
 from planner.architecture import total_params
-from planner.report.solve import SHORT, _row
+from planner.report.columns import SHORT
+from planner.report.solve import _row
 from planner.search.details import plan_estimates
 
 COLUMNS = (

@@ -1,21 +1,21 @@
 """report.html: one self-contained page per solve (and per estimate) that people read with their eyes.
 
-Charts are Vega-Lite specifications built with altair and drawn in the browser by Vega; the Vega, Vega-Lite
-and vega-embed JavaScript comes inlined from vl-convert's bundle, so the page needs no network. Every table
-and list is plain HTML (readable without JavaScript); only the charts and the column sorting need it.
-Same input -> the same bytes: specs are serialised with sorted keys and carry no generated names.
+Charts are Vega-Lite specifications, written here as plain JSON from the report's rows, and drawn in the browser
+by Vega; the Vega, Vega-Lite and vega-embed JavaScript is inlined from vl-convert's bundle (planner.report.vega),
+so the page needs no network. Every table and list is plain HTML (readable without JavaScript); only the charts
+and the column sorting need it. Same input -> the same bytes: specs are serialised with sorted keys and carry no
+generated names.
 """
 
 import html
 import json
-from functools import cache
-
-import altair as alt
 
 from planner import __version__
 from planner.estimate import Estimate
 from planner.memory import TERMS
+from planner.report.columns import HEADROOM_NOTE, ranking_columns
 from planner.report.estimate import TERM_LABELS
+from planner.report.vega import VEGA_LITE_SCHEMA, vega_bundle
 
 TABLE_ROWS = 250
 """Ranks listed in the page's table: laying out all of a large search's rows (1,850 x 22 cells for 13b on
@@ -24,36 +24,12 @@ TOP_MEMORY_PLANS = 5
 """Plans drawn in the memory chart (the first ranks)."""
 DIMENSIONS = ("engine", "zero", "micro_batch", "checkpointing", "tp", "pp", "cp", "offload", "precision", "method")
 """Plan fields whose best throughput per value the 'by dimension' chart shows (those with more than one value)."""
-TABLE_COLUMNS = (
-    "rank",
-    "pareto",
-    "gpus",
-    "nodes",
-    "dp",
-    "tp",
-    "pp",
-    "cp",
-    "sequence_parallel",
-    "engine",
-    "zero",
-    "micro_batch",
-    "grad_accum",
-    "checkpointing",
-    "precision",
-    "offload",
-    "method",
-    "peak_gib",
-    "headroom_gib",
-    "tokens_per_s",
-    "mfu",
-    "usd_per_million_tokens",
-)
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.82em}th,td{border:1px solid #ddd;padding:2px 6px;text-align:right}
-th{background:#f3f3f3;cursor:pointer;position:sticky;top:0}td.t{text-align:left}
+th{background:#f3f3f3;cursor:pointer;position:sticky;top:0;white-space:nowrap}.t{text-align:left}
 .scroll{max-height:520px;overflow:auto}.chart{margin:.5em 0}
 """
 
@@ -64,7 +40,8 @@ document.querySelectorAll("table.sortable th").forEach(function (th, col) {
     th.dataset.dir = up ? "asc" : "desc";
     var rows = Array.prototype.slice.call(body.rows);
     rows.sort(function (a, b) {
-      var x = a.cells[col].textContent, y = b.cells[col].textContent, nx = parseFloat(x), ny = parseFloat(y);
+      var x = a.cells[col].dataset.v || a.cells[col].textContent;
+      var y = b.cells[col].dataset.v || b.cells[col].textContent, nx = parseFloat(x), ny = parseFloat(y);
       var c = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
       return up ? c : -c;
     });
@@ -74,20 +51,18 @@ document.querySelectorAll("table.sortable th").forEach(function (th, col) {
 """
 
 
-@cache
-def _vega_bundle() -> str:
-    """Vega, Vega-Lite (the version altair writes) and vega-embed as one script defining window.vegaEmbed."""
-    import vl_convert
-
-    major, minor = alt.SCHEMA_VERSION.lstrip("v").split(".")[:2]
-    return vl_convert.javascript_bundle(vl_version=f"{major}.{minor}").replace("</script", "<\\/script")
+def _spec(chart: dict) -> str:
+    return json.dumps({"$schema": VEGA_LITE_SCHEMA, **chart}, sort_keys=True, separators=(",", ":")).replace(
+        "</", "<\\/"
+    )
 
 
-def _spec(chart: alt.TopLevelMixin) -> str:
-    return json.dumps(chart.to_dict(), sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
+def _field(name: str, kind: str, **options) -> dict:
+    """A Vega-Lite field definition: `kind` is `nominal`, `ordinal` or `quantitative`."""
+    return {"field": name, "type": kind, **options}
 
 
-def memory_chart(estimates: list[Estimate], capacity_gib: float, limit_gib: float) -> alt.LayerChart:
+def memory_chart(estimates: list[Estimate], capacity_gib: float, limit_gib: float) -> dict:
     """Stacked memory terms per GPU of the top plans, with the card's capacity and the fit limit as rules."""
     values = []
     for rank, est in enumerate(estimates, start=1):
@@ -95,39 +70,51 @@ def memory_chart(estimates: list[Estimate], capacity_gib: float, limit_gib: floa
             gib = est.memory.breakdown_gib[term]
             if gib:
                 values.append({"plan": f"#{rank}", "term": TERM_LABELS[term], "order": order, "gib": round(gib, 3)})
-    bars = (
-        alt.Chart(alt.Data(values=values))
-        .mark_bar()
-        .encode(
-            x=alt.X("plan:N", title="plan (rank)", sort=None, axis=alt.Axis(labelAngle=0)),
-            y=alt.Y("gib:Q", title="GiB per GPU", stack="zero"),
-            color=alt.Color(
-                "term:N",
+    bars = {
+        "data": {"values": values},
+        "mark": {"type": "bar"},
+        "encoding": {
+            "x": _field("plan", "nominal", title="plan (rank)", sort=None, axis={"labelAngle": 0}),
+            "y": _field("gib", "quantitative", title="GiB per GPU", stack="zero"),
+            "color": _field(
+                "term",
+                "nominal",
                 title="memory term",
-                legend=alt.Legend(labelLimit=320),
+                legend={"labelLimit": 320},
                 sort=[TERM_LABELS[t] for t in TERMS],
-                scale=alt.Scale(scheme="tableau20"),  # one colour per term: there are more than 10
+                scale={"scheme": "tableau20"},  # one colour per term: there are more than 10
             ),
-            order=alt.Order("order:Q"),
-            tooltip=["plan:N", "term:N", "gib:Q"],
-        )
-    )
-    lines = [{"what": f"capacity {capacity_gib:.1f} GiB", "gib": capacity_gib}]
-    lines.append({"what": f"fit limit {limit_gib:.1f} GiB", "gib": round(limit_gib, 3)})
-    rules = (
-        alt.Chart(alt.Data(values=lines))
-        .mark_rule(strokeDash=[6, 3], strokeWidth=2)
-        .encode(y="gib:Q", stroke=alt.Stroke("what:N", title="limits", scale=alt.Scale(range=["#444", "#d62728"])))
-    )
+            "order": _field("order", "quantitative"),
+            "tooltip": [_field("plan", "nominal"), _field("term", "nominal"), _field("gib", "quantitative")],
+        },
+    }
+    lines = [
+        {"what": f"capacity {capacity_gib:.1f} GiB", "gib": capacity_gib},
+        {"what": f"fit limit {limit_gib:.1f} GiB", "gib": round(limit_gib, 3)},
+    ]
+    rules = {
+        "data": {"values": lines},
+        "mark": {"type": "rule", "strokeDash": [6, 3], "strokeWidth": 2},
+        "encoding": {
+            "y": _field("gib", "quantitative"),
+            "stroke": _field("what", "nominal", title="limits", scale={"range": ["#444", "#d62728"]}),
+        },
+    }
     width = min(420, 60 + 72 * len(estimates))  # a bar per plan, not one stretched bar for a single estimate
-    return alt.layer(bars, rules).resolve_scale(color="independent").properties(width=width, height=320)
+    return {"layer": [bars, rules], "resolve": {"scale": {"color": "independent"}}, "width": width, "height": 320}
 
 
-def speed_cost_chart(table_rows: list[dict]) -> alt.Chart | None:
-    """Throughput against $ per million tokens for every plan that fits; the Pareto front drawn on top."""
+PARETO = "datum.front === 'Pareto front'"
+
+
+def speed_cost_chart(table_rows: list[dict]) -> dict | None:
+    """Throughput against $ per million tokens for every plan that fits, coloured by GPU count (at a fixed count
+    cost per token is inversely proportional to throughput, so each count draws one curve); the Pareto front's
+    plans drawn larger, outlined and on top."""
     values = [
         {
             "rank": r["rank"],
+            "gpus": r["gpus"],
             "tokens_per_s": r["tokens_per_s"],
             "usd": r["usd_per_million_tokens"],
             "front": "Pareto front" if r["pareto"] else "other plans",
@@ -137,22 +124,29 @@ def speed_cost_chart(table_rows: list[dict]) -> alt.Chart | None:
     ]
     if not values:
         return None
-    return (
-        alt.Chart(alt.Data(values=values))
-        .mark_point(filled=True, size=40)
-        .encode(
-            x=alt.X("usd:Q", title="$ per million tokens", scale=alt.Scale(zero=False)),
-            y=alt.Y("tokens_per_s:Q", title="tokens/s (whole job)", scale=alt.Scale(zero=False)),
-            color=alt.Color(
-                "front:N",
-                title=None,
-                scale=alt.Scale(domain=["Pareto front", "other plans"], range=["#d62728", "#9ab"]),
-            ),
-            order=alt.Order("front:N", sort="descending"),
-            tooltip=["rank:Q", "tokens_per_s:Q", "usd:Q"],
-        )
-        .properties(width=520, height=320)
-    )
+    front = {"domain": ["Pareto front", "other plans"]}
+    return {
+        "data": {"values": values},
+        "mark": {"type": "point", "filled": True, "opacity": 0.8},
+        "encoding": {
+            "x": _field("usd", "quantitative", title="$ per million tokens", scale={"zero": False}),
+            "y": _field("tokens_per_s", "quantitative", title="tokens/s (whole job)", scale={"zero": False}),
+            "color": _field("gpus", "ordinal", title="GPUs", scale={"scheme": "viridis"}),
+            "shape": _field("front", "nominal", title=None, scale={**front, "range": ["diamond", "circle"]}),
+            "size": {"condition": {"test": PARETO, "value": 150}, "value": 30},
+            "stroke": {"condition": {"test": PARETO, "value": "#000"}, "value": None},
+            "order": _field("front", "nominal", sort="descending"),
+            "tooltip": [
+                _field("rank", "quantitative"),
+                _field("gpus", "quantitative", title="GPUs"),
+                _field("tokens_per_s", "quantitative", title="tokens/s", format=",.0f"),
+                _field("usd", "quantitative", title="$ per million tokens"),
+                _field("front", "nominal", title="Pareto front"),
+            ],
+        },
+        "width": 560,
+        "height": 340,
+    }
 
 
 def dimension_values(table_rows: list[dict]) -> list[dict]:
@@ -168,38 +162,56 @@ def dimension_values(table_rows: list[dict]) -> list[dict]:
     return values
 
 
-def dimension_chart(table_rows: list[dict]) -> alt.FacetChart | None:
+def dimension_chart(table_rows: list[dict]) -> dict | None:
+    """Best tokens/s per value of each dimension: one small bar chart per dimension on a shared axis, the figure
+    written at each bar's end (the best values differ by a few percent, too little to read off bar lengths)."""
     values = dimension_values(table_rows)
     if not values:
         return None
-    return (
-        alt.Chart(alt.Data(values=values))
-        .mark_bar()
-        .encode(
-            x=alt.X("tokens_per_s:Q", title="best tokens/s"),
-            y=alt.Y("value:N", title=None, sort=None),
-            tooltip=["dimension:N", "value:N", "tokens_per_s:Q"],
+    y = _field("value", "nominal", title=None, sort=None)
+    label = _field("tokens_per_s", "quantitative", format=",.0f")
+    charts = []
+    shown = [dim for dim in DIMENSIONS if any(v["dimension"] == dim for v in values)]
+    for dim in shown:
+        rows = [v for v in values if v["dimension"] == dim]
+        # one axis, under the last chart: the others keep the grid lines only
+        axis = {"title": "best tokens/s (whole job)"} if dim == shown[-1] else {"title": None, "labels": False}
+        x = _field("tokens_per_s", "quantitative", axis=axis)
+        bars = {"mark": {"type": "bar"}, "encoding": {"x": x, "y": y, "tooltip": [y, label]}}
+        text = {
+            "mark": {"type": "text", "align": "left", "dx": 3, "fontSize": 10},
+            "encoding": {"x": x, "y": y, "text": label},
+        }
+        charts.append(
+            {
+                "title": {"text": dim, "anchor": "start", "fontSize": 12},
+                "data": {"values": rows},
+                "layer": [bars, text],
+                "width": 300,
+                "height": {"step": 16},
+            }
         )
-        .properties(width=300, height=alt.Step(16))
-        .facet(row=alt.Row("dimension:N", title=None, sort=list(DIMENSIONS)))
-        .resolve_scale(y="independent")
-    )
+    return {"vconcat": charts, "spacing": 12, "resolve": {"scale": {"x": "shared"}}}
 
 
-def _cell(value) -> str:
-    text = "-" if value is None else str(value)
-    klass = ' class="t"' if isinstance(value, str) else ""
-    return f"<td{klass}>{html.escape(text)}</td>"
+_LEFT = ' class="t"'
 
 
-def _table(table_rows: list[dict]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
-    body = "\n".join("<tr>" + "".join(_cell(r.get(c)) for c in TABLE_COLUMNS) + "</tr>" for r in table_rows)
+def _cell(column, row: dict) -> str:
+    value = row.get(column.field)
+    sort_key = "" if column.left or value is None else f' data-v="{html.escape(str(value))}"'
+    return f"<td{_LEFT * column.left}{sort_key}>{html.escape(column.text(row))}</td>"
+
+
+def _table(table_rows: list[dict], shows_method: bool) -> str:
+    columns = ranking_columns(shows_method)
+    head = "".join(f'<th{_LEFT * c.left} title="{html.escape(c.field)}">{html.escape(c.header)}</th>' for c in columns)
+    body = "\n".join("<tr>" + "".join(_cell(c, r) for c in columns) + "</tr>" for r in table_rows)
     table = f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
     return f'<div class="scroll">{table}</div>'
 
 
-def _page(title: str, sections: list[str], charts: dict[str, alt.TopLevelMixin]) -> str:
+def _page(title: str, sections: list[str], charts: dict[str, dict]) -> str:
     embeds = "\n".join(
         f'vegaEmbed("#{name}", {_spec(chart)}, {{"renderer": "svg", "actions": false}})'
         ".catch(function (e) { console.error(e); });"
@@ -210,7 +222,7 @@ def _page(title: str, sections: list[str], charts: dict[str, alt.TopLevelMixin])
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
         f"<h1>{html.escape(title)}</h1><p>planner {html.escape(__version__)}</p>\n"
         + "\n".join(sections)
-        + f"\n<script>{_vega_bundle()}</script>\n<script>{_SORT_JS}\n{embeds}\n</script>\n</body></html>\n"
+        + f"\n<script>{vega_bundle()}</script>\n<script>{_SORT_JS}\n{embeds}\n</script>\n</body></html>\n"
     )
 
 
@@ -223,7 +235,7 @@ def render_solve_html(result, table_rows: list[dict], estimates: dict[int, Estim
     from planner.report.solve import assumptions, describe_candidate, rejected_lines
 
     top = [estimates[int(i)] for i in result.feasible[:TOP_MEMORY_PLANS]]
-    charts: dict[str, alt.TopLevelMixin] = {}
+    charts: dict[str, dict] = {}
     sections = ["<h2>Assumptions</h2>" + _list(assumptions(result))]
     if top:
         charts["memory"] = memory_chart(top, result.budget.gpu.memory_gib, result.usable_gib)
@@ -240,7 +252,11 @@ def render_solve_html(result, table_rows: list[dict], estimates: dict[int, Estim
         sections.append('<h2>Best throughput by each dimension</h2><div id="dimensions" class="chart"></div>')
     shown = table_rows[:TABLE_ROWS]
     more = "" if len(shown) == len(table_rows) else f"top {len(shown):,} of {len(table_rows):,} (all in plans.csv); "
-    sections.append(f"<h2>Ranked plans ({more}click a column to sort)</h2>" + _table(shown))
+    sections.append(
+        f"<h2>Ranked plans ({more}click a column to sort)</h2>"
+        f"<p>* = on the throughput-vs-cost Pareto front; SP = sequence parallelism; {HEADROOM_NOTE}; hover a "
+        "header for its plans.csv column</p>" + _table(shown, result.space.method != ("full",))
+    )
     rejected = rejected_lines(result, lambda i: describe_candidate(result, i))
     sections.append("<h2>Why the other combinations were rejected</h2>" + _list(rejected))
     return _page(f"Plan search: {result.model.name} on {result.budget.text}", sections, charts)

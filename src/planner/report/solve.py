@@ -13,19 +13,9 @@ from planner import __version__
 from planner.architecture import total_params
 from planner.estimate import Estimate
 from planner.memory import TERMS
+from planner.report.columns import HEADROOM_NOTE, pp_text, ranking_columns
 from planner.report.estimate import TERM_LABELS
 from planner.search.candidates import CATEGORIES
-
-SHORT = {
-    "none": "-",
-    "selective": "sel",
-    "full": "full",
-    "optimizer": "opt",
-    "optimizer+params": "opt+par",
-    "deepspeed": "DeepSpeed",
-    "fsdp": "FSDP",
-    "megatron": "Megatron",
-}
 
 
 def _fmt_usd(value: float | None) -> str:
@@ -109,7 +99,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "fp8_recipe": p.fp8_recipe,
         "sequence_parallel": p.sequence_parallel,
         "peak_gib": round(m.peak_gib, 2),
-        "headroom_gib": round(m.headroom_gib, 2),
+        "headroom_gib": round(m.usable_gib - m.peak_gib, 2),  # to the fit limit: a plan's margin of error
         "tokens_per_s": round(perf.tokens_per_s, 1),
         "tokens_per_s_per_gpu": round(perf.tokens_per_s_per_gpu, 1),
         "mfu": round(perf.mfu, 4),
@@ -162,13 +152,8 @@ def describe_candidate(result, index: int) -> str:
         f"{int(c.gpus[index])} GPUs dp{int(c.dp[index])} tp{int(c.tp[index])} pp{pp_text(int(c.pp[index]), virtual)} "
         f"cp{int(c.cp[index])}, {cat['engine']} ZeRO-{cat['zero']}, micro-batch {int(c.micro_batch[index])}, "
         f"checkpointing {cat['checkpointing']}, offload {cat['offload']}, {cat['precision']} "
-        f"({c.peak_gib[index]:.1f} GiB)"
+        f"({c.peak_gib[index]:.2f} GiB)"
     )
-
-
-def pp_text(pp: int, virtual_stages: int) -> str:
-    """The pipeline degree, with the interleaved schedule's chunks per rank: `4` (1F1B) or `4x5v`."""
-    return str(pp) if virtual_stages == 1 else f"{pp}x{virtual_stages}v"
 
 
 def render_terminal(result, table_rows: list[dict], advice: list[str], width: int = 190) -> str:
@@ -180,63 +165,15 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
     if table_rows:
         shown = table_rows[: result.request.top]
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        headers = [
-            "#",
-            "GPUs",
-            "nodes",
-            "dp",
-            "tp",
-            "pp",
-            "cp",
-            "engine",
-            "ZeRO",
-            "mbs",
-            "GA",
-            "ckpt",
-            "prec",
-            "offload",
-            *(["method"] if _shows_method(result) else []),
-            "peak GiB",
-            "headroom",
-            "tokens/s",
-            "MFU",
-            "step s",
-            "hours",
-            "$",
-            "$/M tok",
-        ]
-        for h in headers:
-            table.add_column(h, justify="left" if h in ("engine", "ckpt", "prec", "offload", "method") else "right")
+        columns = ranking_columns(_shows_method(result))
+        for column in columns:
+            table.add_column(column.header, justify="left" if column.left else "right")
         for row in shown:
-            table.add_row(
-                f"{row['rank']}{'*' if row['pareto'] else ''}",
-                str(row["gpus"]),
-                str(row["nodes"]),
-                str(row["dp"]),
-                str(row["tp"]),
-                pp_text(row["pp"], row["virtual_stages"]),
-                str(row["cp"]),
-                SHORT[row["engine"]],
-                str(row["zero"]),
-                str(row["micro_batch"]),
-                str(row["grad_accum"]),
-                SHORT[row["checkpointing"]],
-                row["precision"],
-                SHORT.get(row["offload"], row["offload"]),
-                *([row["method"]] if _shows_method(result) else []),
-                f"{row['peak_gib']:.1f}",
-                f"{row['headroom_gib']:.1f}",
-                f"{row['tokens_per_s']:,.0f}",
-                f"{row['mfu']:.1%}",
-                f"{row['step_time_s']:.2f}",
-                "-" if row["hours"] is None else f"{row['hours']:,.1f}",
-                "-" if row["total_usd"] is None else f"{row['total_usd']:,.0f}",
-                "-" if row["usd_per_million_tokens"] is None else f"{row['usd_per_million_tokens']:.3f}",
-            )
+            table.add_row(*(column.text(row) for column in columns))
         console.print()
         console.print(
             f"Top {len(shown)} of {len(table_rows):,} plans that fit, by {result.request.objective} "
-            "(* = on the throughput-vs-cost Pareto front; headroom = capacity - peak, GiB"
+            f"(* = on the throughput-vs-cost Pareto front; SP = sequence parallelism; {HEADROOM_NOTE}"
             + ("; hours and $ need --tokens" if result.request.tokens is None else "")
             + "):"
         )
@@ -310,32 +247,7 @@ def render_markdown(result, table_rows: list[dict], estimates: dict[int, Estimat
     if by_method:
         lines += ["", "## Best plan per fine-tuning method", ""] + [f"- {line}" for line in by_method]
     lines += ["", f"## Ranked plans (top {min(result.request.top, len(table_rows))} of {len(table_rows)})", ""]
-    headers = [
-        "rank",
-        "pareto",
-        "gpus",
-        "nodes",
-        "dp",
-        "tp",
-        "pp",
-        "cp",
-        "engine",
-        "zero",
-        "micro_batch",
-        "grad_accum",
-        "checkpointing",
-        "precision",
-        "offload",
-        *(["method"] if _shows_method(result) else []),
-        "peak_gib",
-        "headroom_gib",
-        "tokens_per_s",
-        "mfu",
-        "step_time_s",
-        "hours",
-        "total_usd",
-        "usd_per_million_tokens",
-    ]
+    headers = ["rank", "pareto", *(c.field for c in ranking_columns(_shows_method(result))[1:])]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "---|" * len(headers))
     for row in table_rows[: result.request.top]:
