@@ -149,11 +149,12 @@ def test_trainer_arguments_deepspeed_and_fsdp():
     est = hand_estimate("ds-zero1-offload-fp16")
     args = trainer_arguments(est.plan, est.model)
     assert args["per_device_train_batch_size"] == 4 and args["gradient_accumulation_steps"] == 2
-    assert (args["fp16"], args["bf16"], args["gradient_checkpointing"]) == (True, False, True)
+    assert (args["fp16"], args["bf16"], args["activation_checkpointing"]) == (True, False, True)
+    assert not any(key.startswith("gradient_checkpointing") for key in args)  # deprecated in transformers 5.23
     assert args["deepspeed"] == "ds_config_trainer.json" and "fsdp" not in args
     fsdp = hand_estimate("fsdp-offload-llama2")
     args = trainer_arguments(fsdp.plan, fsdp.model)
-    assert args["fsdp"] is True and args["gradient_checkpointing"] is False
+    assert args["fsdp"] is True and args["activation_checkpointing"] is False
     assert args["fsdp_config"]["reshard_after_forward"] is True and args["fsdp_config"]["cpu_offload"] is True
     flags = trainer_flags(args)
     assert flags[flags.index("--fsdp") + 1] == "--fsdp_config"  # bare flag: a value would be the legacy string
@@ -286,6 +287,15 @@ def test_folder_skips_what_a_target_cannot_run_and_falls_back_for_the_trainer():
     assert "trainer" not in autotp.skipped
     assert json.loads(autotp.files["trainer_args.json"])["fsdp"] is True  # AutoTP: the HF-FSDP variant instead
     assert any("fsdp-hf variant" in label for label in autotp.commands)
+
+
+def test_trainer_args_file_carries_the_deepspeed_config_and_names_no_relative_file():
+    """A path in trainer_args.json is read from the current directory: the file must not need one."""
+    folder = build_launch_folder(hand_estimate("ds-zero1-offload-fp16"), ("trainer",), None, "test")
+    args = json.loads(folder.files["trainer_args.json"])
+    assert args["deepspeed"] == json.loads(folder.files["ds_config_trainer.json"])
+    assert not [v for v in args.values() if isinstance(v, str) and v.endswith(".json")]
+    assert '"$HERE/ds_config_trainer.json"' in folder.files["launch_trainer.sh"]  # the flags form: absolute
 
 
 @pytest.mark.parametrize(

@@ -481,7 +481,7 @@ def _engine_options(
         raise PlanError("--checkpointing-every N checkpoints every N-th block fully", "add --checkpointing full")
     if every > 1 and engine == "deepspeed":
         raise PlanError(
-            "Hugging Face models checkpoint every layer or none (gradient_checkpointing_enable)",
+            "Hugging Face models checkpoint every layer or none (activation_checkpointing_enable)",
             "use --engine fsdp or megatron for --checkpointing-every",
         )
     version = request.fsdp_version

@@ -11,6 +11,7 @@ wheel (flag names come from tests/data/megatron_lm_flags.txt, semantics from meg
 import importlib
 import json
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,16 +222,23 @@ def test_training_arguments_accept_args_file_and_flags(tmp_path, monkeypatch, la
     monkeypatch.setattr(training_args, "is_torch_bf16_gpu_available", lambda *a, **k: True)
     monkeypatch.chdir(tmp_path)
     args = trainer_arguments(est.plan, est.model)
-    Path("ds_config_trainer.json").write_text(json.dumps(deepspeed_config(est.plan, hf_auto=True)))
+    ds_config = deepspeed_config(est.plan, hf_auto=True)
+    Path("ds_config_trainer.json").write_text(json.dumps(ds_config))
     if "fsdp_config" in args:
         Path("trainer_fsdp_config.json").write_text(json.dumps(args["fsdp_config"]))
     if "accelerator_config" in args:
         Path("trainer_accelerator_config.json").write_text(json.dumps(args["accelerator_config"]))
-    Path("trainer_args.json").write_text(json.dumps(args))
+    # the args file as the launch folder writes it (nested configs inline), read from another directory
+    folder = tmp_path / "launch"
+    folder.mkdir()
+    args_file = trainer_arguments(est.plan, est.model, ds_config) if est.plan.engine == "deepspeed" else args
+    (folder / "trainer_args.json").write_text(json.dumps(args_file))
 
     parser = transformers.HfArgumentParser(transformers.TrainingArguments)
-    (from_file,) = parser.parse_json_file("trainer_args.json")
-    (from_flags,) = parser.parse_args_into_dataclasses(trainer_flags(args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # e.g. the deprecated gradient_checkpointing
+        (from_file,) = parser.parse_json_file(str(folder / "trainer_args.json"))
+        (from_flags,) = parser.parse_args_into_dataclasses(trainer_flags(args))
     for parsed in (from_file, from_flags):
         assert parsed.per_device_train_batch_size == est.plan.micro_batch
         assert parsed.gradient_accumulation_steps == est.plan.grad_accum

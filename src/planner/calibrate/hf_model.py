@@ -58,3 +58,14 @@ def build_hf_model(model: ModelSpec, num_layers: int | None = None, dtype=None, 
     with torch.device(device or "cpu"):
         built = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
     return built
+
+
+def enable_full_checkpointing(model) -> None:
+    """Checkpoint every decoder layer (non-reentrant). The pinned transformers (5.23) deprecates
+    `gradient_checkpointing_enable` for `activation_checkpointing_enable` and warns on the old name; an older
+    transformers (a GPU image's) has only the old one."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

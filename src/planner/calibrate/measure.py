@@ -199,11 +199,11 @@ def _build(point: MeasurePoint, device):
 
     spec = load_model(example_model_ref(point.model))
     pure = point.precision == "pure-bf16"
-    from planner.calibrate.hf_model import build_hf_model
+    from planner.calibrate.hf_model import build_hf_model, enable_full_checkpointing
 
     model = build_hf_model(spec, dtype=torch.bfloat16 if pure else torch.float32, device=device)
     if point.checkpointing == "full":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_full_checkpointing(model)
     if point.zero == 3:
         _ensure_process_group(device)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

@@ -91,13 +91,13 @@ def fake_step(
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from planner.calibrate.hf_model import build_hf_model
+    from planner.calibrate.hf_model import build_hf_model, enable_full_checkpointing
 
     autocast = implementation == "autocast"
     with FakeTensorMode():
         built = build_hf_model(model, num_layers=layers, dtype=torch.float32 if autocast else torch.bfloat16)
         if mode == "full":
-            built.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_full_checkpointing(built)
         built.train()
         optimizer = torch.optim.AdamW(built.parameters(), lr=1e-4, foreach=False)  # foreach inflates fake OPT
         tokens = torch.randint(0, model.architecture.vocab_size, (1, seq_len))

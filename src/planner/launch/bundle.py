@@ -206,12 +206,16 @@ def _write_trainer(folder: LaunchFolder) -> None:
         folder.skipped["trainer"] = "; ".join(reasons)
         return
     if variant.plan.engine == "deepspeed":
-        folder.files["ds_config_trainer.json"] = _json(deepspeed_config(variant.plan, hf_auto=True))
+        ds_config = deepspeed_config(variant.plan, hf_auto=True)
+        folder.files["ds_config_trainer.json"] = _json(ds_config)
+        # The args file carries the config itself: a path in it would be read from the current directory, so the
+        # file would work only from inside this folder (the Trainer takes `deepspeed` as a path or a dict).
+        folder.files["trainer_args.json"] = _json({**args, "deepspeed": ds_config})
     else:
         folder.files["trainer_fsdp_config.json"] = _json(args["fsdp_config"])
+        folder.files["trainer_args.json"] = _json(args)  # fsdp_config and accelerator_config inline
     if "accelerator_config" in args:
         folder.files["trainer_accelerator_config.json"] = _json(args["accelerator_config"])
-    folder.files["trainer_args.json"] = _json(args)
     _write_peft_files(folder, variant.plan)
     # The script gets absolute paths to this folder's files, so it runs from any directory.
     flags = trainer_flags(
@@ -224,7 +228,7 @@ def _write_trainer(folder: LaunchFolder) -> None:
         *NODE_COMMENTS,
         "TRAIN_SCRIPT: a script that parses TrainingArguments with HfArgumentParser, e.g. transformers'",
         "examples/pytorch/language-modeling/run_clm.py; add its model and data flags after this script's name.",
-        "trainer_args.json holds the same arguments (its file names are relative to this folder).",
+        "trainer_args.json holds the same arguments with the nested configs inline: it works from any directory.",
         *_peft_comments(variant.plan),
     ]
     setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your Trainer script}"']

@@ -115,7 +115,8 @@ def script_duties(folder) -> list[str]:
         plan = variant.plan
         if plan.checkpointing == "full" and code == "deepspeed":
             duties.append(
-                f"With {who}, call `model.gradient_checkpointing_enable()` in your script: the {code} variant is "
+                f"With {who}, call `model.activation_checkpointing_enable()` (older transformers: "
+                f"`gradient_checkpointing_enable()`) in your script: the {code} variant is "
                 "predicted with full checkpointing, which DeepSpeed's JSON cannot switch on for Hugging Face "
                 "models (the Trainer files do it)."
             )

@@ -1,10 +1,12 @@
-"""Hugging Face `TrainingArguments` for a plan (transformers 4.4x - 5.x), as an args file and as flags.
+"""Hugging Face `TrainingArguments` for a plan (transformers 5.x, checked with the pinned 5.23), as an args file
+and as flags.
 
 DeepSpeed runs from a copy of the plan's JSON whose batch, clipping and precision fields are `"auto"`:
 the Trainer fills them from these arguments, and offline it sees a world size of 1, so concrete global
 values would be rejected (launch-configs.md B.3). FSDP (version 1 or 2, as predicted) takes `fsdp=True`
 with an `fsdp_config`; with FSDP, checkpointing goes through `fsdp_config.activation_checkpointing`, which
-avoids the extra all-gather the Trainer's own `gradient_checkpointing` causes.
+avoids the extra all-gather the Trainer's own checkpointing causes. Checkpointing is `activation_checkpointing`
+(transformers 5.23 deprecates its old name, `gradient_checkpointing`, warning on every use).
 """
 
 import json
@@ -20,8 +22,9 @@ OPTIM = {"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit", "sgd": "s
 MAX_GRAD_NORM = 1.0
 
 
-def trainer_arguments(plan: Plan, model: ModelSpec, ds_config_path: str = "ds_config_trainer.json") -> dict[str, Any]:
-    """TrainingArguments fields of the plan (the data, learning rate and output settings stay yours)."""
+def trainer_arguments(plan: Plan, model: ModelSpec, ds_config: str | dict = "ds_config_trainer.json") -> dict[str, Any]:
+    """TrainingArguments fields of the plan (the data, learning rate and output settings stay yours). `ds_config`
+    is the DeepSpeed config's path or, for an args file that works from any directory, the config itself."""
     if plan.engine not in ("deepspeed", "fsdp") or plan.tp * plan.pp * plan.cp > 1:
         raise PlannerError(
             f"the Trainer runs data-parallel DeepSpeed or FSDP plans, got {plan.engine} tp{plan.tp} pp{plan.pp}",
@@ -41,15 +44,15 @@ def trainer_arguments(plan: Plan, model: ModelSpec, ds_config_path: str = "ds_co
         "torch_compile": plan.compile,
     }
     if plan.engine == "deepspeed":
-        args["gradient_checkpointing"] = plan.checkpointing == "full"
+        args["activation_checkpointing"] = plan.checkpointing == "full"
         if plan.checkpointing == "full":
-            args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-        args["deepspeed"] = ds_config_path
+            args["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+        args["deepspeed"] = ds_config
         return args
     fsdp_config = hf_fsdp2_settings(plan, model)
     if "transformer_layer_cls_to_wrap" in fsdp_config:
         fsdp_config["transformer_layer_cls_to_wrap"] = [fsdp_config["transformer_layer_cls_to_wrap"]]
-    args.update(gradient_checkpointing=False, fsdp=True, fsdp_config=fsdp_config)
+    args.update(activation_checkpointing=False, fsdp=True, fsdp_config=fsdp_config)
     if plan.grad_accum > 1:
         # The Trainer skips FSDP's gradient reduction until the last micro-batch by default, which keeps
         # unsharded fp32 gradients of the whole model between micro-batches; reduce-scattering every
