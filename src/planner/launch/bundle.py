@@ -107,6 +107,32 @@ def _variant(folder: LaunchFolder, target: str, code: str) -> Variant | None:
     return variant
 
 
+def _variant_label(variant: Variant) -> str:
+    """What a command runs when it is not the ranked plan: `; fsdp-hf variant: micro-batch 16 x accumulation 1,
+    30,274 tokens/s` (the README's command list), or "" for the plan itself."""
+    if not variant.changes:
+        return ""
+    plan, speed = variant.plan, variant.estimate.performance.tokens_per_s
+    batch = f"micro-batch {plan.micro_batch} x accumulation {plan.grad_accum}"
+    return f"; {variant.code} variant: {batch}, {speed:,.0f} tokens/s"
+
+
+def _variant_comments(folder: LaunchFolder, variant: Variant) -> list[str]:
+    """The script's first comment lines: which plan it runs, with its numbers beside the ranked plan's."""
+    est, chosen = variant.estimate, folder.chosen
+    numbers = f"predicted {est.performance.tokens_per_s:,.0f} tokens/s, peak {est.memory.peak_gib:.1f} GiB per GPU"
+    if not variant.changes:
+        batch = f"micro-batch {variant.plan.micro_batch} x accumulation {variant.plan.grad_accum}"
+        return [f"Runs the ranked plan: {batch}, {numbers}."]
+    return [
+        f"Runs the {variant.code} variant of the plan, not the plan itself: micro-batch {variant.plan.micro_batch} x "
+        f"accumulation {variant.plan.grad_accum}, {numbers}",
+        f"(the ranked plan: micro-batch {chosen.plan.micro_batch} x accumulation {chosen.plan.grad_accum}, "
+        f"{chosen.performance.tokens_per_s:,.0f} tokens/s). Changes: {'; '.join(variant.changes)}.",
+        "README.md (Variants) says why.",
+    ]
+
+
 def _json(data) -> str:
     return json.dumps(data, indent=2) + "\n"
 
@@ -120,7 +146,8 @@ def _write_deepspeed(folder: LaunchFolder) -> None:
     if node_layout(plan).nodes > 1:
         folder.files["hostfile"] = hostfile_example(plan)
     command = deepspeed_command(plan, "${TRAIN_SCRIPT}", "$HERE/ds_config.json", "$HERE/hostfile")
-    comments = ["Run once, on the main node: the launcher starts every node over ssh (pdsh) from hostfile."]
+    comments = [*_variant_comments(folder, variant)]
+    comments.append("Run once, on the main node: the launcher starts every node over ssh (pdsh) from hostfile.")
     if node_layout(plan).nodes > 1:
         comments.append("Edit hostfile first; MASTER_ADDR = the main node's address.")
     comments.append("TRAIN_SCRIPT: your DeepSpeed training script (it must accept --deepspeed CONFIG).")
@@ -128,7 +155,7 @@ def _write_deepspeed(folder: LaunchFolder) -> None:
     folder.files["launch_deepspeed.sh"] = render_script(
         "DeepSpeed launcher, written by planner launch", comments, setup, command
     )
-    folder.commands["DeepSpeed JSON (ds_config.json)"] = ["launch_deepspeed.sh"]
+    folder.commands[f"DeepSpeed JSON (ds_config.json{_variant_label(variant)})"] = ["launch_deepspeed.sh"]
 
 
 def _ensure_ds_config(folder: LaunchFolder, variant: Variant) -> None:
@@ -142,28 +169,33 @@ def _write_accelerate(folder: LaunchFolder) -> None:
         _ensure_ds_config(folder, ds)
         config = accelerate_deepspeed_config(ds.plan, "ds_config.json")
         folder.files["accelerate_deepspeed.yaml"] = render_accelerate_yaml(config, "Accelerate + DeepSpeed")
-        folder.files["launch_accelerate_deepspeed.sh"] = _accelerate_script(ds, "accelerate_deepspeed.yaml")
-        folder.commands["Accelerate + DeepSpeed (accelerate_deepspeed.yaml)"] = ["launch_accelerate_deepspeed.sh"]
+        folder.files["launch_accelerate_deepspeed.sh"] = _accelerate_script(folder, ds, "accelerate_deepspeed.yaml")
+        label = f"Accelerate + DeepSpeed (accelerate_deepspeed.yaml{_variant_label(ds)})"
+        folder.commands[label] = ["launch_accelerate_deepspeed.sh"]
     fsdp = _variant(folder, "accelerate", "fsdp-hf")
     if fsdp is not None:
         config = accelerate_fsdp_config(fsdp.plan, chosen_model)
         title = f"Accelerate + FSDP{fsdp.plan.fsdp_version}"
         folder.files["accelerate_fsdp.yaml"] = render_accelerate_yaml(config, title)
-        folder.files["launch_accelerate_fsdp.sh"] = _accelerate_script(fsdp, "accelerate_fsdp.yaml")
-        folder.commands[f"{title} (accelerate_fsdp.yaml)"] = ["launch_accelerate_fsdp.sh"]
+        folder.files["launch_accelerate_fsdp.sh"] = _accelerate_script(folder, fsdp, "accelerate_fsdp.yaml")
+        folder.commands[f"{title} (accelerate_fsdp.yaml{_variant_label(fsdp)})"] = ["launch_accelerate_fsdp.sh"]
     if ds is not None or fsdp is not None:
         folder.skipped.pop("accelerate", None)
         _write_peft_files(folder, folder.chosen.plan)
 
 
-def _accelerate_script(variant: Variant, config_name: str) -> str:
+def _accelerate_script(folder: LaunchFolder, variant: Variant, config_name: str) -> str:
     command = accelerate_command(variant.plan, f"$HERE/{config_name}")
-    comments = ["TRAIN_SCRIPT: your Accelerate training script; its batch and accumulation must match the plan."]
+    comments = [
+        *_variant_comments(folder, variant),
+        "TRAIN_SCRIPT: your Accelerate training script; its micro-batch and accumulation must be the ones above.",
+    ]
     if node_layout(variant.plan).nodes > 1:
         comments = [
+            *comments[:-1],
             "Run the same script on every node with NODE_RANK set (0 on the main node) and MASTER_ADDR set to",
             "the main node's address; MASTER_PORT is optional. Extra arguments are passed on.",
-            *comments,
+            comments[-1],
         ]
     setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your training script}"']
     return render_script(f"accelerate launch ({config_name}), written by planner launch", comments, setup, command)
@@ -225,6 +257,7 @@ def _write_trainer(folder: LaunchFolder) -> None:
     )
     command = [*torchrun_args(variant.plan), "${TRAIN_SCRIPT}", *flags]
     comments = [
+        *_variant_comments(folder, variant),
         *NODE_COMMENTS,
         "TRAIN_SCRIPT: a script that parses TrainingArguments with HfArgumentParser, e.g. transformers'",
         "examples/pytorch/language-modeling/run_clm.py; add its model and data flags after this script's name.",
@@ -234,7 +267,8 @@ def _write_trainer(folder: LaunchFolder) -> None:
     setup = ['TRAIN_SCRIPT="${TRAIN_SCRIPT:?set TRAIN_SCRIPT to your Trainer script}"']
     script = render_script("Hugging Face Trainer via torchrun, written by planner launch", comments, setup, command)
     folder.files["launch_trainer.sh"] = script
-    folder.commands[f"HF Trainer (trainer_args.json, {variant.code} variant)"] = ["launch_trainer.sh"]
+    label = _variant_label(variant) or f"; {variant.code} variant, the plan itself"
+    folder.commands[f"HF Trainer (trainer_args.json{label})"] = ["launch_trainer.sh"]
 
 
 def _train_script_refusal(plan: Plan, arch: Architecture) -> str:
@@ -287,6 +321,7 @@ def _write_torchrun(folder: LaunchFolder) -> None:
         return
     command = [*torchrun_args(plan), "${TRAIN_SCRIPT}", "--plan", "$HERE/plan.json", "--variant", "fsdp"]
     comments = [
+        *_variant_comments(folder, variant),
         *NODE_COMMENTS,
         "TRAIN_SCRIPT defaults to planner's examples/train.py (FSDP2 on a Llama-style model built from",
         "plan.json); any script that reads plan.json the same way can replace it.",
@@ -296,7 +331,7 @@ def _write_torchrun(folder: LaunchFolder) -> None:
     from planner.launch.example import example_train_script
 
     folder.files["train.py"] = example_train_script()
-    folder.commands["torchrun + FSDP2 (train.py reading plan.json)"] = ["launch_torchrun.sh"]
+    folder.commands[f"torchrun + FSDP2 (train.py reading plan.json{_variant_label(variant)})"] = ["launch_torchrun.sh"]
 
 
 def _write_megatron(folder: LaunchFolder) -> None:
@@ -311,6 +346,7 @@ def _write_megatron(folder: LaunchFolder) -> None:
     folder.files["megatron_args.txt"] = "\n".join(flag_lines(args)) + "\n"
     command = [*torchrun_args(variant.plan), "${MEGATRON_LM}/pretrain_gpt.py", *args]
     comments = [
+        *_variant_comments(folder, variant),
         *NODE_COMMENTS,
         "MEGATRON_LM: a Megatron-LM checkout. Add data, tokenizer, learning-rate and checkpoint flags",
         "after this script's name, e.g. --data-path ... --tokenizer-type HuggingFaceTokenizer --tokenizer-model ...",
@@ -320,7 +356,7 @@ def _write_megatron(folder: LaunchFolder) -> None:
     folder.files["launch_megatron.sh"] = render_script(
         "Megatron-LM, written by planner launch", comments, setup, command
     )
-    folder.commands["Megatron-LM (megatron_args.txt)"] = ["launch_megatron.sh"]
+    folder.commands[f"Megatron-LM (megatron_args.txt{_variant_label(variant)})"] = ["launch_megatron.sh"]
 
 
 def _write_torchtitan(folder: LaunchFolder) -> None:
@@ -335,12 +371,16 @@ def _write_torchtitan(folder: LaunchFolder) -> None:
     folder.files["torchtitan_plan.py"] = source
     command = [*torchrun_args(variant.plan), "-m", "torchtitan.train", "--module", "torchtitan_plan"]
     command += ["--config", "planner_plan"]
-    comments = [*NODE_COMMENTS, "Needs torchtitan 0.3 (pip install torchtitan==0.3.0) and this folder on PYTHONPATH."]
+    comments = [
+        *_variant_comments(folder, variant),
+        *NODE_COMMENTS,
+        "Needs torchtitan 0.3 (pip install torchtitan==0.3.0) and this folder on PYTHONPATH.",
+    ]
     setup = ['export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"']
     folder.files["launch_torchtitan.sh"] = render_script(
         "torchtitan, written by planner launch", comments, setup, command
     )
-    folder.commands["torchtitan (torchtitan_plan.py)"] = ["launch_torchtitan.sh"]
+    folder.commands[f"torchtitan (torchtitan_plan.py{_variant_label(variant)})"] = ["launch_torchtitan.sh"]
 
 
 _WRITERS = {
