@@ -122,3 +122,31 @@ def test_price_override_and_bad_tokens():
     assert data["cost"]["usd_per_hour"] == 16.0
     bad = run([*SEED, "--tokens", "lots"])
     assert bad.exit_code == 2 and "cannot read --tokens 'lots'" in bad.output
+
+
+def test_estimate_names_the_defaults_where_solve_differs():
+    """A plan copied by hand from a solve into estimate without --seq-len/--engine/--global-batch gives other
+    numbers: the table says which of those it took by default."""
+    given = run(["estimate", "--model", "13b", "--gpus", "8", "--engine", "fsdp", "--seq-len", "4096"])
+    assert given.exit_code == 0, given.output
+    assert "defaults (flags not given" in given.output
+    assert "--global-batch 8 = micro-batch x dp" in given.output
+    assert "--seq-len" not in given.output and "--engine" not in given.output
+    full = [*SEED, "--engine", "deepspeed"]
+    assert "defaults (flags not given" not in run(full).output
+    bare = run(["estimate", "--model", "13b", "--gpus", "8"]).output
+    assert "--seq-len 2048 (solve: 4096)" in bare and "--engine deepspeed (solve searches the engines)" in bare
+
+
+def test_estimate_shows_fully_hidden_data_parallel_traffic_as_hidden():
+    """The 13b/16xA100 top plan (2-node FSDP, ZeRO-2, tp 2) hides its data-parallel traffic behind compute:
+    the speed table keeps the line, marked hidden, with the traffic's own time."""
+    args = ["estimate", "--model", "13b", "--gpus", "16", "--engine", "fsdp", "--zero", "2", "--tp", "2"]
+    args += ["--micro-batch", "2", "--global-batch", "256", "--seq-len", "4096"]
+    result = run(args)
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("data-parallel communication")]
+    assert "hidden behind compute" in line and line.split()[-2:] == ["hidden", "0%"]
+    data = json.loads(run([*args, "--format", "json"]).output)
+    perf = data["performance"]
+    assert perf["breakdown_s"]["data_parallel_comm"] == 0 < perf["data_parallel_comm_total_s"]

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+from click.core import ParameterSource
 
 from planner import __version__, api
 from planner.catalog import list_gpus, list_models
@@ -262,7 +263,31 @@ def estimate(
 
         click.echo(render_estimate_html(result), nl=False)
         return
-    click.echo(render_json(result) if fmt == "json" else render_table(result), nl=False)
+    click.echo(
+        render_json(result) if fmt == "json" else render_table(result, defaults=_estimate_defaults(result)), nl=False
+    )
+
+
+def _estimate_defaults(result) -> tuple[str, ...]:
+    """The estimate settings left at a default that `planner solve` does not share, so that a plan copied from a
+    solve by hand says what it is missing."""
+    ctx = click.get_current_context()
+    plan = result.plan
+    defaulted = {
+        name
+        for name in ("seq_len", "engine", "global_batch")
+        if ctx.get_parameter_source(name) == ParameterSource.DEFAULT
+    }
+    lines = []
+    if "seq_len" in defaulted:
+        lines.append(f"--seq-len {plan.seq_len} (solve: {SolveRequest.__dataclass_fields__['seq_len'].default})")
+    if "engine" in defaulted:
+        lines.append(f"--engine {plan.engine} (solve searches the engines)")
+    if "global_batch" in defaulted:
+        lines.append(
+            f"--global-batch {plan.global_batch} = micro-batch x dp, no accumulation (solve: about 1M tokens a step)"
+        )
+    return tuple(lines)
 
 
 @main.command()

@@ -88,6 +88,9 @@ class PerformanceEstimate:
     breakdown_s: dict[str, float]
     """Where the step time goes (sums to step_time_s)."""
     notes: list[str] = field(default_factory=list)
+    data_parallel_comm_total_s: float = 0.0
+    """The data-parallel traffic's whole time per step, hidden or not (breakdown_s holds the part not hidden
+    behind compute): a plan whose reduction is fully overlapped has 0 there and this above 0."""
 
     def to_dict(self) -> dict:
         return {
@@ -101,6 +104,7 @@ class PerformanceEstimate:
             "efficiency_source": self.efficiency_source,
             "flops_per_token": {k: round(v) for k, v in self.flops_per_token.items()},
             "breakdown_s": {k: round(v, 6) for k, v in self.breakdown_s.items()},
+            "data_parallel_comm_total_s": round(self.data_parallel_comm_total_s, 6),
             "notes": list(self.notes),
         }
 
@@ -488,7 +492,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     dequantize_s = dequantization_s(gpu, plan, np.maximum(*(s.quantized_params for s in stages)))
     compute_s = compute_s + dequantize_s
     micro_batch_s = micro_batch_s + dequantize_s
-    dp_exposed_s, _ = _dp_exposed_s(
+    dp_exposed_s, dp_total_s = _dp_exposed_s(
         plan, gpu, params, forward_s, backward_s, trainable, gathered_param_bytes(arch, plan)
     )
     optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, trainable)
@@ -516,6 +520,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         "efficiency_params": eff_params,
         "flops": flops,
         "breakdown_s": breakdown,
+        "data_parallel_comm_total_s": dp_total_s,
     }
 
 
@@ -547,6 +552,7 @@ def performance_estimate_at(terms: dict, index: int | None, gpu: GpuSpec) -> Per
         flops_per_token={"model": flops.model, "hardware": flops.hardware},
         breakdown_s={k: _at(v, index) for k, v in terms["breakdown_s"].items()},
         notes=notes,
+        data_parallel_comm_total_s=_at(terms["data_parallel_comm_total_s"], index),
     )
 
 

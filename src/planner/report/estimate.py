@@ -94,13 +94,18 @@ def _method_line(p) -> str:
     )
 
 
-def render_table(estimate: Estimate, width: int = 100) -> str:
+def render_table(estimate: Estimate, width: int = 100, defaults: tuple[str, ...] = ()) -> str:
+    """The terminal report; `defaults` names the settings taken by default where `planner solve` would differ."""
     memory = estimate.memory
     out = StringIO()
     console = Console(file=out, width=width, color_system=None, highlight=False)
     console.print(f"model  {_model_line(estimate)}")
     for i, line in enumerate(_plan_lines(estimate)):
         console.print(("plan   " if i == 0 else "       ") + line)
+    if defaults:
+        console.print("defaults (flags not given, where planner solve differs):")
+        for line in defaults:
+            console.print(f"       {line}")
     stage = f", pipeline stage {memory.peak_stage}" if estimate.plan.pp > 1 else ""
     console.print(f"\nMemory per GPU at the peak ({PHASE_LABELS[memory.peak_phase]}{stage}):")
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -154,7 +159,11 @@ def _print_performance(console: Console, estimate: Estimate) -> None:
     table.add_column("s", justify="right")
     table.add_column("share", justify="right")
     for key, value in perf.breakdown_s.items():
-        if value:
+        if key == "data_parallel_comm" and not value and perf.data_parallel_comm_total_s:
+            # fully overlapped: shown, so a reader does not take it for a plan without data-parallel traffic
+            label = f"data-parallel communication ({perf.data_parallel_comm_total_s:.3f} s, hidden behind compute)"
+            table.add_row(label, "hidden", "0%")
+        elif value:
             table.add_row(PERF_LABELS[key], f"{value:.3f}", f"{value / perf.step_time_s:.0%}")
     table.add_section()
     table.add_row("step", f"{perf.step_time_s:.3f}", "100%")
