@@ -221,11 +221,19 @@ def check_runnable(plan: dict, arch: dict) -> None:
 
 
 def make_mesh(plan: dict, device: torch.device) -> DeviceMesh | None:
-    """The (dp, tp) mesh for tensor-parallel plans; None for data parallelism alone."""
+    """The (dp, tp) mesh for tensor-parallel plans; None for data parallelism alone.
+
+    The gradient norm of parameters sharded over both dimensions is partial over both: without a flattened
+    dp x tp dimension DTensor reduces it with two all-reduces in a row (and warns that the order can differ
+    between ranks); with one registered (as torchtitan registers its flattened meshes) it is one all-reduce."""
     tp = plan["tp"]
     if tp == 1:
         return None
-    return init_device_mesh(device.type, (dist.get_world_size() // tp, tp), mesh_dim_names=("dp", "tp"))
+    mesh = init_device_mesh(device.type, (dist.get_world_size() // tp, tp), mesh_dim_names=("dp", "tp"))
+    flatten = getattr(mesh["dp", "tp"], "_flatten", None)  # private in torch 2.x, used by torchtitan
+    if flatten is not None:
+        flatten("dp_tp")
+    return mesh
 
 
 def apply_tensor_parallel(model: "Decoder", mesh: DeviceMesh, sequence_parallel: bool) -> None:
