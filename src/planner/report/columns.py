@@ -65,7 +65,7 @@ COLUMNS = (
     Column("precision", "prec", _field("precision"), left=True),
     Column("offload", "offload", _short("offload"), left=True),
     Column("method", "method", _field("method"), left=True),
-    Column("peak_gib", "peak GiB", _field("peak_gib", _number(".1f"))),
+    Column("peak_gib", "peak GiB", _field("peak_gib", _number(".2f"))),  # beside the limit, 0.01 GiB shows
     Column("headroom_gib", "headroom", _field("headroom_gib", _number(".2f"))),
     Column("tokens_per_s", "tokens/s", _field("tokens_per_s", _number(",.0f"))),
     Column("mfu", "MFU", _field("mfu", _number(".1%"))),
