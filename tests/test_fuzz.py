@@ -98,6 +98,6 @@ def test_the_check_catches_non_finite_and_negative_output(monkeypatch, output, f
 
 
 def test_the_check_catches_nan_in_a_table(monkeypatch):
-    monkeypatch.setattr(planner.cli, "render_table", lambda result: "peak   nan GiB\n")
+    monkeypatch.setattr(planner.cli, "render_table", lambda result, **_: "peak   nan GiB\n")
     _code, problem = check(Attempt("self-test", ("estimate", "--model", "7b")))
     assert "'nan' in output" in problem

@@ -177,7 +177,8 @@ def dimension_chart(table_rows: list[dict]) -> dict | None:
         # one axis, under the last chart: the others keep the grid lines only
         axis = {"title": "best tokens/s (whole job)"} if dim == shown[-1] else {"title": None, "labels": False}
         x = _field("tokens_per_s", "quantitative", axis=axis)
-        bars = {"mark": {"type": "bar"}, "encoding": {"x": x, "y": y, "tooltip": [y, label]}}
+        tooltip = [_field("value", "nominal", title=dim), label]
+        bars = {"mark": {"type": "bar"}, "encoding": {"x": x, "y": y, "tooltip": tooltip}}
         text = {
             "mark": {"type": "text", "align": "left", "dx": 3, "fontSize": 10},
             "encoding": {"x": x, "y": y, "text": label},
