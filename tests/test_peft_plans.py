@@ -17,8 +17,9 @@ from planner.estimate import trainable_params
 from planner.memory import activations as act
 from planner.memory import estimate_memory
 from planner.memory.model import stage_phases
+from planner.memory.quantization import quantization_constant_bytes
 from planner.memory.stages import first_and_last_stage
-from planner.memory.states import group_params, quantization_constant_bytes, state_layout, state_term_bytes
+from planner.memory.states import group_params, state_layout, state_term_bytes
 from planner.performance import comm
 from planner.performance.flops import flops_per_token
 from planner.performance.model import HBM_EFFICIENCY, _dp_exposed_s, dequantization_s
@@ -119,6 +120,48 @@ def test_lora_block_activations_exact():
     # dropout: each adapter keeps its own dropped-out copy and a one-byte mask.
     _, _, dropout = plan_for(engine="fsdp", method="lora", lora_dropout=0.05)
     assert act.layer_activations(model.architecture, dropout).adapter_inputs == 3 * (6 * h + f) + 7 * 2 * 16
+
+
+def test_adapters_that_need_no_cast_share_their_inputs():
+    # pure bf16 (torchtune) and fp32: the adapters have the input's dtype, so lora_A keeps the tensor itself,
+    # one per distinct input (attention norm out, attention out, MLP norm out: h each; MLP product: f).
+    model, _, plan = plan_for(engine="fsdp", method="lora", precision="pure-bf16")
+    h, f = 4096, 11008
+    assert act.layer_activations(model.architecture, plan).adapter_inputs == 2 * (3 * h + f) + 7 * 2 * 16
+    _, _, fp32 = plan_for(engine="fsdp", method="lora", precision="fp32")
+    assert act.layer_activations(model.architecture, fp32).adapter_inputs == 4 * (3 * h + f) + 7 * 4 * 16
+
+
+def test_qlora_base_linears_keep_their_inputs():
+    # bitsandbytes' MatMul4Bit saves (A, B): every 4-bit linear keeps its input, even without an adapter
+    # (attention targets: the MLP's inputs are kept by the base gate/up/down); PEFT's 4-bit LoRA layer does
+    # not cast under autocast, so the adapters share those tensors.
+    h, f = 4096, 11008
+    model, _, attn = plan_for(engine="fsdp", method="qlora", lora_targets="attention")
+    assert act.layer_activations(model.architecture, attn).adapter_inputs == 2 * (3 * h + f) + 4 * 2 * 16
+    _, _, dropout = plan_for(engine="fsdp", method="qlora", lora_targets="attention", lora_dropout=0.1)
+    own = 3 * (4 * h)  # q, k, v, o: a dropped-out bf16 copy and a one-byte mask each
+    assert act.layer_activations(model.architecture, dropout).adapter_inputs == own + 2 * (3 * h + f) + 4 * 2 * 16
+
+
+def test_fsdp_gathers_the_frozen_base_as_stored_and_unshards_only_adapter_gradients():
+    # FULL_SHARD: the working unit (largest of block / embedding / head, in bf16) + gradients and fp32 reduce
+    # buffer of what trains in a block + the prefetched block. LoRA: a block is 2 bytes x (its weights + its
+    # adapters); QLoRA: its linears in NF4 with their constants.
+    from planner.memory.buffers import gathered_parameter_bytes
+    from planner.memory.quantization import nf4_storage_bytes_per_param
+
+    adapters = LORA_R16_ALL // 32
+    model, _, lora = plan_for(engine="fsdp", method="lora", gpus=8, zero=3)
+    stage = first_and_last_stage(model.architecture, lora)[0]
+    block = 2 * (BLOCK + adapters)
+    head = 2 * (32000 * 4096 + 4096)  # the largest edge unit: final norm + LM head
+    assert gathered_parameter_bytes(stage, lora) == pytest.approx(max(block, head) + adapters * 6 + 2 * block)
+    _, _, qlora = plan_for(engine="fsdp", method="qlora", gpus=8, zero=3)
+    stage = first_and_last_stage(model.architecture, qlora)[0]
+    nf4 = nf4_storage_bytes_per_param(model.architecture)
+    block = 2 * (BLOCK - BLOCK_LINEARS + adapters) + nf4 * BLOCK_LINEARS
+    assert gathered_parameter_bytes(stage, qlora) == pytest.approx(max(block, head) + adapters * 6 + 2 * block)
 
 
 def test_freeze_keeps_activations_of_trained_blocks_only():

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from planner.architecture import lora_targeted
+from planner.architecture import layer_tensors, lora_targeted
 from planner.catalog.models import Architecture
 from planner.plan import Plan
 
@@ -229,33 +229,63 @@ def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     )
 
 
-def _adapter_input_bytes(arch: Architecture, plan: Plan) -> float:
-    """What the LoRA adapters of one block keep for backward, per token (PEFT tuners/lora/layer.py
-    Linear.forward: result = base_layer(x) + lora_B(lora_A(dropout(x))) * scaling).
+BLOCK_LINEAR_INPUTS = {
+    "q_proj": "attn_in",
+    "k_proj": "attn_in",
+    "v_proj": "attn_in",
+    "o_proj": "attn_out",
+    "gate_proj": "mlp_in",
+    "up_proj": "mlp_in",
+    "down_proj": "mlp_mid",
+}
+"""Which tensor each linear of a block reads: linears reading the same tensor share one saved copy of it."""
 
-    The frozen base linear keeps nothing of its input: PyTorch's generated autograd code saves the input of
-    a matmul only when the weight's gradient will be computed (gen_variable_type.py, guard_for), and
-    bitsandbytes' MatMul4Bit keeps only the packed weight. lora_A keeps the input it multiplies:
-    * fp32 adapters (DDP/FSDP: PEFT's autocast_adapter_dtype): PEFT casts x to the adapter's fp32
-      (_cast_input_dtype), and the Trainer's bf16 autocast casts it back for the matmul: a new bf16 copy
-      per adapter, 2 bytes x in_features each.
-    * bf16 adapters (DeepSpeed casts the module to bf16): no cast, so adapters reading the same tensor
-      share it: the attention norm output (q, k, v), the attention output (o), the MLP norm output (gate,
-      up) and the MLP product (down), each once.
+
+def adapters_copy_their_input(plan: Plan) -> bool:
+    """Whether each LoRA adapter makes its own copy of its input before lora_A.
+
+    PEFT's plain Linear (tuners/lora/layer.py) casts x to the adapter's dtype (_cast_input_dtype): with the
+    fp32 adapters of autocast_adapter_dtype (DDP/FSDP in bf16/fp16 mixed precision) that is an fp32 copy,
+    which autocast casts back to a new bf16 tensor that lora_A's matmul saves, one per adapter. No copy when
+    the adapters already have the input's dtype: DeepSpeed casts the module to bf16, pure-bf16 trains bf16
+    adapters, fp32 training has fp32 everywhere. PEFT's bitsandbytes 4-bit layer (tuners/lora/bnb.py
+    Linear4bit) casts only outside autocast (`requires_conversion = not torch.is_autocast_enabled()`), so
+    under the Trainer's autocast QLoRA adapters share their input too."""
+    mixed = plan.precision in ("bf16", "fp16", "fp8")
+    return plan.method == "lora" and mixed and plan.engine != "deepspeed"
+
+
+def _adapter_input_bytes(arch: Architecture, plan: Plan) -> float:
+    """What the LoRA adapters (and, under QLoRA, the 4-bit base linears) of one block keep for backward,
+    per token (PEFT tuners/lora/layer.py Linear.forward: result = base_layer(x) + lora_B(lora_A(dropout(x)))
+    * scaling).
+
+    * A frozen nn.Linear keeps nothing of its input: PyTorch's generated autograd code saves the input of a
+      matmul only when the weight's gradient will be computed (gen_variable_type.py, guard_for).
+    * bitsandbytes' MatMul4Bit (QLoRA's base linears) saves (A, B), the input and the packed weight, whenever
+      the input needs a gradient (`ctx.tensors = (A, B)` in autograd/_functions.py, bitsandbytes 0.41 to
+      0.45): every quantized linear keeps its input, shared by the linears reading the same tensor.
+    * lora_A keeps the input it multiplies: its own bf16 copy per adapter when PEFT casts it
+      (`adapters_copy_their_input`), else the tensor itself, shared with the other readers of that tensor:
+      the attention norm output (q, k, v), the attention output (o), the MLP norm output (gate, up) and
+      the MLP product (down), each once.
     * lora_dropout > 0 (nn.Dropout instead of nn.Identity): each adapter drops out its own copy, kept with
       a one-byte mask, i.e. in_features x (2 + 1) per adapter whatever the dtype.
-    lora_B keeps lora_A's r-wide bf16 output."""
+    lora_B keeps lora_A's r-wide output."""
     a = compute_bytes(plan)
     targeted = lora_targeted(arch, plan.lora_targets)
     rank_outputs = len(targeted) * a * plan.lora_rank
+    shared: dict[str, int] = {}
+    if plan.method == "qlora":
+        shared |= {BLOCK_LINEAR_INPUTS[t.name]: t.cols for t in layer_tensors(arch) if t.name in BLOCK_LINEAR_INPUTS}
     if plan.lora_dropout > 0:
-        return sum((a + MASK_BYTES) * t.cols for t in targeted) + rank_outputs
-    if plan.engine != "deepspeed":
-        return sum(a * t.cols for t in targeted) + rank_outputs
-    inputs = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "o_proj": "attn_out"}
-    inputs |= {"gate_proj": "mlp_in", "up_proj": "mlp_in", "down_proj": "mlp_mid"}
-    distinct = {inputs[t.name]: t.cols for t in targeted}
-    return a * sum(distinct.values()) + rank_outputs
+        own = sum((a + MASK_BYTES) * t.cols for t in targeted)
+    elif adapters_copy_their_input(plan):
+        own = sum(a * t.cols for t in targeted)
+    else:
+        own = 0
+        shared |= {BLOCK_LINEAR_INPUTS[t.name]: t.cols for t in targeted}
+    return own + a * sum(shared.values()) + rank_outputs
 
 
 def lora_layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:

@@ -55,6 +55,31 @@ def deepspeed_bucket_bytes(plan: Plan) -> tuple[float, float]:
     return 0.0, bucket * (2 if deepspeed_overlap_comm(plan) else 1)
 
 
+def _peft_block_split(stage: StageShard):
+    """(adapter, NF4, other) parameters of one block under LoRA/QLoRA."""
+    adapters = stage.trainable_params / stage.num_layers
+    quantized = stage.quantized_params / stage.num_layers
+    return adapters, quantized, stage.layer_params - quantized
+
+
+def gathered_unit_bytes(stage: StageShard, plan: Plan):
+    """(bytes one all-gathered block holds, bytes all the stage's gathered units hold, parameters of the
+    largest unit that get gradients).
+
+    Full fine-tuning and freeze: every parameter in the compute dtype, and the largest unit (a block, the
+    embedding, or norm + head) trains. LoRA/QLoRA: the frozen base is gathered as it is stored (bf16, or for
+    QLoRA's 4-bit linears the packed NF4 bytes and their quantization constants: torchao's NF4Tensor
+    all-gathers its packed data and scales, bitsandbytes' FSDP path shards the packed weight stored as bf16,
+    bnb_4bit_quant_storage), and only the block's adapters get unsharded gradients."""
+    c = compute_param_bytes(plan)
+    if plan.method not in ("lora", "qlora"):
+        return c * stage.layer_params, c * stage.params, stage.largest_unit_params
+    adapters, quantized, other = _peft_block_split(stage)
+    block = c * (other + adapters) + stage.quantized_bytes_per_param * quantized
+    whole = stage.num_layers * block + c * (stage.embedding_params + stage.head_params)
+    return block, whole, adapters
+
+
 def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
     """Unsharded parameters (and their unsharded gradients) alive around the forward/backward seam.
 
@@ -62,27 +87,32 @@ def gathered_parameter_bytes(stage: StageShard, plan: Plan) -> float:
     `stage3_max_reuse_distance` (their next use comes back after about twice their own size), so half
     that distance plus the largest module stays gathered, capped by `stage3_max_live_parameters`; the
     largest module's full-size gradient exists before it is reduced (DeepSpeed's own estimator counts
-    4 bytes x largest layer for parameter and gradient).
-    FSDP FULL_SHARD (FSDP2 semantics): the unit being processed (unsharded bf16 params and gradients,
-    and the fp32 reduce-scatter input held until the next unit's backward) plus the prefetched block
+    4 bytes x largest layer for parameter and gradient; none under LoRA/QLoRA, whose frozen base has no
+    gradient).
+    FSDP FULL_SHARD (FSDP2 semantics): the unit being processed (unsharded params, gradients of what trains
+    in it, and the fp32 reduce-scatter input held until the next unit's backward) plus the prefetched block
     with its all-gather buffer. torchtitan wraps every block, the embedding, and norm + LM head.
     FSDP SHARD_GRAD_OP: every unit of the stage stays unsharded from forward to backward, plus one
-    unit's gradients and reduce buffer. Parameter offload gathers the same units from host memory."""
+    unit's gradients and reduce buffer. Parameter offload gathers the same units from host memory.
+    Gathered sizes under LoRA/QLoRA: `gathered_unit_bytes`."""
     c = compute_param_bytes(plan)
     reduce_bytes = gradient_reduce_bytes(plan)
+    block, whole, trained_unit = gathered_unit_bytes(stage, plan)
+    peft = plan.method in ("lora", "qlora")
     if plan.engine == "deepspeed" and plan.zero == 3:
         kept = np.minimum(
             np.minimum(DEEPSPEED_MAX_LIVE_PARAMETERS, DEEPSPEED_MAX_REUSE_DISTANCE / 2 + stage.largest_tensor_params),
             stage.params,
         )
-        return c * (kept + stage.largest_tensor_params)
+        gradient = 0.0 if peft else c * stage.largest_tensor_params
+        return whole / stage.params * kept + gradient
     if plan.engine != "fsdp" or plan.zero < 2:
         return 0.0
-    unit = stage.largest_unit_params
-    working_unit = unit * (2 * c + reduce_bytes)
+    edge_units = c * np.maximum(stage.embedding_params, stage.head_params)
+    working_unit = np.maximum(block, edge_units) + trained_unit * (c + reduce_bytes)
     if plan.zero == 3:
-        return working_unit + 2 * c * stage.layer_params
-    return stage.params * c + unit * (c + reduce_bytes)
+        return working_unit + 2 * block
+    return whole + trained_unit * (c + reduce_bytes)
 
 
 def autocast_weight_copy_bytes(stage: StageShard, plan: Plan) -> float:

@@ -27,6 +27,11 @@ from typing import Literal
 from planner.architecture import embedding_tensors, head_tensors, layer_tensors
 from planner.catalog.models import Architecture
 from planner.memory.buffers import gradient_reduce_bytes
+from planner.memory.quantization import (
+    NF4_BITS,
+    NF4_BLOCKSIZE,
+    quantization_constant_bytes_per_param,
+)
 from planner.plan import Plan
 
 Lifetime = Literal["persistent", "gradient", "step"]
@@ -65,39 +70,12 @@ class StateTerm:
     group: ParamGroup = "trainable"
 
 
-NF4_BITS = 4
-"""bitsandbytes stores each NF4 weight in 4 bits, two per byte (functional.quantize_4bit)."""
-
-NF4_BLOCKSIZE = 64
-"""Params4bit's blocksize default (bitsandbytes nn/modules.py): one absmax per 64 weights."""
-
-NESTED_BLOCKSIZE = 256
-"""Double quantization (compress_statistics=True) quantizes the absmax values themselves with
-quantize_blockwise(absmax, blocksize=256): one uint8 per block of 64 weights plus one fp32 absmax per
-256 blocks (bitsandbytes functional.quantize_4bit, tag 0.45.5, commit d72cb9cb)."""
-
 PEFT_TERM_NAMES = {
     "weights": "adapter_weights",
     "gradients": "adapter_gradients",
     "optimizer_states": "adapter_optimizer_states",
 }
 """Under LoRA/QLoRA the trained parameters are the adapters: their terms carry these names."""
-
-
-def quantization_constant_bytes(numel: int) -> int:
-    """Bytes of the quantization constants of one NF4 tensor with double quantization: ceil(n/64) uint8
-    absmax values and ceil(ceil(n/64)/256) fp32 second-level absmax values. Left out: the per-tensor fp32
-    offset and the 16-entry NF4 code (a few hundred bytes per tensor) and the 256-entry dynamic map,
-    which bitsandbytes caches once per device."""
-    blocks = -(-numel // NF4_BLOCKSIZE)
-    return blocks + 4 * -(-blocks // NESTED_BLOCKSIZE)
-
-
-def quantization_constant_bytes_per_param(arch: Architecture) -> float:
-    """Quantization constants per NF4 weight, averaged over a block's linears (about 0.0159 bytes, the
-    QLoRA paper's 0.127 bits per parameter)."""
-    matrices = [t for t in layer_tensors(arch) if t.is_matrix]
-    return sum(quantization_constant_bytes(t.numel) for t in matrices) / sum(t.numel for t in matrices)
 
 
 def state_dtype_bytes(plan: Plan) -> int:

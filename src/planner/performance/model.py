@@ -28,8 +28,9 @@ from planner.catalog.hardware import ComputeEfficiency
 from planner.catalog.models import Architecture
 from planner.memory.activations import compute_bytes
 from planner.memory.buffers import compute_param_bytes, deepspeed_overlap_comm, gradient_reduce_bytes
+from planner.memory.quantization import NF4_BITS, NF4_BLOCKSIZE
 from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
-from planner.memory.states import NF4_BITS, NF4_BLOCKSIZE, optimizer_bytes_per_param, state_layout, trained_term
+from planner.memory.states import optimizer_bytes_per_param, state_layout, trained_term
 from planner.performance import comm
 from planner.performance.flops import FlopsPerToken, attention_layer_spans, block_matmul_params, flops_per_token
 from planner.plan import Plan
