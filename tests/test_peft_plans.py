@@ -135,13 +135,30 @@ def test_adapters_that_need_no_cast_share_their_inputs():
 def test_qlora_base_linears_keep_their_inputs():
     # bitsandbytes' MatMul4Bit saves (A, B): every 4-bit linear keeps its input, even without an adapter
     # (attention targets: the MLP's inputs are kept by the base gate/up/down); PEFT's 4-bit LoRA layer does
-    # not cast under autocast, so the adapters share those tensors.
+    # not cast under autocast, so the adapters share those tensors. Sharded (FSDP FULL_SHARD): no kbit preparation.
     h, f = 4096, 11008
-    model, _, attn = plan_for(engine="fsdp", method="qlora", lora_targets="attention")
+    model, _, attn = plan_for(engine="fsdp", method="qlora", lora_targets="attention", gpus=8, zero=3)
+    assert not act.kbit_prepared_norms(attn)
     assert act.layer_activations(model.architecture, attn).adapter_inputs == 2 * (3 * h + f) + 4 * 2 * 16
-    _, _, dropout = plan_for(engine="fsdp", method="qlora", lora_targets="attention", lora_dropout=0.1)
+    _, _, dropout = plan_for(engine="fsdp", method="qlora", lora_targets="attention", lora_dropout=0.1, gpus=8, zero=3)
     own = 3 * (4 * h)  # q, k, v, o: a dropped-out bf16 copy and a one-byte mask each
     assert act.layer_activations(model.architecture, dropout).adapter_inputs == own + 2 * (3 * h + f) + 4 * 2 * 16
+
+
+def test_kbit_prepared_qlora_runs_fp32_norms_and_residual():
+    # One GPU, bf16 autocast: prepare_model_for_kbit_training's fp32 norms make the norm outputs, the MLP and the
+    # residual stream fp32. Each reader of an fp32 tensor keeps its own bf16 copy: q, k, v adapters and base
+    # linears (6 x h), gate and up base linears (2 x h), down's base linear (f); o's adapter and base linear share
+    # the bf16 attention output (h). The SwiGLU tensors are fp32 (3 x 4f) and a checkpoint keeps 4 x h.
+    h, f = 4096, 11008
+    model, _, plan = plan_for(engine="fsdp", method="qlora", lora_targets="attention")
+    assert act.kbit_prepared_norms(plan) and act.residual_bytes(plan) == 4
+    layer = act.layer_activations(model.architecture, plan)
+    assert layer.adapter_inputs == 2 * (6 * h + h + 2 * h + f) + 4 * 2 * 16
+    assert layer.mlp == 3 * 4 * f
+    assert act.checkpoint_input_bytes(model.architecture, plan) == 4 * h
+    _, _, lora = plan_for(engine="fsdp", method="lora")
+    assert not act.kbit_prepared_norms(lora) and act.residual_bytes(lora) == 2
 
 
 def test_fsdp_gathers_the_frozen_base_as_stored_and_unshards_only_adapter_gradients():

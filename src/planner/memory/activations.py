@@ -67,9 +67,26 @@ def sequence_shards(plan: Plan):
     return np.where(plan.sequence_parallel, plan.tp, 1)
 
 
+def kbit_prepared_norms(plan: Plan) -> bool:
+    """Whether a QLoRA plan runs with fp32 norm weights: the usual Hugging Face QLoRA recipe calls PEFT's
+    prepare_model_for_kbit_training on an unsharded 4-bit model (TRL's SFTTrainer does it whenever the 4-bit
+    weights are not sharded, _prepare_peft_model in trl 0.13), which casts every bf16 parameter that is not
+    4-bit to fp32; TRL's peft_module_casting_to_bf16 then casts adapters, embeddings and LM head back to bf16
+    and leaves the norms in fp32. A norm with an fp32 weight returns fp32 (`weight * x.to(input_dtype)`),
+    the 4-bit linears return their input's dtype (bitsandbytes Linear4bit: `out.to(inp_dtype)`), so the MLP
+    runs in fp32 and its output turns the residual stream fp32 from the first block on. Measured: the
+    fms-acceleration QLoRA rows on one GPU (Mistral-7B, 4 and 8 x 4096 tokens) need 2 bytes x h per token per
+    block more than the same LoRA runs beyond the weights, and their 2-GPU FSDP rows (no preparation) do not.
+    Under FSDP/ZeRO-3 sharding the preparation is skipped (TRL; PEFT's FSDP-QLoRA guide)."""
+    return plan.method == "qlora" and plan.engine == "fsdp" and plan.zero == 0 and plan.precision in ("bf16", "fp16")
+
+
 def residual_bytes(plan: Plan) -> int:
-    """Bytes per element of the residual stream: fp32 under autocast over fp32 weights."""
-    return 4 if implementation_family(plan) == "autocast" else compute_bytes(plan)
+    """Bytes per element of the residual stream: fp32 under autocast over fp32 weights, and in QLoRA with
+    fp32 norm weights (`kbit_prepared_norms`)."""
+    if implementation_family(plan) == "autocast" or kbit_prepared_norms(plan):
+        return 4
+    return compute_bytes(plan)
 
 
 @dataclass(frozen=True)
@@ -271,20 +288,29 @@ def _adapter_input_bytes(arch: Architecture, plan: Plan) -> float:
       the MLP product (down), each once.
     * lora_dropout > 0 (nn.Dropout instead of nn.Identity): each adapter drops out its own copy, kept with
       a one-byte mask, i.e. in_features x (2 + 1) per adapter whatever the dtype.
+    * fp32 norm weights (`kbit_prepared_norms`): the tensors they feed are fp32, so each reader keeps its own
+      bf16 cast of them.
     lora_B keeps lora_A's r-wide output."""
     a = compute_bytes(plan)
     targeted = lora_targeted(arch, plan.lora_targets)
     rank_outputs = len(targeted) * a * plan.lora_rank
+    # With fp32 norms (kbit_prepared_norms) the norm outputs and the MLP product are fp32: every 4-bit linear
+    # and every adapter reading them casts its own bf16 copy (Linear4bit `x.to(compute_dtype)`, autocast).
+    fp32_inputs = {"attn_in", "mlp_in", "mlp_mid"} if kbit_prepared_norms(plan) else set()
+    own = 0.0
     shared: dict[str, int] = {}
+    readers = list(targeted)
     if plan.method == "qlora":
-        shared |= {BLOCK_LINEAR_INPUTS[t.name]: t.cols for t in layer_tensors(arch) if t.name in BLOCK_LINEAR_INPUTS}
-    if plan.lora_dropout > 0:
-        own = sum((a + MASK_BYTES) * t.cols for t in targeted)
-    elif adapters_copy_their_input(plan):
-        own = sum(a * t.cols for t in targeted)
-    else:
-        own = 0
-        shared |= {BLOCK_LINEAR_INPUTS[t.name]: t.cols for t in targeted}
+        readers += [t for t in layer_tensors(arch) if t.name in BLOCK_LINEAR_INPUTS]
+    for index, t in enumerate(readers):
+        source = BLOCK_LINEAR_INPUTS[t.name]
+        is_adapter = index < len(targeted)
+        if is_adapter and plan.lora_dropout > 0:
+            own += (a + MASK_BYTES) * t.cols
+        elif source in fp32_inputs or (is_adapter and adapters_copy_their_input(plan)):
+            own += a * t.cols
+        else:
+            shared[source] = t.cols
     return own + a * sum(shared.values()) + rank_outputs
 
 
@@ -302,12 +328,13 @@ def lora_layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     h, f, q = arch.hidden_size, arch.ffn_hidden_size, arch.q_width
     norm = 4 * h + RSTD_BYTES if arch.norm == "rmsnorm" else a * h + 8
     mlp_tensors = 3 if arch.mlp == "swiglu" else 1
+    mlp_bytes = 4 if kbit_prepared_norms(plan) else a  # fp32 norms: the 4-bit gate/up return fp32
     return LayerActivations(
         norms=2 * norm,
         qkv=a * (q + 2 * q),
         attention_core=_attention_core_bytes(arch, plan),
         attention_output=a * q,
-        mlp=mlp_tensors * a * f,
+        mlp=mlp_tensors * mlp_bytes * f,
         dropout_masks=_dropout_mask_bytes(arch, plan),
         adapter_inputs=_adapter_input_bytes(arch, plan),
     )
