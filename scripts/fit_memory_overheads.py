@@ -2,7 +2,9 @@
 
 Searches a grid of allocator fragmentation and NCCL-per-communicator values, each restricted to the
 range its public sources allow (see planner.memory.runtime.RuntimeOverheads), and keeps the pair with
-the lowest mean absolute error among those with no unsafe case (predicted fits, really OOM). The mean
+the fewest unsafe cases (predicted fits, really OOM), then the lowest mean absolute error: on the dense
+cases some pair has none, so that is the lowest mean among the pairs with no unsafe case; a pool holding a
+case no pair in range makes safe (scripts/loso.py lora) still gets a fit. The mean
 is used rather than the median because the median alone can be lowered by moving cases that sit near
 it while the tails grow. Ties go to the smaller constants. The CUDA context stays at its sourced value.
 Prints the result; `planner.memory.runtime` stores it.
@@ -64,12 +66,9 @@ def fit_resolved(resolved: list) -> tuple[RuntimeOverheads, tuple[float, float, 
         for nccl in NCCL_GRID:
             overheads = replace(DEFAULT_OVERHEADS, allocator_fragmentation=fragmentation, nccl_gib_per_group=nccl)
             median, mean, unsafe = evaluate(resolved, overheads)
-            if unsafe:
-                continue
-            key = (round(mean, 6), fragmentation, nccl)
+            key = (unsafe, round(mean, 6), fragmentation, nccl)
             if best is None or key < best[0]:
                 best = (key, overheads, (median, mean, unsafe))
-    assert best is not None, "no constants avoid unsafe cases"
     return best[1], best[2]
 
 

@@ -11,10 +11,14 @@ uses the constants in hardware/*.yaml. The search is a cyclic coordinate search 
 `--exhaustive` runs fit_throughput.py's full grid instead (hours on two cores).
 
 Memory. The same with scripts/fit_memory_overheads.py's two runtime constants (allocator fragmentation,
-NCCL GiB per communicator; exhaustive grid, no unsafe case) over tests/data/memory_cases.yaml, a source
-being the repository or site a case cites.
+NCCL GiB per communicator; exhaustive grid, fewest unsafe cases first) over tests/data/memory_cases.yaml, a
+source being the repository or site a case cites.
 
-    python scripts/loso.py [throughput|memory|both] [--exhaustive] [--markdown]
+LoRA (issue 12). The memory constants are global, so the pool is the dense cases plus the LoRA/QLoRA cases of
+tests/data/lora_memory_cases.yaml; each LoRA source is left out of the fit in turn and predicted, and only the
+LoRA rows are scored (a source cited by both files is left out whole; its dense rows are the `memory` table).
+
+    python scripts/loso.py [throughput|memory|lora|both] [--exhaustive] [--markdown]
 
 Per source it prints: rows, median |error| with the stored, in-sample and left-out constants, and the
 Spearman rank correlation of the left-out predictions within the source (>= 5 rows). Takes minutes.
@@ -41,6 +45,7 @@ THROUGHPUT_CASES = [
     ROOT / "tests" / "data" / "external" / "throughput_cases.yaml",
 ]
 MEMORY_CASES = [ROOT / "tests" / "data" / "memory_cases.yaml"]
+LORA_MEMORY_CASES = [ROOT / "tests" / "data" / "lora_memory_cases.yaml"]
 
 
 def _script(name: str):
@@ -189,8 +194,10 @@ def _describe(constants: dict[str, ComputeEfficiency]) -> str:
 
 
 def memory_source(case) -> str:
-    """The repository or site a memory case cites (its `source` up to the first space)."""
-    return case.source.split(" ")[0] or case.id
+    """The repository or site a memory case cites (its `source` up to the first space; `github:owner/repo` is
+    written `github.com/owner/repo`, so a repository cited both ways is one source)."""
+    head = case.source.split(" ")[0] or case.id
+    return "github.com/" + head.removeprefix("github:") if head.startswith("github:") else head
 
 
 def memory_items(paths: list[Path] = MEMORY_CASES) -> list:
@@ -221,14 +228,20 @@ def _memory_errors(items: list, overheads: RuntimeOverheads) -> list[float]:
     return out
 
 
-def loso_memory(items: list, log=lambda _: None) -> list[SourceScore]:
+def loso_memory(items: list, log=lambda _: None, scored: set[str] | None = None) -> list[SourceScore]:
+    """Per source: median |error| with the stored constants, those fitted on every item, and those fitted
+    without the source (all of its items). `scored`: the case ids to score (all by default); sources with
+    none of them are skipped."""
     in_sample, _ = FIT_MEMORY.fit_resolved(items)
     log(f"in-sample fit: fragmentation {in_sample.allocator_fragmentation}, NCCL {in_sample.nccl_gib_per_group} GiB")
     by_source: dict[str, list] = defaultdict(list)
     for item in items:
         by_source[memory_source(item[0])].append(item)
     scores = []
-    for source, members in sorted(by_source.items()):
+    for source, everything in sorted(by_source.items()):
+        members = [i for i in everything if scored is None or i[0].id in scored]
+        if not members:
+            continue
         left_out, _ = FIT_MEMORY.fit_resolved([i for i in items if memory_source(i[0]) != source])
         log(
             f"{source}: left-out fit fragmentation {left_out.allocator_fragmentation}, "
@@ -297,6 +310,10 @@ def main() -> None:
                 "Memory: median |error| of peak GiB (metric as measured)", loso_memory(memory_items(), log), markdown
             )
         )
+    if which in ("lora", "both"):
+        lora = memory_items(LORA_MEMORY_CASES)
+        scores = loso_memory(memory_items() + lora, log, scored={i[0].id for i in lora})
+        print(render("LoRA/QLoRA memory: median |error| of peak GiB (metric as measured)", scores, markdown))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Parameter counts of Llama-2-7B used below (h = 4096, f = 11008, 32 layers, V = 3
   figure PEFT's print_trainable_parameters gives for this model; tests/engines/test_peft.py checks it).
 """
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 from tests.conftest import plan_for
@@ -286,3 +288,19 @@ def test_launch_writes_peft_files_and_refuses_full_training_stacks(tmp_path):
     assert bnb["bnb_4bit_quant_type"] == "nf4" and bnb["bnb_4bit_use_double_quant"] is True
     assert not (folder / "torchtitan_plan.py").exists() and not (folder / "megatron_args.txt").exists()
     assert "train every parameter" in result.output and "Megatron-LM trains every parameter" in result.output
+
+
+def test_lora_on_a_model_peft_cannot_wrap_is_one_line_exit_2(tmp_path):
+    # A Megatron-only GPT (no Hugging Face implementation, no hf_model_type): nothing for PEFT to wrap.
+    model = str(Path(__file__).resolve().parent / "data" / "models" / "gpt-megatron-7.5b.yaml")
+    for command in (
+        ["estimate", "--model", model, "--gpu", "A100-80GB", "--method", "qlora"],
+        ["solve", "--model", model, "--budget", "1xA100-80GB", "--method", "lora", "--out", str(tmp_path / "r")],
+    ):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2, result.output
+        assert "no Hugging Face implementation" in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+    # full fine-tuning and freeze of the same model are still planned
+    result = CliRunner().invoke(main, ["estimate", "--model", model, "--gpu", "A100-80GB", "--method", "freeze"])
+    assert result.exit_code == 0, result.output

@@ -360,6 +360,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
             "use --checkpointing-every 1 or --pp-schedule 1f1b",
         )
     method_fields = _method_fields(request, arch)
+    check_peft_target(method_fields["method"], model)
     _check_method(method_fields["method"], engine, tp, pp, cp, checkpointing, offload, precision, request.compile)
     return Plan(
         gpus=gpus,
@@ -537,6 +538,18 @@ def method_fields_for(method: str, settings: dict[str, Any], arch) -> dict[str, 
     keys = ("lora_rank", "lora_targets", "lora_dropout") + (("trainable_layers",) if method == "freeze" else ())
     given = {k: settings[k] for k in keys if settings.get(k) is not None}
     return _method_fields(PlanRequest(model="", method=method, **given), arch)
+
+
+def check_peft_target(method: str, model: ModelSpec) -> None:
+    """LoRA and QLoRA are PEFT wrapping the Hugging Face implementation's linear modules by name; a model with
+    no Hugging Face implementation (a Megatron-, NeMo- or Paddle-only checkpoint: no `hf_model_type` in its
+    catalog entry) has nothing PEFT can target."""
+    if method in ("lora", "qlora") and model.hf_model_type is None:
+        raise PlanError(
+            f"--method {method} needs a Hugging Face model for PEFT to wrap; {model.name} (family {model.family}) "
+            "has no Hugging Face implementation (no hf_model_type in its catalog entry)",
+            "use --method full or freeze, or a model from `planner models` or a config.json",
+        )
 
 
 def _check_method(

@@ -16,7 +16,7 @@ from planner.catalog import ModelSpec, load_model
 from planner.errors import NoFeasiblePlanError, PlanError
 from planner.inputs import MAX_GLOBAL_BATCH, MAX_HOURS, MAX_USD, optional, quantity, run_figures, whole_number
 from planner.memory import DEFAULT_SAFETY_MARGIN
-from planner.plan import method_fields_for
+from planner.plan import check_peft_target, method_fields_for
 from planner.search.candidates import CATEGORIES, Candidates, evaluate_candidates
 from planner.search.cpsat import SolverStats, feasible_indices
 from planner.search.space import Budget, SearchSpace, load_space, parse_budget
@@ -184,6 +184,8 @@ def solve(request: SolveRequest) -> SolveResult:
     global_batch = _global_batch(request)
     for method in space.method:  # bad LoRA/freeze settings are the user's error, not an empty search
         method_fields_for(method, request.method_settings, model.architecture)
+    if set(space.method) <= {"lora", "qlora"}:  # asked for PEFT only: a model PEFT cannot wrap is an error
+        check_peft_target(space.method[0], model)
     cands = evaluate_candidates(
         model, budget, space, request.seq_len, global_batch, method_settings=request.method_settings
     )
