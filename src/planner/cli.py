@@ -569,8 +569,9 @@ def gpus() -> None:
         price = f"${gpu.price.usd_per_gpu_hour:.2f}/GPU-h" if gpu.price.usd_per_gpu_hour is not None else "no price"
         if gpu.price.converted:
             price += f" ({gpu.price.listed_per_gpu_hour:.2f} {gpu.price.currency} converted)"
-        bf16 = gpu.tflops.get("bf16") or gpu.tflops.get("fp16")
-        click.echo(f"{gpu.name:12s} {gpu.memory_gib:7.2f} GiB  {bf16:7.1f} TFLOP/s (bf16/fp16)  {price}")
+        bf16 = gpu.peak_tflops("bf16") or gpu.peak_tflops("fp16")
+        derated = f"  (derated to {gpu.power_limit_w or gpu.tdp_w:.0f} W)" if gpu.peak_derated else ""
+        click.echo(f"{gpu.name:12s} {gpu.memory_gib:7.2f} GiB  {bf16:7.1f} TFLOP/s (bf16/fp16)  {price}{derated}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,13 @@ class ComputeEfficiency:
     the file does not say."""
 
 
+POWER_CLOCK_EXPONENT = 1 / 3
+"""How the sustained tensor-core clock of a part scales with its power limit, f ~ P^(1/3): dynamic power is
+C V^2 f and over the DVFS range the voltage rises about in proportion to the clock, so at the fixed switched
+capacitance of a saturating GEMM P ~ f^3. NVIDIA's own ratings of the same 132-SM GH100 die agree: the H100
+NVL at 400 W is rated 835.5 dense bf16 TFLOP/s (1,671 with sparsity; NVIDIA H100 product page, quoted in
+KellerJordan/modded-nanogpt#116), the SXM at 700 W 989.5, a ratio of 0.844 where (400/700)^(1/3) = 0.830."""
+
 DEFAULT_FLASH_SPEED: dict[int, float | None] = {1: 0.5, 2: 1.0, 3: None}
 """For a catalog file without `flash_attention_speed`: the A100 values."""
 
@@ -119,6 +126,11 @@ class GpuSpec:
     price: PriceSpec
     aliases: tuple[str, ...] = ()
     tdp_w: float | None = None
+    power_limit_w: float | None = None
+    """The power limit the part runs at (nvidia-smi's power cap); None: `tdp_w`."""
+    tflops_rated_power_w: float | None = None
+    """Power of the part whose datasheet `tflops` are (set where a part borrows another part's figures, e.g.
+    the 500 W H100 96GB the 700 W SXM's); None: the figures are this part's own, rated at its limit."""
     notes: str = ""
     memory_overridden: bool = False
     """True when `--gpu-memory-gib` replaced the catalog capacity."""
@@ -152,8 +164,25 @@ class GpuSpec:
             return gpus_per_node
         return np.maximum(gpus_per_node, domain)
 
+    @property
+    def clock_ratio(self) -> float:
+        """Sustained clock under this part's power limit over the clock its `tflops` are rated at:
+        (limit / rated power)^POWER_CLOCK_EXPONENT below the rated power, 1 otherwise."""
+        limit = self.power_limit_w or self.tdp_w
+        rated = self.tflops_rated_power_w
+        if not limit or not rated or limit >= rated:
+            return 1.0
+        return (limit / rated) ** POWER_CLOCK_EXPONENT
+
+    @property
+    def peak_derated(self) -> bool:
+        """The peaks are derated from another power rating: an extrapolation, not a datasheet figure."""
+        return self.clock_ratio < 1.0
+
     def peak_tflops(self, dtype: str) -> float | None:
-        return self.tflops.get(dtype)
+        """Dense peak TFLOP/s of `dtype` as the part runs: the catalog figure times `clock_ratio`."""
+        value = self.tflops.get(dtype)
+        return None if value is None else value * self.clock_ratio
 
     def with_network(self, gbps_per_gpu: float | None) -> "GpuSpec":
         """This GPU in a cluster whose network gives `gbps_per_gpu` GB/s per GPU between nodes (one
@@ -234,6 +263,8 @@ def _gpu_from_file(path: Path) -> GpuSpec:
         price=_price(price_raw, path),
         aliases=tuple(str(a) for a in aliases),
         tdp_w=_number(data, "tdp_w", path, allow_none=True),
+        power_limit_w=_number(data, "power_limit_w", path, allow_none=True, positive=True),
+        tflops_rated_power_w=_number(data, "tflops_rated_power_w", path, allow_none=True, positive=True),
         notes=str(data.get("notes") or ""),
         compute_efficiency=_efficiency(data.get("compute_efficiency"), path),
         flash_attention_speed=_flash_attention_speed(data, path),

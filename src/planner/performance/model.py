@@ -65,6 +65,16 @@ the width term's half_width is scaled by this. Derived from torchtitan's Llama-3
 checkpointing): 5,762 -> 6,667 and 5,605 -> 6,514 tokens/s per GPU with compile (+15.7%, +16.2%); with
 the hopper constants this value gives +16.2% for both (0.5 gave +11%)."""
 
+CUDNN_ATTENTION_ARCHITECTURES = ("hopper",)
+CUDNN_ATTENTION_SPEEDUP = 1.5
+"""Speed of Transformer Engine's cuDNN fused attention over FlashAttention-2 on Hopper. TE's selection order
+on sm90 is cuDNN attention > flash-attention (on sm80 the reverse), and its benchmark on H100 measured
+cuDNN 1.38x faster than flash-attn 2 forward + backward for causal attention at sequence 2048 (head dim 128)
+and 1.59x at 8192 with GQA, '20-50% advantages on Hopper' (NVIDIA/TransformerEngine
+docs/examples/attention/attention.ipynb @5417dbf, sections 1.3 and 2). 1.5 lies between the two causal
+figures. Applies to Megatron (Transformer Engine layers) on the plans' default FlashAttention-2; a plan
+that says FlashAttention-3 keeps that kernel's speed."""
+
 TP_COLLECTIVES_PER_LAYER = 8
 """Per block and micro-batch with sequence parallelism: all-gather + reduce-scatter around attention and
 around the MLP in forward (4) and their mirrors in backward (4) (Korthikanti et al. 2022, Fig. 5);
@@ -271,9 +281,14 @@ def causal_attention_fraction(arch: Architecture, plan: Plan):
 
 def flash_attention_speed(gpu: GpuSpec, plan: Plan) -> float:
     """The plan's flash-attention kernels relative to the GEMMs on this GPU (hardware/*.yaml, sourced per
-    FlashAttention version); 1 for a version the catalog does not list (make_plan refuses those)."""
+    FlashAttention version); 1 for a version the catalog does not list (make_plan refuses those). Megatron
+    runs attention through Transformer Engine, which on Hopper picks cuDNN's fused flash attention instead of
+    the flash-attn package (CUDNN_ATTENTION_SPEEDUP)."""
     speed = gpu.flash_attention_speed.get(plan.flash_attention_version)
-    return 1.0 if speed is None else speed
+    speed = 1.0 if speed is None else speed
+    if gpu.architecture in CUDNN_ATTENTION_ARCHITECTURES and plan.flash_attention_version == 2:
+        speed = np.where(plan.engine == "megatron", min(1.0, speed * CUDNN_ATTENTION_SPEEDUP), speed)
+    return speed
 
 
 def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage, causal_fraction) -> _StageWork:
@@ -539,6 +554,12 @@ def performance_estimate_at(terms: dict, index: int | None, gpu: GpuSpec) -> Per
         notes.append(
             f"speed extrapolated: no measured run on {gpu.architecture} yet, {gpu.name} uses the "
             f"{gpu.speed_extrapolated_from} fit of the compute efficiency"
+        )
+    if gpu.peak_derated:
+        notes.append(
+            f"peak extrapolated: {gpu.name} runs at a {gpu.power_limit_w or gpu.tdp_w:.0f} W limit and its catalog "
+            f"TFLOP/s are rated at {gpu.tflops_rated_power_w:.0f} W; the clock is scaled by "
+            f"{gpu.clock_ratio:.3f} (power ~ clock^3), not a datasheet figure"
         )
     flops = terms["flops"]
     return PerformanceEstimate(
