@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Literal
 
-from planner.catalog.models import Architecture
+from planner.catalog.models import Architecture, moe_layer_count
 
 TpSplit = Literal["column", "row", "vocab", "replicated"]
 """How Megatron-style tensor parallelism divides a tensor: column/row-parallel linears and the
@@ -46,14 +46,12 @@ def _norm(name: str, arch: Architecture, scope: Scope) -> list[ParamTensor]:
     return tensors
 
 
-@cache
-def layer_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
-    """The tensors of one transformer block (attention, MLP, two norms)."""
-    h, f = arch.hidden_size, arch.ffn_hidden_size
-    q, kv = arch.q_width, arch.kv_width
-    t: list[ParamTensor] = []
-    t += _norm("input_norm", arch, "layer")
-    t += [
+def _attention(arch: Architecture) -> list[ParamTensor]:
+    """The attention projections of one block (ordinary, grouped-query, or multi-head latent attention)."""
+    if arch.is_mla:
+        return _latent_attention(arch)
+    h, q, kv = arch.hidden_size, arch.q_width, arch.kv_width
+    t = [
         _matrix("q_proj", q, h, "column", "layer"),
         _matrix("k_proj", kv, h, "column", "layer"),
         _matrix("v_proj", kv, h, "column", "layer"),
@@ -71,23 +69,107 @@ def layer_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
             _vector("k_proj.bias", kv, "column", "layer"),
             _vector("v_proj.bias", kv, "column", "layer"),
         ]
+    if arch.attention_sinks:  # GptOssAttention.sinks: one logit per head, split with the heads
+        t.append(_vector("sinks", arch.num_attention_heads, "column", "layer"))
     t.append(_matrix("o_proj", h, q, "row", "layer"))
     if arch.attn_out_bias:
         t.append(_vector("o_proj.bias", h, "replicated", "layer"))
+    return t
+
+
+def _latent_attention(arch: Architecture) -> list[ParamTensor]:
+    """DeepSeek-V2/V3 multi-head latent attention (transformers DeepseekV2Attention/DeepseekV3Attention):
+    q_a_proj (h -> q_lora_rank), q_a_layernorm, q_b_proj (-> heads x (nope + rope)), or one q_proj when
+    q_lora_rank is 0; kv_a_proj_with_mqa (h -> kv_lora_rank + rope: the latent and the shared RoPE key),
+    kv_a_layernorm, kv_b_proj (-> heads x (nope + v)); o_proj (heads x v -> h). No biases in these models.
+    Tensor parallelism follows Megatron-Core's MLASelfAttention: the down projections and their norms are
+    duplicated on every TP rank, the up projections column-parallel, o_proj row-parallel."""
+    h, heads = arch.hidden_size, arch.num_attention_heads
+    qk, rope, latent = arch.qk_head_dim, arch.qk_rope_head_dim, arch.kv_lora_rank
+    t: list[ParamTensor] = []
+    if arch.q_lora_rank:
+        t += [
+            _matrix("q_a_proj", arch.q_lora_rank, h, "replicated", "layer"),
+            _vector("q_a_layernorm.weight", arch.q_lora_rank, "replicated", "layer"),
+            _matrix("q_b_proj", heads * qk, arch.q_lora_rank, "column", "layer"),
+        ]
+    else:
+        t.append(_matrix("q_proj", heads * qk, h, "column", "layer"))
+    t += [
+        _matrix("kv_a_proj_with_mqa", latent + rope, h, "replicated", "layer"),
+        _vector("kv_a_layernorm.weight", latent, "replicated", "layer"),
+        _matrix("kv_b_proj", heads * (arch.qk_nope_head_dim + arch.v_head_dim), latent, "column", "layer"),
+        _matrix("o_proj", h, heads * arch.v_head_dim, "row", "layer"),
+    ]
+    return t
+
+
+def _mlp(arch: Architecture, width: int, prefix: str = "", bias: bool = False) -> list[ParamTensor]:
+    """A SwiGLU (gate, up, down) or GELU (up, down) MLP of inner width `width`."""
+    h = arch.hidden_size
+    t: list[ParamTensor] = []
+    up_names = ("gate_proj", "up_proj") if arch.mlp == "swiglu" else ("up_proj",)
+    for name in up_names:
+        t.append(_matrix(prefix + name, width, h, "column", "layer"))
+        if bias:
+            t.append(_vector(f"{prefix}{name}.bias", width, "column", "layer"))
+    t.append(_matrix(prefix + "down_proj", h, width, "row", "layer"))
+    if bias:
+        t.append(_vector(f"{prefix}down_proj.bias", h, "replicated", "layer"))
+    return t
+
+
+def _block(arch: Architecture, mlp: list[ParamTensor]) -> tuple[ParamTensor, ...]:
+    t: list[ParamTensor] = []
+    t += _norm("input_norm", arch, "layer")
+    t += _attention(arch)
     if arch.post_norms:
         t += _norm("attention_output_norm", arch, "layer")
     t += _norm("post_attention_norm", arch, "layer")
-    up_names = ("gate_proj", "up_proj") if arch.mlp == "swiglu" else ("up_proj",)
-    for name in up_names:
-        t.append(_matrix(name, f, h, "column", "layer"))
-        if arch.mlp_bias:
-            t.append(_vector(f"{name}.bias", f, "column", "layer"))
-    t.append(_matrix("down_proj", h, f, "row", "layer"))
-    if arch.mlp_bias:
-        t.append(_vector("down_proj.bias", h, "replicated", "layer"))
+    t += mlp
     if arch.post_norms:
         t += _norm("mlp_output_norm", arch, "layer")
     return tuple(t)
+
+
+@cache
+def layer_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
+    """The tensors of one transformer block with a dense MLP of width `ffn_hidden_size` (attention, MLP,
+    norms): every block of a dense model, the first `first_dense_layers` blocks of a MoE model."""
+    return _block(arch, _mlp(arch, arch.ffn_hidden_size, bias=arch.mlp_bias))
+
+
+@cache
+def moe_layer_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
+    """The tensors of one MoE block except its routed experts: attention, norms, the router (E x h, plus a
+    bias for gpt-oss; replicated on every TP rank as Megatron's TopKRouter is) and the shared experts
+    (one MLP, plus Qwen2-MoE's Linear(h, 1) gate)."""
+    h = arch.hidden_size
+    mlp = [_matrix("router", arch.num_experts, h, "replicated", "layer")]
+    if arch.router_bias:
+        mlp.append(_vector("router.bias", arch.num_experts, "replicated", "layer"))
+    if arch.shared_experts:
+        mlp += _mlp(arch, arch.shared_expert_ffn_hidden_size, prefix="shared_expert.")
+        if arch.shared_expert_gate:
+            mlp.append(_matrix("shared_expert_gate", 1, h, "replicated", "layer"))
+    return _block(arch, mlp)
+
+
+@cache
+def expert_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
+    """One routed expert: an MLP of width `moe_ffn_hidden_size` (gpt-oss adds biases). Megatron splits
+    each expert over the expert-tensor-parallel ranks like a dense MLP (column, then row)."""
+    return tuple(_mlp(arch, arch.moe_ffn_hidden_size, prefix="experts.", bias=arch.expert_bias))
+
+
+def moe_layers(arch: Architecture) -> int:
+    """MoE blocks of the model (0 for a dense model)."""
+    return int(moe_layer_count(arch, arch.num_layers))
+
+
+def dense_layers(arch: Architecture) -> int:
+    """Blocks with a dense MLP."""
+    return arch.num_layers - moe_layers(arch)
 
 
 @cache
@@ -115,13 +197,33 @@ def numel(tensors: tuple[ParamTensor, ...] | list[ParamTensor], tp: int = 1) -> 
 
 
 def params_per_layer(arch: Architecture, tp: int = 1) -> int:
+    """Parameters of one dense-MLP block on one tensor-parallel rank."""
     return numel(layer_tensors(arch), tp)
+
+
+def blocks_params(arch: Architecture, experts_per_block: int) -> int:
+    """Parameters of all transformer blocks when each MoE block holds `experts_per_block` routed experts."""
+    moe = moe_layers(arch)
+    per_moe = numel(moe_layer_tensors(arch)) + experts_per_block * numel(expert_tensors(arch)) if moe else 0
+    return dense_layers(arch) * params_per_layer(arch) + moe * per_moe
 
 
 def total_params(arch: Architecture) -> int:
     """The parameter count of the whole model, tied head counted once (what `model.num_parameters()`
     reports in Hugging Face transformers)."""
-    return params_per_layer(arch) * arch.num_layers + numel(embedding_tensors(arch)) + numel(head_tensors(arch))
+    return blocks_params(arch, arch.num_experts) + numel(embedding_tensors(arch)) + numel(head_tensors(arch))
+
+
+def active_params(arch: Architecture) -> int:
+    """Parameters one token passes through: the total with only top-k routed experts per MoE block (the
+    embedding and LM head included, the convention of the model cards: Mixtral 8x7B 12.9B of 46.7B,
+    DeepSeek-V3 37B of 671B). Equal to `total_params` for a dense model."""
+    return blocks_params(arch, arch.experts_per_token) + numel(embedding_tensors(arch)) + numel(head_tensors(arch))
+
+
+def expert_params(arch: Architecture) -> int:
+    """Parameters of all routed experts of the model (what expert parallelism divides)."""
+    return moe_layers(arch) * arch.num_experts * numel(expert_tensors(arch))
 
 
 def embedding_params(arch: Architecture) -> int:
@@ -136,7 +238,10 @@ def non_embedding_params(arch: Architecture) -> int:
 
 def largest_tensor_numel(arch: Architecture) -> int:
     """Elements of the biggest single parameter tensor (usually the embedding, V x h)."""
-    return max(t.numel for t in (*layer_tensors(arch), *embedding_tensors(arch), *head_tensors(arch)))
+    blocks = (
+        (*layer_tensors(arch), *moe_layer_tensors(arch), *expert_tensors(arch)) if arch.is_moe else layer_tensors(arch)
+    )
+    return max(t.numel for t in (*blocks, *embedding_tensors(arch), *head_tensors(arch)))
 
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -160,3 +265,15 @@ def quantized_params_per_layer(arch: Architecture) -> int:
     """Weights bitsandbytes stores in 4 bits: every nn.Linear weight of a block (biases, norms,
     embeddings and the LM head stay in bf16; transformers skips the output embedding)."""
     return sum(t.numel for t in layer_tensors(arch) if t.is_matrix)
+
+
+def parameter_text(arch: Architecture) -> str:
+    """`13.02B parameters`, or for a MoE model `30.53B parameters, 3.35B active per token`."""
+    text = f"{total_params(arch) / 1e9:.2f}B parameters"
+    return text + (f", {active_params(arch) / 1e9:.2f}B active per token" if arch.is_moe else "")
+
+
+def moe_plan_text(plan) -> str:
+    """The expert layout of a plan in words: `ep 8 (expert dp 2), dropless, alltoall`."""
+    routing = "dropless" if plan.moe_capacity_factor is None else f"capacity factor {plan.moe_capacity_factor:g}"
+    return f"ep {plan.ep} (expert dp {plan.expert_shard_degree}), {routing}, {plan.moe_dispatcher}"

@@ -19,6 +19,7 @@ from planner.plan import (
     LORA_TARGETS,
     LOSSES,
     METHODS,
+    MOE_DISPATCHERS,
     OFFLOADS,
     OPTIMIZERS,
     PP_SCHEDULES,
@@ -231,6 +232,22 @@ def _method_options(solve: bool):
     default="tensorwise",
     show_default=True,
     help="fp8 scaling with --precision fp8 (mxfp8: Blackwell only).",
+)
+@click.option(
+    "--ep", type=int, default=1, show_default=True, help="Expert-parallel degree (MoE models; Megatron or FSDP)."
+)
+@click.option(
+    "--moe-capacity-factor",
+    type=float,
+    default=None,
+    help="Expert capacity as a multiple of the even share; tokens beyond it are dropped (Megatron). Default: dropless.",
+)
+@click.option(
+    "--moe-dispatcher",
+    type=click.Choice(MOE_DISPATCHERS),
+    default="alltoall",
+    show_default=True,
+    help="How routed tokens reach their experts (Megatron --moe-token-dispatcher-type).",
 )
 @click.option(
     "--safety-margin",

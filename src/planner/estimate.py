@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner import __version__
-from planner.architecture import embedding_params, total_params
+from planner.architecture import active_params, embedding_params, total_params
 from planner.catalog import GpuSpec, ModelSpec
 from planner.inputs import run_figures
 from planner.memory import DEFAULT_SAFETY_MARGIN, MemoryEstimate, estimate_memory
@@ -36,6 +36,7 @@ class Estimate:
                 "family": self.model.family,
                 "source": self.model.source,
                 "params": total_params(arch),
+                **({"active_params": active_params(arch)} if arch.is_moe else {}),
                 "embedding_params": embedding_params(arch),
                 "trainable_params": trainable_params(self.model, self.plan),
                 "architecture": {k: getattr(arch, k) for k in arch.__dataclass_fields__},

@@ -25,6 +25,7 @@ FsdpVersion = Literal[1, 2]
 Method = Literal["full", "lora", "qlora", "freeze"]
 LoraTargets = Literal["attention", "all-linear"]
 Fp8Recipe = Literal["tensorwise", "rowwise", "delayed", "mxfp8"]
+MoeDispatcher = Literal["alltoall", "allgather"]
 
 CHECKPOINTING: tuple[str, ...] = get_args(Checkpointing)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -40,6 +41,12 @@ LORA_TARGETS: tuple[str, ...] = get_args(LoraTargets)
 DEFAULT_TRAINABLE_LAYERS = 2
 """LLaMA-Factory's `freeze_trainable_layers` default (hparams/finetuning_args.py): the last 2 blocks."""
 FP8_RECIPES: tuple[str, ...] = get_args(Fp8Recipe)
+MOE_DISPATCHERS: tuple[str, ...] = get_args(MoeDispatcher)
+
+EXPERT_PARALLEL_ENGINES = ("megatron", "fsdp")
+"""Engines that run expert parallelism: Megatron-Core (--expert-model-parallel-size) and torchtitan on FSDP2
+(parallelism.expert_parallel_degree, its MoE models). DeepSpeed runs the Hugging Face MoE blocks, whose experts
+are ordinary parameters: every rank of a ZeRO shard group holds (its shard of) all experts, EP = 1."""
 
 _MAX_GPUS = 1_000_000
 _MAX_SEQ_LEN = 16 * 1024 * 1024
@@ -149,6 +156,27 @@ class Plan:
     `delayed` (TransformerEngine's DelayedScaling: scales from an amax history, no amax pass before the
     cast) or `mxfp8` (one scale per 32 elements, Blackwell tensor cores only)."""
 
+    ep: int = 1
+    """Expert-parallel degree: each MoE block's routed experts are divided over `ep` ranks, which exchange the
+    routed tokens all-to-all. As in Megatron-Core (parallel_state.initialize_model_parallel: the expert
+    rank generator spans the same ranks as tp x cp x dp, with expert-tensor-parallel = tp by default), the EP
+    group is carved out of the data-parallel x context-parallel ranks: ep divides dp x cp, and the experts'
+    own data-parallel (ZeRO) group is dp x cp x tp / (ep x etp) = dp x cp / ep ranks."""
+    moe_capacity_factor: float | None = None
+    """Tokens an expert accepts per step, as a multiple of its even share (Megatron
+    --moe-expert-capacity-factor): the excess is dropped. None: dropless routing (every token reaches its
+    top-k experts; the busiest expert sets the pace and the buffer size)."""
+    moe_dispatcher: MoeDispatcher = "alltoall"
+    """How routed tokens reach their experts' ranks (Megatron --moe-token-dispatcher-type): `alltoall`
+    sends each token to the ranks of its experts; `allgather` gathers every token of the EP x TP group on
+    every rank, which then keeps its experts' share."""
+
+    @property
+    def expert_shard_degree(self) -> int:
+        """Ranks that hold the same experts and share their ZeRO / distributed-optimizer shards: the
+        expert-data-parallel group, dp x cp / ep (Megatron's expert-data-parallel group with ETP = TP)."""
+        return self.dp * self.cp // self.ep
+
     @property
     def nodes(self) -> int:
         return -(-self.gpus // self.gpus_per_node)
@@ -220,6 +248,11 @@ class PlanRequest:
     """Blocks that train under --method freeze; None: LLaMA-Factory's default, 2."""
     fp8_recipe: str = "tensorwise"
     """Used only with --precision fp8 (see Plan)."""
+    ep: int = 1
+    """Expert-parallel degree (MoE models, Megatron or FSDP/torchtitan; see Plan)."""
+    moe_capacity_factor: float | None = None
+    """None: dropless routing (see Plan)."""
+    moe_dispatcher: str = "alltoall"
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
@@ -359,8 +392,14 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
             "checkpointing every N-th block is counted per model chunk under interleaving, which is not modelled",
             "use --checkpointing-every 1 or --pp-schedule 1f1b",
         )
+    moe_fields = _moe_fields(request, model, engine, dp * cp)
     method_fields = _method_fields(request, arch)
     check_peft_target(method_fields["method"], model)
+    if arch.is_moe and method_fields["method"] != "full":
+        raise PlanError(
+            f"--method {method_fields['method']} is not modelled for Mixture-of-Experts models",
+            "use --method full",
+        )
     _check_method(method_fields["method"], engine, tp, pp, cp, checkpointing, offload, precision, request.compile)
     return Plan(
         gpus=gpus,
@@ -389,7 +428,58 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         fp8_recipe=_fp8_recipe(request.fp8_recipe, precision, gpu),
         **options,
         **method_fields,
+        **moe_fields,
     )
+
+
+def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, data_parallel: int) -> dict[str, Any]:
+    """ep, moe_capacity_factor and moe_dispatcher, checked against the model and engine: the experts divide
+    evenly over EP, EP fits in the data-parallel x context-parallel ranks it is carved from, and the engine
+    runs it (EXPERT_PARALLEL_ENGINES)."""
+    arch = model.architecture
+    ep = _positive_int(request.ep, "ep", 4096)
+    dispatcher = _choice(request.moe_dispatcher, "moe_dispatcher", MOE_DISPATCHERS)
+    capacity = request.moe_capacity_factor
+    if not arch.is_moe:
+        if ep > 1 or capacity is not None or dispatcher != "alltoall":
+            raise PlanError(
+                f"{model.name} is a dense model: --ep, --moe-capacity-factor and --moe-dispatcher apply to "
+                "Mixture-of-Experts models",
+                "drop them or pick a MoE model",
+            )
+        return {"ep": 1, "moe_capacity_factor": None, "moe_dispatcher": "alltoall"}
+    if ep > 1 and engine not in EXPERT_PARALLEL_ENGINES:
+        raise PlanError(
+            f"--engine {engine} has no expert parallelism: every rank of its ZeRO group holds all experts",
+            "use --engine megatron or fsdp (torchtitan) for --ep, or --ep 1",
+        )
+    if arch.num_experts % ep:
+        raise PlanError(
+            f"--ep {ep} does not divide the {arch.num_experts} experts of {model.name}",
+            f"use an EP degree from {_divisors(arch.num_experts)}",
+        )
+    if data_parallel % ep:
+        raise PlanError(
+            f"--ep {ep} does not divide dp x cp = {data_parallel}: the expert-parallel group is carved out of "
+            "the data-parallel ranks",
+            f"use an EP degree from {_divisors(gcd(arch.num_experts, data_parallel))}",
+        )
+    if capacity is not None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int | float) or not 0 < capacity <= arch.num_experts:
+            raise PlanError(
+                f"--moe-capacity-factor must be a number above 0 and at most the {arch.num_experts} experts, "
+                f"got {quoted(capacity)}",
+                "use e.g. 1.0 or 1.25, or leave it out for dropless routing",
+            )
+        if engine != "megatron":
+            raise PlanError(
+                "token dropping with a capacity factor is Megatron's (torchtitan and Hugging Face route dropless)",
+                "use --engine megatron or leave --moe-capacity-factor out",
+            )
+        capacity = float(capacity)
+    if dispatcher == "allgather" and engine != "megatron":
+        raise PlanError("the allgather token dispatcher is Megatron's", "use --moe-dispatcher alltoall")
+    return {"ep": ep, "moe_capacity_factor": capacity, "moe_dispatcher": dispatcher}
 
 
 def _fp8_recipe(recipe: Any, precision: str, gpu: GpuSpec) -> str:

@@ -7,6 +7,10 @@ LayerNorm with bias, learned positions, biases everywhere, tied head) and gpt_ne
 LayerNorm with bias, partial rotary, parallel residual, untied `embed_out`), qwen3 (q/k norms), gemma2,
 gemma3/gemma3_text (GeGLU, four norms per block, local/global layers, logit soft-capping), phi3, glm and
 glm4, olmo2 (full-width q/k norms) and internlm2/internlm3 (remote code, Llama-shaped).
+
+Mixture-of-Experts types: mixtral, qwen2_moe (shared expert with a sigmoid gate), qwen3_moe, olmoe,
+deepseek_v2/deepseek_v3 (multi-head latent attention, shared experts, dense first layers) and gpt_oss
+(attention sinks and biases, alternating 128-token sliding window, experts and router with biases).
 """
 
 from collections.abc import Callable
@@ -220,6 +224,108 @@ def _gpt_neox(cfg: dict[str, Any], path: Path) -> Architecture:
     )
 
 
+def _experts(cfg: dict[str, Any], path: Path, count_key: str) -> dict[str, Any]:
+    """The routed-expert fields common to every MoE type."""
+    return {
+        "num_experts": _get(cfg, path, count_key),
+        "experts_per_token": _get(cfg, path, "num_experts_per_tok"),
+    }
+
+
+def _qwen_moe_layers(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Qwen2/3-MoE: block i is MoE unless listed in `mlp_only_layers`, when (i + 1) % decoder_sparse_step == 0.
+    A leading run of mlp_only_layers maps to first_dense_layers; any other list is refused."""
+    dense = cfg.get("mlp_only_layers") or []
+    if not isinstance(dense, list) or dense != list(range(len(dense))):
+        raise CatalogError(f"{path}: mlp_only_layers other than the first N layers are not modelled", "write a YAML")
+    return {"first_dense_layers": len(dense), "moe_layer_every": int(cfg.get("decoder_sparse_step") or 1)}
+
+
+def _mixtral(cfg: dict[str, Any], path: Path) -> Architecture:
+    # MixtralSparseMoeBlock: router Linear(h, E) without bias; E SwiGLU experts of intermediate_size.
+    arch = _llama_like(cfg, path, qkv_bias=False)
+    return replace(arch, **_experts(cfg, path, "num_local_experts"), moe_ffn_hidden_size=arch.ffn_hidden_size)
+
+
+def _qwen2_moe(cfg: dict[str, Any], path: Path) -> Architecture:
+    # Qwen2MoeSparseMoeBlock: router, experts of moe_intermediate_size, one shared expert of
+    # shared_expert_intermediate_size gated by sigmoid(Linear(h, 1)); q/k/v biases as Qwen2.
+    arch = _llama_like({**cfg, "attention_bias": False}, path, qkv_bias=bool(cfg.get("qkv_bias", True)))
+    shared = int(cfg.get("shared_expert_intermediate_size") or 0)
+    return replace(
+        arch,
+        **_experts(cfg, path, "num_experts"),
+        **_qwen_moe_layers(cfg, path),
+        moe_ffn_hidden_size=_get(cfg, path, "moe_intermediate_size"),
+        shared_experts=1 if shared else 0,
+        shared_expert_ffn_hidden_size=shared,
+        shared_expert_gate=bool(shared),
+    )
+
+
+def _qwen3_moe(cfg: dict[str, Any], path: Path) -> Architecture:
+    # Qwen3MoeSparseMoeBlock: router and experts, no shared expert; q/k norms per head as Qwen3.
+    arch = _llama_like(cfg, path, qkv_bias=False)
+    return replace(
+        arch,
+        qk_norm="head",
+        **_experts(cfg, path, "num_experts"),
+        **_qwen_moe_layers(cfg, path),
+        moe_ffn_hidden_size=_get(cfg, path, "moe_intermediate_size"),
+    )
+
+
+def _olmoe(cfg: dict[str, Any], path: Path) -> Architecture:
+    # OlmoeAttention: q_norm over h, k_norm over the key width (full-width, as OLMo 2); experts of
+    # intermediate_size, no shared expert. clip_qkv changes no tensor.
+    arch = _llama_like(cfg, path, qkv_bias=False)
+    return replace(arch, qk_norm="full", **_experts(cfg, path, "num_experts"), moe_ffn_hidden_size=arch.ffn_hidden_size)
+
+
+def _deepseek(cfg: dict[str, Any], path: Path) -> Architecture:
+    """DeepSeek-V2/V3 (transformers deepseek_v2/deepseek_v3): multi-head latent attention, the first
+    first_k_dense_replace blocks dense (intermediate_size), the others MoE with n_shared_experts shared experts
+    built as one MLP of n_shared x moe_intermediate_size. moe_layer_freq is not read by the transformers code
+    (every block after the dense ones is MoE); V3's e_score_correction_bias is a buffer, not a parameter; the
+    multi-token-prediction layer (num_nextn_predict_layers) is not instantiated."""
+    if cfg.get("attention_bias"):
+        raise CatalogError(f"{path}: attention biases in multi-head latent attention are not modelled", "write a YAML")
+    heads = _get(cfg, path, "num_attention_heads")
+    nope, rope = _get(cfg, path, "qk_nope_head_dim"), _get(cfg, path, "qk_rope_head_dim")
+    moe_width = _get(cfg, path, "moe_intermediate_size")
+    shared = int(cfg.get("n_shared_experts") or 0)
+    arch = _llama_like({**cfg, "num_key_value_heads": heads, "head_dim": nope + rope}, path, qkv_bias=False)
+    return replace(
+        arch,
+        sliding_window=None,
+        **_experts(cfg, path, "n_routed_experts"),
+        moe_ffn_hidden_size=moe_width,
+        shared_experts=shared,
+        shared_expert_ffn_hidden_size=shared * moe_width,
+        first_dense_layers=int(cfg.get("first_k_dense_replace") or 0),
+        q_lora_rank=int(cfg.get("q_lora_rank") or 0),
+        kv_lora_rank=_get(cfg, path, "kv_lora_rank"),
+        qk_rope_head_dim=rope,
+        qk_nope_head_dim=nope,
+        v_head_dim=_get(cfg, path, "v_head_dim"),
+    )
+
+
+def _gpt_oss(cfg: dict[str, Any], path: Path) -> Architecture:
+    # GptOssAttention: q/k/v/o with bias=attention_bias (true), one sink logit per head, layer_types
+    # alternating a 128-token sliding window with full attention; GptOssTopKRouter: Linear(h, E) with bias;
+    # GptOssExperts: gate_up_proj (h x 2f) and down_proj (f x h) per expert, each with a bias.
+    arch = _llama_like(cfg, path, qkv_bias=False)
+    return replace(
+        arch,
+        attention_sinks=True,
+        **_experts(cfg, path, "num_local_experts"),
+        moe_ffn_hidden_size=arch.ffn_hidden_size,
+        router_bias=True,
+        expert_bias=True,
+    )
+
+
 _PARSERS: dict[str, Callable[[dict[str, Any], Path], Architecture]] = {
     "llama": _llama,
     "mistral": _llama,
@@ -237,6 +343,13 @@ _PARSERS: dict[str, Callable[[dict[str, Any], Path], Architecture]] = {
     "mpt": _mpt,
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,
+    "mixtral": _mixtral,
+    "qwen2_moe": _qwen2_moe,
+    "qwen3_moe": _qwen3_moe,
+    "olmoe": _olmoe,
+    "deepseek_v2": _deepseek,
+    "deepseek_v3": _deepseek,
+    "gpt_oss": _gpt_oss,
 }
 
 SUPPORTED_MODEL_TYPES = tuple(sorted(_PARSERS))

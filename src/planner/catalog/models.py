@@ -16,6 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from planner import inputs
 from planner.catalog._yaml import read_yaml_mapping, require
 from planner.catalog._yaml import suggestions as _suggestions
@@ -87,6 +89,64 @@ class Architecture:
     post_attention/post_feedforward norms, GLM-4-0414's post_self_attn/post_mlp norms)."""
     final_logit_softcap: float | None = None
     """Logits become cap * tanh(logits / cap) before the loss (Gemma 2: 30); None: no soft-capping."""
+    num_experts: int = 0
+    """Routed experts per Mixture-of-Experts block (Mixtral `num_local_experts`, Qwen `num_experts`, DeepSeek
+    `n_routed_experts`); 0 for a dense model."""
+    experts_per_token: int = 0
+    """Routed experts each token is sent to (top-k, `num_experts_per_tok`)."""
+    moe_ffn_hidden_size: int = 0
+    """Inner width of one routed expert's MLP (`moe_intermediate_size`; Mixtral, OLMoE and gpt-oss use their
+    `intermediate_size`). Dense blocks keep `ffn_hidden_size`."""
+    shared_experts: int = 0
+    """Experts every token passes through besides the routed ones (DeepSeek `n_shared_experts`; Qwen2-MoE: 1)."""
+    shared_expert_ffn_hidden_size: int = 0
+    """Inner width of the shared experts taken together: both Hugging Face and Megatron build them as one MLP
+    (DeepSeek: n_shared x moe_intermediate_size; Qwen2-MoE: shared_expert_intermediate_size)."""
+    shared_expert_gate: bool = False
+    """A sigmoid gate, Linear(h, 1), scales the shared expert's output (Qwen2-MoE `shared_expert_gate`)."""
+    first_dense_layers: int = 0
+    """The first N blocks keep a dense MLP of width `ffn_hidden_size` (DeepSeek `first_k_dense_replace`)."""
+    moe_layer_every: int = 1
+    """After the dense first layers, block i (0-based) is a MoE block when (i + 1) is a multiple of this
+    (Qwen `decoder_sparse_step`); the others are dense."""
+    router_bias: bool = False
+    """The router's linear carries a bias per expert (gpt-oss)."""
+    expert_bias: bool = False
+    """Every routed expert's projections carry biases (gpt-oss gate_up_proj_bias and down_proj_bias)."""
+    attention_sinks: bool = False
+    """One learned sink logit per attention head joins the softmax (gpt-oss `sinks`)."""
+    q_lora_rank: int = 0
+    """Multi-head latent attention (DeepSeek-V2/V3): width of the compressed query (q_a_proj, then an
+    RMSNorm and q_b_proj); 0 = queries come straight from a full q_proj (DeepSeek-V2-Lite)."""
+    kv_lora_rank: int = 0
+    """Multi-head latent attention: width of the compressed key/value latent (kv_a_proj_with_mqa, an RMSNorm,
+    then kv_b_proj); 0 = ordinary attention (the MLA fields below are then unused)."""
+    qk_rope_head_dim: int = 0
+    """MLA: per-head query width that carries RoPE; the key's RoPE part is one vector shared by all heads."""
+    qk_nope_head_dim: int = 0
+    """MLA: per-head query/key width without RoPE (up-projected from the latents)."""
+    v_head_dim: int = 0
+    """MLA: per-head value width (the output projection reads heads x v_head_dim)."""
+
+    @property
+    def is_moe(self) -> bool:
+        """The model has routed experts."""
+        return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        """The attention is DeepSeek's multi-head latent attention."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def qk_head_dim(self) -> int:
+        """Width of one head's query and key in the score product: nope + rope parts under MLA, else head_dim."""
+        return self.qk_nope_head_dim + self.qk_rope_head_dim if self.is_mla else self.attention_head_dim
+
+    @property
+    def value_head_dim(self) -> int:
+        """Width of one head's value (MLA's v_head_dim, else head_dim)."""
+        return self.v_head_dim if self.is_mla else self.attention_head_dim
 
     @property
     def attention_head_dim(self) -> int:
@@ -153,6 +213,24 @@ def _architecture_from_mapping(raw: dict[str, Any], path: Path) -> Architecture:
     return arch
 
 
+ZERO_ALLOWED = (
+    "head_dim",
+    "global_attention_every",
+    "num_experts",
+    "experts_per_token",
+    "moe_ffn_hidden_size",
+    "shared_experts",
+    "shared_expert_ffn_hidden_size",
+    "first_dense_layers",
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_rope_head_dim",
+    "qk_nope_head_dim",
+    "v_head_dim",
+)
+"""Integer architecture fields where 0 means "absent" (derived head width, dense model, no MLA)."""
+
+
 def _check_field(arch: Architecture, f, where: str) -> None:
     """One architecture field has the type its annotation says, in a range a real model can have."""
     value = getattr(arch, f.name)
@@ -166,7 +244,7 @@ def _check_field(arch: Architecture, f, where: str) -> None:
     elif f.type in (int, "int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise CatalogError(f"{where}: '{f.name}' must be an integer, got {quoted(value)}", "fix the value")
-        if value < 0 or (value == 0 and f.name not in ("head_dim", "global_attention_every")):
+        if value < 0 or (value == 0 and f.name not in ZERO_ALLOWED):
             raise CatalogError(f"{where}: '{f.name}' must be positive, got {value}", "fix the value")
         if value > MAX_ARCHITECTURE_SIZE:
             raise CatalogError(
@@ -209,10 +287,68 @@ def check_architecture(arch: Architecture, where: str) -> None:
             f"{where}: num_kv_heads ({arch.num_kv_heads}) must divide num_attention_heads ({arch.num_attention_heads})",
             "fix the head counts",
         )
+    _check_moe(arch, where)
+    _check_mla(arch, where)
     if not arch.head_dim and arch.hidden_size % arch.num_attention_heads:
         raise CatalogError(
             f"{where}: hidden_size must be divisible by num_attention_heads unless head_dim is given", "set head_dim"
         )
+
+
+def _check_moe(arch: Architecture, where: str) -> None:
+    """The expert fields hang together: top-k within the experts, an expert width, dense-first layers
+    leaving at least one MoE block; no expert field on a dense model."""
+    if not arch.is_moe:
+        extra = [
+            name
+            for name in ("experts_per_token", "moe_ffn_hidden_size", "shared_experts", "shared_expert_ffn_hidden_size")
+            if getattr(arch, name)
+        ]
+        if extra or arch.first_dense_layers or arch.router_bias or arch.expert_bias or arch.shared_expert_gate:
+            raise CatalogError(f"{where}: expert fields on a model with num_experts 0", "set num_experts or drop them")
+        return
+    if not 1 <= arch.experts_per_token <= arch.num_experts:
+        raise CatalogError(
+            f"{where}: experts_per_token (top-k) must be from 1 to num_experts {arch.num_experts}, "
+            f"got {arch.experts_per_token}",
+            "fix the top-k",
+        )
+    if not arch.moe_ffn_hidden_size:
+        raise CatalogError(f"{where}: a MoE model needs moe_ffn_hidden_size (one expert's MLP width)", "add it")
+    if bool(arch.shared_experts) != bool(arch.shared_expert_ffn_hidden_size):
+        raise CatalogError(
+            f"{where}: shared_experts and shared_expert_ffn_hidden_size go together", "give both or neither"
+        )
+    if arch.shared_expert_gate and not arch.shared_experts:
+        raise CatalogError(f"{where}: shared_expert_gate needs a shared expert", "drop it or add shared_experts")
+    if arch.first_dense_layers >= arch.num_layers or moe_layer_count(arch, arch.num_layers) == 0:
+        raise CatalogError(f"{where}: first_dense_layers / moe_layer_every leave no MoE block", "fix them")
+
+
+def _check_mla(arch: Architecture, where: str) -> None:
+    """Multi-head latent attention needs its head widths; its fields are meaningless without it."""
+    if not arch.is_mla:
+        if arch.q_lora_rank or arch.qk_rope_head_dim or arch.qk_nope_head_dim or arch.v_head_dim:
+            raise CatalogError(f"{where}: MLA fields without kv_lora_rank", "set kv_lora_rank or drop them")
+        return
+    if not (arch.qk_nope_head_dim and arch.qk_rope_head_dim and arch.v_head_dim):
+        raise CatalogError(
+            f"{where}: multi-head latent attention needs qk_nope_head_dim, qk_rope_head_dim and v_head_dim",
+            "add them",
+        )
+    if arch.num_kv_heads != arch.num_attention_heads:
+        raise CatalogError(f"{where}: MLA up-projects a key and value per head: num_kv_heads = heads", "fix it")
+
+
+def moe_layer_count(arch: Architecture, first_layers):
+    """MoE blocks among the first `first_layers` blocks (int or array): block i is MoE when
+    i >= first_dense_layers and (i + 1) % moe_layer_every == 0 (Hugging Face Qwen2/3-MoE's
+    decoder_sparse_step rule, DeepSeek's first_k_dense_replace)."""
+    if not arch.is_moe:
+        return 0 * first_layers
+    every = arch.moe_layer_every
+    count = first_layers // every - arch.first_dense_layers // every
+    return max(count, 0) if isinstance(count, int) else np.maximum(count, 0)
 
 
 def _model_from_file(path: Path) -> ModelSpec:

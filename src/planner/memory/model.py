@@ -34,9 +34,8 @@ from planner.memory.states import (
     StateTerm,
     deepspeed_step_cap_bytes,
     dequantized_weight_bytes,
-    group_params,
+    stage_state_bytes,
     state_layout,
-    state_term_bytes,
 )
 from planner.plan import Plan
 from planner.units import GIB
@@ -147,7 +146,7 @@ def _state_bytes(terms: list[StateTerm], stage: StageShard, plan: Plan) -> dict[
     for term in terms:
         if term.offloaded:
             continue
-        size = state_term_bytes(term, group_params(term, stage), plan.shard_degree)
+        size = stage_state_bytes(term, stage, plan)
         cap = deepspeed_step_cap_bytes(term, plan)
         out[term.name] = np.minimum(size, cap) if cap is not None else size
     return out
@@ -229,7 +228,7 @@ def _host_offload_bytes(model: ModelSpec, plan: Plan, stage: StageShard):
     total = 0.0
     for term in state_layout(model.architecture, plan):
         if term.offloaded:
-            total = total + state_term_bytes(term, group_params(term, stage), plan.shard_degree)
+            total = total + stage_state_bytes(term, stage, plan)
     return total
 
 

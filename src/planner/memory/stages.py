@@ -21,13 +21,15 @@ import numpy as np
 
 from planner.architecture import (
     embedding_tensors,
+    expert_tensors,
     head_tensors,
     layer_tensors,
     lora_params_per_layer,
+    moe_layer_tensors,
     numel,
     quantized_params_per_layer,
 )
-from planner.catalog.models import Architecture
+from planner.catalog.models import Architecture, moe_layer_count
 from planner.memory.quantization import nf4_storage_bytes_per_param
 from planner.plan import Plan
 
@@ -64,15 +66,32 @@ class StageShard:
     """Bytes one NF4 weight is stored in, quantization constants included (0 without QLoRA)."""
     trained_layers: object = None
     """Blocks whose activations backward needs (all of them, except under freeze)."""
+    moe_layers: object = 0
+    """Of `num_layers`, the MoE blocks (the others have the dense MLP of `layer_params`)."""
+    moe_layer_params: int = 0
+    """One MoE block on this rank without its routed experts: attention, norms, router, shared experts."""
+    local_expert_params: int = 0
+    """The routed experts one MoE block keeps on this rank: num_experts / ep experts, each split over the
+    tensor-parallel ranks (expert-tensor-parallel = tp, Megatron's default)."""
+
+    @property
+    def expert_params(self):
+        """Routed-expert parameters on this rank; their states shard over the expert-data-parallel group."""
+        return self.moe_layers * self.local_expert_params
 
     @property
     def params(self):
-        return self.num_layers * self.layer_params + self.embedding_params + self.head_params
+        dense_blocks = (self.num_layers - self.moe_layers) * self.layer_params
+        moe_blocks = self.moe_layers * (self.moe_layer_params + self.local_expert_params)
+        return dense_blocks + moe_blocks + self.embedding_params + self.head_params
 
     @property
     def largest_unit_params(self):
         """The biggest group of parameters FSDP gathers at once: a block, the embedding, or norm + head."""
-        return np.maximum(np.maximum(self.layer_params, self.embedding_params), self.head_params)
+        block = np.maximum(
+            self.layer_params, (self.moe_layers > 0) * (self.moe_layer_params + self.local_expert_params)
+        )
+        return np.maximum(np.maximum(block, self.embedding_params), self.head_params)
 
 
 def layers_on_stage(num_layers: int, pp, stage):
@@ -131,6 +150,27 @@ def _shard(arch: Architecture, plan: Plan, last: bool) -> StageShard:
         _largest(layer_t, tp), np.maximum(_largest(embedding_t, tp) * is_first, largest_head * is_last)
     )
     num_layers = layers_on_stage(arch.num_layers, pp, stage)
+    if arch.is_moe:
+        # Blocks [0, n) on the first stage, [L - n, L) on the last; the dense first layers sit on the first.
+        total = arch.num_layers
+        moe = (
+            moe_layer_count(arch, num_layers)
+            if not last
+            else moe_layer_count(arch, total) - moe_layer_count(arch, total - num_layers)
+        )
+        local_experts = arch.num_experts // plan.ep
+        fused_expert = local_experts * sum(
+            t.numel for t in expert_tensors(arch) if t.is_matrix and "down" not in t.name
+        )
+        # The experts of a block are one fused tensor in transformers 5 (gate_up_proj) and torchtitan.
+        largest = np.maximum(largest, np.maximum(_largest(moe_layer_tensors(arch), tp), -(-fused_expert // tp)))
+        moe_fields = {
+            "moe_layers": moe,
+            "moe_layer_params": numel(moe_layer_tensors(arch), tp),
+            "local_expert_params": local_experts * numel(expert_tensors(arch), tp),
+        }
+    else:
+        moe_fields = {}
     shard = StageShard(
         stage=stage,
         is_first=is_first,
@@ -141,6 +181,7 @@ def _shard(arch: Architecture, plan: Plan, last: bool) -> StageShard:
         head_params=head * is_last,
         largest_tensor_params=largest,
         in_flight_micro_batches=in_flight_micro_batches(plan, stage),
+        **moe_fields,
     )
     return _with_method(arch, plan, shard)
 

@@ -257,6 +257,18 @@ def state_term_bytes(term: StateTerm, params: int, shard_degree: int) -> float:
     return params * per_param
 
 
+def stage_state_bytes(term: StateTerm, stage, plan: Plan) -> float:
+    """Bytes of one state term on a pipeline stage. The routed experts' share shards over the
+    expert-data-parallel group (dp x cp / ep, Plan.expert_shard_degree), the rest over dp x cp: Megatron's
+    distributed optimizer builds separate buffers for expert and non-expert parameters, each sharded over its
+    own data-parallel group (core/distributed/param_and_grad_buffer.py, expert_data_parallel_group), and
+    torchtitan shards the experts with FSDP over the dp_shard x cp ranks left after EP."""
+    params = group_params(term, stage)
+    experts = stage.expert_params if term.group == "trainable" else 0
+    dense = state_term_bytes(term, params - experts, plan.shard_degree)
+    return dense + state_term_bytes(term, experts, plan.expert_shard_degree)
+
+
 def group_params(term: StateTerm, stage) -> object:
     """Parameters of the stage a term is counted over (planner.memory.stages.StageShard)."""
     if term.group == "frozen":

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner import __version__
-from planner.architecture import total_params
+from planner.architecture import parameter_text
 from planner.report.columns import SHORT
 from planner.report.solve import _row
 from planner.search.details import plan_estimates
@@ -93,7 +93,7 @@ def header_lines(choice) -> list[str]:
     if first is not None:
         model = first.model
         alias = f" (alias '{model.resolved_from}')" if model.resolved_from else ""
-        lines.append(f"model: {model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters")
+        lines.append(f"model: {model.name}{alias}, {parameter_text(model.architecture)}")
         lines.append(
             f"batch: sequences of {r.seq_len} tokens, global batch {first.global_batch} sequences "
             f"({first.global_batch * r.seq_len:,} tokens) per optimizer step"

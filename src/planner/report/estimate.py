@@ -7,7 +7,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from planner.architecture import total_params
+from planner.architecture import moe_plan_text, parameter_text
 from planner.estimate import Estimate, trainable_params
 from planner.memory import TERMS
 
@@ -53,7 +53,7 @@ def render_json(estimate: Estimate) -> str:
 def _model_line(estimate: Estimate) -> str:
     model = estimate.model
     alias = f" (alias '{model.resolved_from}' resolves to {model.name})" if model.resolved_from else ""
-    line = f"{model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters"
+    line = f"{model.name}{alias}, {parameter_text(model.architecture)}"
     if estimate.plan.peft:
         line += f", {trainable_params(model, estimate.plan):,} trainable"
     return line
@@ -72,6 +72,7 @@ def _plan_lines(estimate: Estimate) -> list[str]:
         ),
         f"dp {p.dp} x tp {p.tp} x pp {p.pp} x cp {p.cp}; {p.engine}, ZeRO-{p.zero}"
         + (", sequence parallel" if p.sequence_parallel else "")
+        + (f"; {moe_plan_text(p)}" if estimate.model.architecture.is_moe else "")
         + (f"; interleaved schedule, {p.virtual_stages} chunks per stage" if p.pp_schedule == "interleaved" else ""),
         f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum} x dp {p.dp} = global batch {p.global_batch}"
         f" sequences of {p.seq_len} tokens",

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner import __version__
-from planner.architecture import total_params
+from planner.architecture import active_params, parameter_text, total_params
 from planner.estimate import Estimate
 from planner.memory import TERMS
 from planner.report.columns import HEADROOM_NOTE, pp_text, ranking_columns
@@ -35,7 +35,7 @@ def assumptions(result) -> list[str]:
     r, b, model = result.request, result.budget, result.model
     alias = f" (alias '{model.resolved_from}')" if model.resolved_from else ""
     lines = [
-        f"model: {model.name}{alias}, {total_params(model.architecture) / 1e9:.2f}B parameters",
+        f"model: {model.name}{alias}, {parameter_text(model.architecture)}",
         f"budget: up to {b.gpus} x {b.gpu.name} ({b.nodes} node(s) of {b.gpus_per_node}); plans may use fewer",
         _network_line(b.gpu),
         "attention: FlashAttention-"
@@ -309,6 +309,7 @@ def solve_json(result, estimates: dict[int, Estimate]) -> dict:
             "name": result.model.name,
             "resolved_from": result.model.resolved_from,
             "params": total_params(result.model.architecture),
+            **({"active_params": active_params(result.model.architecture)} if result.model.architecture.is_moe else {}),
         },
         "gpu": {
             "name": result.budget.gpu.name,
