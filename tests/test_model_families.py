@@ -159,7 +159,8 @@ def test_local_and_global_layers_split_the_attention_cost():
 
 def test_models_search():
     names = {m.name for m in search_models("qwen3")}
-    assert names == {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "qwen3-32b"}
+    dense = {"qwen3-0.6b", "qwen3-1.7b", "qwen3-4b", "qwen3-8b", "qwen3-14b", "qwen3-32b"}
+    assert names == dense | {"qwen3-30b-a3b", "qwen3-235b-a22b"}  # the MoE ones are family qwen3-moe
     assert {m.name for m in search_models("Gemma 2")} == {"gemma-2-2b", "gemma-2-9b", "gemma-2-27b"}
     result = CliRunner().invoke(main, ["models", "--search", "phi"])
     assert result.exit_code == 0 and "phi-4" in result.output and "qwen" not in result.output
