@@ -26,20 +26,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _emit(tmp_path: Path, pins: list[str]) -> Path:
+def _emit(tmp_path: Path, pins: list[str], emit: str = "torchrun") -> Path:
     """`planner solve --emit torchrun` for the tiny model on the 2 CPU processes; returns the launch folder."""
     out = tmp_path / "report"
     args = ["solve", "--model", str(ROOT / "examples/tiny-llama.yaml"), "--budget", "2xA100", "--seq-len", "64"]
     args += ["--global-batch", "8", "--engine", "fsdp", "--space", str(ROOT / "tests/data/smoke_space.yaml")]
-    result = CliRunner().invoke(main, [*args, *pins, "--out", str(out), "--emit", "torchrun"])
+    result = CliRunner().invoke(main, [*args, *pins, "--out", str(out), "--emit", emit])
     assert result.exit_code == 0, result.output
     return out / "launch-1"
 
 
-def _run(command: list[str]) -> str:
+def _run(command: list[str], **extra_env: str) -> str:
     """Runs a torchrun command on CPUs (gloo) and returns its stdout. DTensor's warnings (e.g. a reduction split
     into sequential collectives for want of a flattened mesh) fail the run: they come from the script's layout."""
-    env = dict(os.environ, MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env = dict(os.environ, MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", **extra_env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the torchrun of this interpreter
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -108,3 +108,24 @@ def test_tensor_parallel_launch_computes_what_one_rank_computes(tmp_path):
     assert len(reference) == 4
     for run in (with_sp, without_sp):
         assert _steps(run) == pytest.approx(reference, abs=5e-3)
+
+
+def test_emitted_lora_trainer_launch_trains_only_the_adapters(tmp_path):
+    """A LoRA plan's launch_trainer.sh (Trainer + FSDP, as emitted) starts tests/lora_smoke_train.py on 2 CPU
+    processes with the emitted peft_config.json; after 2 steps exactly the adapters (lora_A, lora_B of the 7
+    linears of both blocks) have changed and no base weight has."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    pytest.importorskip("transformers")
+    pins = ["--tp", "1", "--method", "lora", "--zero", "0", "--checkpointing", "none", "--micro-batch", "4"]
+    folder = _emit(tmp_path, pins, emit="trainer")
+    assert json.loads((folder / "peft_config.json").read_text())["target_modules"] == "all-linear"
+    # the CPU has no bf16 GPU and no NCCL: the Trainer's own flags for CPU and gloo, then 2 steps
+    extra = ["--launch_folder", str(folder), "--max_steps", "2", "--bf16", "False", "--use_cpu", "True"]
+    extra += ["--ddp_backend", "gloo", "--report_to", "none", "--save_strategy", "no"]
+    extra += ["--output_dir", str(tmp_path / "out"), "--optim", "adamw_torch"]
+    stdout = _run([str(folder / "launch_trainer.sh"), *extra], TRAIN_SCRIPT=str(ROOT / "tests/lora_smoke_train.py"))
+    result = json.loads(re.search(r"^lora-smoke (.*)$", stdout, re.M).group(1))
+    assert result["changed"] == result["trainable"]
+    assert len(result["trainable"]) == 2 * 7 * 2 and all(".lora_" in name for name in result["trainable"])
+    assert result["total"] == 49  # 21 base tensors (2 x 9 per block, embedding, final norm, head) + 28 adapters

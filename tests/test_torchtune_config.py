@@ -7,6 +7,7 @@ exported builder whose arguments include the keys given to it, and the checkpoin
 Where torchtune is installed, the file is also loaded with its parser and every component resolved.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,28 @@ def test_loads_with_torchtunes_parser_where_installed(tmp_path):
     cfg = OmegaConf.load(path)
     for component in _components(OmegaConf.to_container(cfg), []):
         config_module._utils._get_component_from_path(component["_component_"])
+
+
+def test_launch_folder_holds_the_torchtune_config_or_why_not(tmp_path):
+    from click.testing import CliRunner
+
+    from planner.cli import main
+
+    args = ["solve", "--model", "7b", "--budget", "2xA100", "--method", "lora", "--seq-len", "2048"]
+    args += ["--global-batch", "16", "--emit", "trainer"]
+    result = CliRunner().invoke(
+        main, [*args, "--precision", "pure-bf16", "--engine", "fsdp", "--out", str(tmp_path / "a")]
+    )
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "a" / "launch-1"
+    config = yaml.safe_load((folder / "torchtune_lora.yaml").read_text())
+    plan = json.loads((folder / "plan.json").read_text())["chosen"]["plan"]
+    assert config["batch_size"] == plan["micro_batch"] and config["tokenizer"]["max_seq_len"] == 2048
+    assert "tune run --nproc_per_node 2 lora_finetune_distributed" in (folder / "launch_torchtune.sh").read_text()
+    assert "./launch_torchtune.sh" in (folder / "README.md").read_text()
+    # bf16 autocast (the search's default precision): no torchtune file, and the README says why
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "b" / "launch-1"
+    assert not (folder / "torchtune_lora.yaml").exists()
+    assert "- torchtune: torchtune trains in pure bf16 or fp32" in (folder / "README.md").read_text()

@@ -26,6 +26,13 @@ from planner.launch.megatron import flag_lines, megatron_arguments
 from planner.launch.peft import peft_files
 from planner.launch.shell import NODE_COMMENTS, render_script, torchrun_args
 from planner.launch.torchtitan import torchtitan_module
+from planner.launch.torchtune import (
+    TORCHTUNE_VERSION,
+    render_torchtune_yaml,
+    torchtune_command,
+    torchtune_config,
+    torchtune_recipe,
+)
 from planner.launch.trainer import trainer_arguments, trainer_flags
 from planner.launch.variants import SearchContext, Variant, build_variant
 from planner.plan import Plan
@@ -214,9 +221,29 @@ def _peft_comments(plan: Plan) -> list[str]:
 
 def _write_peft_files(folder: LaunchFolder, plan: Plan) -> None:
     """peft_config.json / bnb_config.json / freeze_config.json of a PEFT plan (planner.launch.peft); the
-    training script applies them (LoraConfig, BitsAndBytesConfig, get_peft_model)."""
+    training script applies them (LoraConfig, BitsAndBytesConfig, get_peft_model). LoRA/QLoRA plans also get
+    torchtune's recipe config where torchtune can run the chosen plan as it is, else the reason why not."""
     for name, content in peft_files(plan, folder.chosen.model).items():
         folder.files[name] = _json(content)
+    if folder.chosen.plan.method in ("lora", "qlora"):
+        _write_torchtune(folder)
+
+
+def _write_torchtune(folder: LaunchFolder) -> None:
+    plan = folder.chosen.plan
+    try:
+        config = torchtune_config(plan, folder.chosen.model)
+    except PlannerError as error:
+        folder.skipped["torchtune"] = error.message
+        return
+    folder.files["torchtune_lora.yaml"] = render_torchtune_yaml(plan, config)
+    comments = [
+        f"torchtune {TORCHTUNE_VERSION} ({torchtune_recipe(plan)}); set the tokenizer and checkpoint paths in",
+        "torchtune_lora.yaml first. Extra arguments are passed on (key=value overrides).",
+    ]
+    command = torchtune_command(plan, "$HERE/torchtune_lora.yaml")
+    folder.files["launch_torchtune.sh"] = render_script("torchtune, written by planner launch", comments, [], command)
+    folder.commands[f"torchtune {torchtune_recipe(plan)} (torchtune_lora.yaml)"] = ["launch_torchtune.sh"]
 
 
 def _write_trainer(folder: LaunchFolder) -> None:
