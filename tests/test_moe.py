@@ -3,6 +3,8 @@ active parameter counts equal to transformers', the expert-parallel plan fields 
 and expert states sharded over the expert-data-parallel group."""
 
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,12 @@ from planner.architecture import active_params, expert_params, expert_tensors, m
 from planner.catalog import load_gpu, load_model
 from planner.cli import main
 from planner.errors import CatalogError, PlanError
+from planner.memory import activations as act
 from planner.memory.stages import first_and_last_stage
 from planner.memory.states import stage_state_bytes, state_layout
+from planner.performance import comm
+from planner.performance import model as perf
+from planner.performance.flops import flops_per_token
 from planner.plan import PlanRequest, make_plan
 
 CONFIGS = Path(__file__).parent / "data" / "hf_configs"
@@ -149,3 +155,156 @@ def test_expert_states_shard_over_the_expert_data_parallel_group():
     plain = _plan()
     plain_stage = first_and_last_stage(arch, plain)[0]
     assert stage_state_bytes(terms["optimizer_states"], plain_stage, plain) == 8 * total_params(arch) / 16
+
+
+def test_routed_load_factor_is_the_balls_into_bins_maximum():
+    """Busiest of ep ranks with T x k routed copies each: 1 + sqrt(2 ln(ep) / (T k)) (Raab and Steger 1998);
+    1 without EP; a capacity factor caps it."""
+    arch = load_model("qwen3-30b-a3b").architecture
+    plan = _plan(ep=8, seq_len=4096)
+    assert act.routed_load_factor(arch, plan) == pytest.approx(1 + math.sqrt(2 * math.log(8) / (4096 * 8)), rel=1e-12)
+    assert act.routed_load_factor(arch, _plan(seq_len=4096)) == 1.0
+    assert act.routed_load_factor(arch, _plan(ep=8, seq_len=4096, moe_capacity_factor=1.0)) == 1.0
+
+
+def test_moe_block_saved_tensors():
+    """Qwen3-30B-A3B (h 2048, 128 experts of width 768, top-8), bf16, tp 1, EP 1 (load factor 1):
+    router 4 x 128 fp32 probabilities + 8 x (8 + 4) index/weight bytes = 608; per routed copy the permuted
+    input and the expert output (2 x 2 x 2048) and the SwiGLU inner tensors (hf: 4 x 2 x 768; Megatron's
+    fused fc1 output and product: 3 x 2 x 768)."""
+    arch = load_model("qwen3-30b-a3b").architecture
+    megatron = _plan(seq_len=4096)
+    assert act.moe_mlp_bytes(arch, megatron) == 608 + 8 * (8192 + 3 * 2 * 768)
+    hf = _plan(seq_len=4096, engine="fsdp", zero=3)
+    assert act.moe_mlp_bytes(arch, hf) == 608 + 8 * (8192 + 4 * 2 * 768)
+    # DeepSeek-V3's shared expert (2048 wide) is a dense MLP on every token
+    v3 = load_model("deepseek-v3").architecture
+    plan = _plan("deepseek-v3", seq_len=4096, gpus=64)
+    assert act.moe_mlp_bytes(v3, plan) == 4 * 256 + 12 * 8 + 8 * (2 * 2 * 7168 + 3 * 2 * 2048) + 3 * 2 * 2048
+    # a MoE block replaces the dense MLP's tensors by these
+    dense = act.layer_activations(arch, megatron)
+    moe = act.layer_activations(arch, megatron, moe=True)
+    assert moe.total - dense.total == act.moe_mlp_bytes(arch, megatron) - 3 * 2 * arch.ffn_hidden_size
+
+
+def test_dispatch_buffers_alltoall_and_allgather():
+    """alltoall: the T x k permuted copies sent and received (h values each); allgather: the EP group's
+    tokens gathered (T x ep) beside the local permuted copy; ep 1 and tp 1: only the permuted copy."""
+    arch = load_model("qwen3-30b-a3b").architecture
+    permuted = 2 * 2048 * 8
+    assert act.dispatch_buffer_bytes(arch, _plan(seq_len=4096)) == permuted
+    plan = _plan(ep=8, seq_len=4096, moe_capacity_factor=1.0)  # load factor capped at exactly 1
+    assert act.dispatch_buffer_bytes(arch, plan) == 2 * permuted
+    gathered = _plan(ep=8, seq_len=4096, moe_capacity_factor=1.0, moe_dispatcher="allgather")
+    assert act.dispatch_buffer_bytes(arch, gathered) == permuted + 2 * 2048 * 8
+
+
+def test_latent_attention_saved_tensors():
+    """DeepSeek-V3 MLA (128 heads, q/k 128 + 64, v 128, latents 1536 and 512), bf16, tp 1. hf: each latent
+    norm keeps its fp32 input, the statistic, the normalised copy and the up-projection's input
+    ((4 + 2 + 2) x w + 4); flash attention keeps q, k (192 per head) and v padded to 192; o_proj's input is
+    128 per head. Megatron: TE norm input and output (4 x w + 8), v unpadded."""
+    v3 = load_model("deepseek-v3").architecture
+    hf = _plan("deepseek-v3", gpus=64, engine="fsdp", zero=3)
+    assert act._mla_attention_bytes(v3, hf) == (8 * 2048 + 8, 2 * 128 * 3 * 192, 2 * 128 * 128)
+    megatron = _plan("deepseek-v3", gpus=64)
+    assert act._mla_attention_bytes(v3, megatron) == (4 * 2048 + 16, 2 * 128 * (2 * 192 + 128), 2 * 128 * 128)
+
+
+def test_moe_flops_count_active_parameters():
+    """Per token: matmuls of every block with the router, the shared expert and top-k routed experts
+    (6 x those weights), MLA attention over (192 + 128) per head, the LM head."""
+    v3 = load_model("deepseek-v3").architecture
+    plan = _plan("deepseek-v3", gpus=64, seq_len=4096)
+    flops = flops_per_token(v3, plan)
+    expert = 3 * 2048 * 7168
+    assert flops.expert_matmuls == 6 * 58 * 8 * expert
+    attention = 6 * 61 * 128 * (192 + 128) * 4096
+    assert flops.attention == attention
+    matrices = sum(t.numel for t in (*expert_tensors(v3),) if t.is_matrix)
+    assert matrices == expert
+    # block + expert + head matmuls are 6 x the active matrix parameters (norms and the embedding lookup
+    # excluded)
+    norms = 61 * 2 * 7168 + 61 * (1536 + 512) + 7168
+    embedding = 129280 * 7168
+    assert flops.block_matmuls + flops.expert_matmuls + flops.lm_head == 6 * (active_params(v3) - norms - embedding)
+
+
+def test_expert_gemm_is_memory_bound_at_few_tokens_per_expert():
+    """Roofline: time = max(FLOPs at the matmul rate, bytes at HBM speed). DeepSeek-V3 with one sequence
+    of 512 tokens per GPU and EP 1: 512 x 8 / 256 = 16 tokens per expert, far below H100's ridge point, so
+    streaming the experts' weights sets the time."""
+    v3 = load_model("deepseek-v3").architecture
+    plan = _plan("deepseek-v3", gpus=64, seq_len=512)
+    rows = perf.tokens_per_expert(v3, plan)
+    assert rows == 16
+    weights = 3 * 2048 * 7168
+    assert perf.expert_gemm_bytes(v3, plan, rows) == 2 * (weights + 16 * (2 * 7168 + 2048) + 16 * (2 * 2048 + 7168))
+    gpu = load_gpu("H100")
+    work = perf._stage_work(flops_per_token(v3, plan), plan, v3, 0, perf.causal_attention_fraction(v3, plan))
+    seconds = perf.expert_gemm_s(v3, plan, gpu, work, 989e12, 0.5)
+    memory = 58 * 256 * 3 * perf.expert_gemm_bytes(v3, plan, rows) / (gpu.hbm_bandwidth_gbps * 1e9 * 0.8)
+    assert seconds == pytest.approx(memory, rel=1e-12)
+
+
+def test_all_to_all_uses_nvlink_inside_the_node_and_the_nic_across():
+    """EP 8 with tp 1 stays in an 8-GPU node: 7/8 of the buffer over NVLink's bus bandwidth; EP 16 sends
+    8/16 through the GPU's network interface, the slower link."""
+    gpu = load_gpu("H100")
+    send = 1e9
+    inside = comm.all_to_all_s(send, 8, 1, gpu, 8)
+    assert inside == pytest.approx(send * 7 / 8 / (comm.intra_node_bandwidth_gbps(gpu) * 1e9), rel=1e-12)
+    across = comm.all_to_all_s(send, 16, 1, gpu, 8)
+    network = gpu.node.inter_node_bandwidth_gbps_per_gpu * comm.NETWORK_BUS_EFFICIENCY * 1e9
+    assert across == pytest.approx(send * 8 / 16 / network, rel=1e-12)
+    assert comm.all_to_all_s(send, 1, 1, gpu, 8) == 0.0
+
+
+def test_expert_parallel_exchange_appears_in_the_step():
+    model, gpu = load_model("qwen3-30b-a3b"), load_gpu("H100")
+    plan = _plan(ep=8, seq_len=4096, gpus=16, global_batch=64)
+    terms = perf.performance_terms(model, gpu, plan)
+    exchange = terms["breakdown_s"]["expert_parallel_comm"]
+    # 48 MoE blocks x 4 exchanges of T x k x h x 2 bytes (x load factor) per micro-batch, 4 micro-batches
+    send = 4096 * 8 * 2048 * 2 * act.routed_load_factor(model.architecture, plan)
+    expected = 4 * 48 * 4 * comm.all_to_all_s(send, 8, 1, gpu, 8)
+    assert exchange == pytest.approx(expected, rel=1e-12)
+    assert "active parameters" in perf.estimate_performance(model, gpu, plan).notes[-1]
+    dense = perf.performance_terms(load_model("llama-2-7b"), gpu, replace(plan, ep=1))
+    assert "expert_parallel_comm" not in dense["breakdown_s"]
+
+
+def test_solve_searches_ep_for_moe_models_only():
+    from planner.search.solve import expert_parallel_degrees
+    from planner.search.space import SearchSpace
+
+    space = SearchSpace(
+        gpus=(16,), tp=(1,), pp=(1,), cp=(1,), micro_batch=(1,), zero=(1,), checkpointing=("full",),
+        precision=("bf16",), offload=("none",), engine=("megatron",), optimizer=("adamw",), loss=("standard",),
+        flash_attention=(True,), compile=(False,), ep=(1, 2, 3, 8, 64, 256),
+    )  # fmt: skip
+    assert expert_parallel_degrees(space, load_model("mixtral-8x7b")).ep == (1, 2, 8)
+    assert expert_parallel_degrees(space, load_model("deepseek-v3")).ep == (1, 2, 8, 64, 256)
+    assert expert_parallel_degrees(space, load_model("llama-2-7b")).ep == (1,)
+
+
+def test_expert_gradients_reduce_over_the_expert_data_parallel_group():
+    """16 GPUs, EP 8: the experts' ring over 2 expert-data-parallel ranks moves 1/2 of their bytes where
+    the dp x cp ring moves 15/16; their optimizer states shard 2 ways, not 16 (8 x the work per rank)."""
+    plan = _plan(ep=8)
+    assert perf.expert_group_equivalent(1000.0, 300.0, plan) == pytest.approx(700 + 300 * (1 / 2) / (15 / 16))
+    assert perf.expert_shard_equivalent(1000.0, 300.0, plan) == 700 + 300 * 8
+    plain = _plan()  # EP 1: the experts' group is dp x cp itself
+    assert perf.expert_group_equivalent(1000.0, 300.0, plain) == pytest.approx(1000.0)
+    assert perf.expert_shard_equivalent(1000.0, 300.0, plain) == 1000.0
+
+
+def test_pipeline_stages_count_their_moe_blocks():
+    """DeepSeek-V3 over 4 stages: 16, 15, 15, 15 blocks; the first holds the 3 dense ones (13 MoE), the last
+    15 MoE blocks; memory and speed count the same."""
+    v3 = load_model("deepseek-v3").architecture
+    plan = _plan("deepseek-v3", gpus=64, pp=4, ep=16)
+    first, last = first_and_last_stage(v3, plan)
+    assert (first.num_layers, first.moe_layers, last.num_layers, last.moe_layers) == (16, 13, 15, 15)
+    assert (perf.stage_moe_layers(v3, plan, 0), perf.stage_moe_layers(v3, plan, 3)) == (13, 15)
+    assert first.local_expert_params == 16 * 3 * 2048 * 7168  # 256 / 16 experts, tp 1

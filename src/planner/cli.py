@@ -364,6 +364,7 @@ def _estimate_defaults(result) -> tuple[str, ...]:
 @click.option(
     "--virtual-stages", type=int, default=None, help="Pin the interleaved schedule's chunks per rank (implies it)."
 )
+@click.option("--ep", type=int, default=None, help="Pin the expert-parallel degree (MoE models).")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),

@@ -215,10 +215,114 @@ def _dropout_mask_bytes(arch: Architecture, plan: Plan):
     return (2 * MASK_BYTES * arch.hidden_size / sequence_shards(plan)) if arch.hidden_dropout > 0 else 0.0
 
 
-def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
-    """Saved bytes per token for one block with no recomputation (checkpointing `none`)."""
+ROUTER_PROBS_BYTES = 4
+"""Routing probabilities are computed and kept in fp32: transformers' routers call softmax(..., dtype=float)
+(DeepSeek also its logits: F.linear in fp32), Megatron's --moe-router-dtype fp32; one value per expert."""
+
+TOPK_INDEX_BYTES = 8
+"""The selected experts of each token are int64 indices (torch.topk), kept for the unpermute/scatter."""
+
+TOPK_WEIGHT_BYTES = 4
+"""The top-k routing weights stay fp32 until the combine multiplies each expert output by its weight."""
+
+
+def routed_load_factor(arch: Architecture, plan: Plan):
+    """Tokens the busiest expert-parallel rank processes, as a multiple of the mean (T x k per rank).
+
+    Dropless routing: with ep ranks each receiving the tokens routed to its num_experts / ep experts, the
+    busiest rank's load is the maximum of ep bins filled by m = T x k x ep assignments; for m >> ep ln ep
+    that maximum is m/ep + sqrt(2 (m/ep) ln ep) (Raab and Steger, "Balls into Bins - A Simple and Tight
+    Analysis", RANDOM 1998, Theorem 1), i.e. a factor 1 + sqrt(2 ln(ep) / (T x k)). This is the imbalance of
+    balanced routing (what auxiliary losses and DeepSeek's bias-based balancing aim at); a skewed router is
+    not modelled. With one EP rank all tokens stay local: factor 1. A capacity factor caps every expert at
+    that multiple of its even share (Megatron --moe-expert-capacity-factor; the excess is dropped), which
+    bounds the factor from above."""
+    if not arch.is_moe:
+        return 1.0
+    mean = np.maximum(plan.tokens_per_micro_batch * arch.experts_per_token, 1)
+    factor = 1 + np.sqrt(2 * np.log(plan.ep) / mean)
+    if plan.moe_capacity_factor is not None:
+        factor = np.minimum(factor, plan.moe_capacity_factor)
+    return factor
+
+
+def _mla_attention_bytes(arch: Architecture, plan: Plan) -> tuple[float, float, float]:
+    """(latent norms, q/k/v, attention output) per token for DeepSeek's multi-head latent attention.
+
+    Walk of transformers' DeepseekV3Attention / Megatron-Core's MLASelfAttention: the compressed query
+    (q_lora_rank wide) and the kv latent (kv_lora_rank) each pass an RMSNorm that keeps what a norm keeps
+    (hf: fp32 input, statistic, normalised copy saved by the up-projection; megatron: input, normalised
+    output, statistics), on every TP rank (the down projections are duplicated). The attention kernel keeps
+    the up-projected query and key (heads x (nope + rope)) and the value (heads x v_head_dim); transformers
+    pads the value to the query width for flash attention when the widths differ, TransformerEngine takes
+    them as they are. The output projection keeps its heads x v_head_dim input."""
+    a, tp = compute_bytes(plan), plan.tp
+    family = implementation_family(plan)
+    heads, qk = arch.num_attention_heads, arch.qk_head_dim
+    latents = [arch.kv_lora_rank] + ([arch.q_lora_rank] if arch.q_lora_rank else [])
+    if family == "megatron":
+        norms = sum(2 * a * width + 8 for width in latents)
+        value = arch.v_head_dim
+    else:
+        norms = sum((4 + a) * width + RSTD_BYTES + a * width for width in latents)
+        value = qk if plan.flash_attention and arch.v_head_dim != qk else arch.v_head_dim
+    qkv = a * heads * (2 * qk + value) / tp
+    return norms, qkv, a * heads * arch.v_head_dim / tp
+
+
+def _mlp_tensor_count(arch: Architecture, plan: Plan) -> int:
+    """f-wide tensors an MLP keeps (SwiGLU, hf: gate, act(gate), up, product; megatron: the fused 2f fc1
+    output and the product; GELU: its input and output)."""
+    return (3 if implementation_family(plan) == "megatron" else 4) if arch.mlp == "swiglu" else 2
+
+
+def moe_mlp_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes one MoE block's MLP part keeps for backward (instead of the dense MLP's).
+
+    * router: the fp32 routing probabilities (4 x E), the int64 top-k indices and fp32 top-k weights, per
+      local token (sequence-sharded over TP with sequence parallelism, as Megatron's router runs on the
+      local tokens);
+    * routed experts: each token is copied to its k experts. Per copy the grouped GEMMs keep the permuted
+      input (h wide, saved by fc1), the expert MLP's inner tensors (f_e wide, split over the expert-tensor-
+      parallel = TP ranks) and the expert output (h wide, kept by the combine's multiply by the routing
+      weight). With ETP = TP the expert input is the TP group's tokens, so T x k copies per rank, scaled by
+      the busiest rank's load (`routed_load_factor`);
+    * shared experts: a dense MLP of their width on every token.
+    Source: the walk of transformers' MoE blocks (Qwen3MoeSparseMoeBlock, DeepseekV3MoE) and Megatron-Core's
+    MoELayer (router, token dispatcher permute/unpermute, TEGroupedMLP)."""
+    a, tp, h = compute_bytes(plan), plan.tp, arch.hidden_size
+    k, sp = arch.experts_per_token, sequence_shards(plan)
+    router = (ROUTER_PROBS_BYTES * arch.num_experts + (TOPK_INDEX_BYTES + TOPK_WEIGHT_BYTES) * k) / sp
+    tensors = _mlp_tensor_count(arch, plan)
+    per_copy = 2 * a * h + tensors * a * arch.moe_ffn_hidden_size / tp
+    routed = k * routed_load_factor(arch, plan) * per_copy
+    shared = tensors * a * arch.shared_expert_ffn_hidden_size / tp
+    return router + routed + shared
+
+
+def dispatch_buffer_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes of the token dispatcher's transient buffers in one MoE block (forward and backward
+    alike; nothing of them is saved). alltoall (Megatron MoEAlltoAllTokenDispatcher, torchtitan): the
+    permuted tokens sent and the tokens received, T x k copies of h values each (the received side scaled by
+    the busiest rank's load). allgather (MoEAllGatherTokenDispatcher): the hidden states of the whole EP x TP
+    group gathered on every rank (T x ep tokens of the TP group) beside the local permuted copy. With ep 1 and
+    tp 1 nothing travels and only the permuted copy exists."""
+    if not arch.is_moe:
+        return 0.0
+    a, h, k = compute_bytes(plan), arch.hidden_size, arch.experts_per_token
+    permuted = a * h * k
+    load = routed_load_factor(arch, plan)
+    travels = (plan.ep * plan.tp) > 1
+    if plan.moe_dispatcher == "allgather":
+        return permuted * load + travels * a * h * plan.ep
+    return permuted + travels * permuted * load
+
+
+def layer_activations(arch: Architecture, plan: Plan, moe: bool = False) -> LayerActivations:
+    """Saved bytes per token for one block with no recomputation (checkpointing `none`); `moe`: a MoE
+    block of a MoE model (its MLP part is `moe_mlp_bytes`), else a dense-MLP block."""
     if plan.compile:
-        return compiled_layer_activations(arch, plan)
+        return compiled_layer_activations(arch, plan, moe)
     if plan.method in ("lora", "qlora"):
         return lora_layer_activations(arch, plan)
     family = implementation_family(plan)
@@ -241,6 +345,11 @@ def layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     # GELU: its input (fc1 out) and output (fc2 in).
     mlp_tensors = (3 if family == "megatron" else 4) if arch.mlp == "swiglu" else 2
     mlp = mlp_tensors * a * f / tp
+    if moe:
+        mlp = moe_mlp_bytes(arch, plan)
+    if arch.is_mla:
+        latent_norms, qkv, attention_output = _mla_attention_bytes(arch, plan)
+        norms = norms + latent_norms
     return LayerActivations(
         norms, qkv, _attention_core_bytes(arch, plan), attention_output, mlp, _dropout_mask_bytes(arch, plan)
     )
@@ -340,7 +449,7 @@ def lora_layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
     )
 
 
-def compiled_layer_activations(arch: Architecture, plan: Plan) -> LayerActivations:
+def compiled_layer_activations(arch: Architecture, plan: Plan, moe: bool = False) -> LayerActivations:
     """Saved bytes per token for one torch.compile'd block (hf/autocast families).
 
     AOTAutograd's min-cut partitioner keeps what is expensive to recompute and recomputes pointwise
@@ -358,12 +467,16 @@ def compiled_layer_activations(arch: Architecture, plan: Plan) -> LayerActivatio
     up_projections = 2 if arch.mlp == "swiglu" else 1
     norms = 2 * (res * h + 4) / sp
     norms = norms + post_norm_bytes(arch, plan) + qk_norm_bytes(arch, plan)
+    qkv, attention_output = a * (q + 2 * kv) / tp, a * q / tp
+    if arch.is_mla:  # MoE/MLA blocks under compile: the eager accounting of those parts (not traced)
+        latent_norms, qkv, attention_output = _mla_attention_bytes(arch, plan)
+        norms = norms + latent_norms
     return LayerActivations(
         norms=norms,
-        qkv=a * (q + 2 * kv) / tp,
+        qkv=qkv,
         attention_core=_attention_core_bytes(arch, plan),
-        attention_output=a * q / tp,
-        mlp=up_projections * a * f / tp,
+        attention_output=attention_output,
+        mlp=moe_mlp_bytes(arch, plan) if moe else up_projections * a * f / tp,
         dropout_masks=_dropout_mask_bytes(arch, plan),
     )
 
@@ -375,7 +488,7 @@ def checkpoint_input_bytes(arch: Architecture, plan: Plan) -> float:
     return residual_bytes(plan) * arch.hidden_size / sp_divisor
 
 
-def selective_saved_bytes(arch: Architecture, plan: Plan) -> float:
+def selective_saved_bytes(arch: Architecture, plan: Plan, moe: bool = False) -> float:
     """Per-token bytes one block keeps under selective recomputation.
 
     megatron (`--recompute-granularity selective`, core attention): everything except the eager
@@ -383,7 +496,7 @@ def selective_saved_bytes(arch: Architecture, plan: Plan) -> float:
     hf/autocast (torchtitan's op-level SAC policy, `_save_list` in torchtitan's activation
     checkpointing): the block input, the outputs of every other matmul (wq, wv, w1, w2 of the seven in
     order wq, wk, wv, wo, w1, w3, w2) and the SDPA output with its log-sum-exp."""
-    full = layer_activations(arch, plan)
+    full = layer_activations(arch, plan, moe)
     if implementation_family(plan) == "megatron":
         return full.total - (0.0 if plan.flash_attention else full.attention_core - _lse(arch, plan))
     a = compute_bytes(plan)
@@ -391,6 +504,8 @@ def selective_saved_bytes(arch: Architecture, plan: Plan) -> float:
     sp = sequence_shards(plan)
     h, f, q, kv = arch.hidden_size, arch.ffn_hidden_size, arch.q_width, arch.kv_width
     saved_matmuls = a * (q + kv + f) / tp + a * h / sp  # wq, wv, w1 (column) and w2 (row) outputs
+    if moe:  # a MoE block's grouped GEMMs and token exchanges are kept whole (taken as not recomputed)
+        saved_matmuls = a * (q + kv) / tp + moe_mlp_bytes(arch, plan)
     return checkpoint_input_bytes(arch, plan) + saved_matmuls + full.attention_output + _lse(arch, plan)
 
 
@@ -398,31 +513,49 @@ def _lse(arch: Architecture, plan: Plan) -> float:
     return LSE_BYTES_PER_HEAD * arch.num_attention_heads / plan.tp
 
 
-def saved_bytes_per_layer(arch: Architecture, plan: Plan) -> float:
-    """Per-token bytes one block keeps between its forward and its backward, per checkpointing mode."""
+def saved_bytes_per_layer(arch: Architecture, plan: Plan, moe: bool = False) -> float:
+    """Per-token bytes one block keeps between its forward and its backward, per checkpointing mode
+    (`moe`: a MoE block of a MoE model)."""
     if plan.checkpointing == "full":
         return checkpoint_input_bytes(arch, plan)
     if plan.checkpointing == "selective":
-        return selective_saved_bytes(arch, plan)
-    return layer_activations(arch, plan).total
+        return selective_saved_bytes(arch, plan, moe)
+    return layer_activations(arch, plan, moe).total
+
+
+def _largest_block(arch: Architecture, plan: Plan, per_block) -> float:
+    """The larger of a dense and a MoE block's value (MoE models may have both kinds)."""
+    if not arch.is_moe:
+        return per_block(False)
+    return np.maximum(per_block(False), per_block(True)) if arch.first_dense_layers else per_block(True)
 
 
 def recompute_bytes(arch: Architecture, plan: Plan) -> float:
     """Per-token bytes of the one block being recomputed during backward (checkpointed modes only):
-    it holds its whole no-recompute set until its backward finishes."""
+    it holds its whole no-recompute set until its backward finishes (the larger block kind)."""
     if plan.checkpointing == "none":
         return 0.0
-    return layer_activations(arch, plan).total
+    return _largest_block(arch, plan, lambda moe: layer_activations(arch, plan, moe).total)
 
 
 def backward_workspace_bytes(arch: Architecture, plan: Plan) -> float:
     """Per-token gradients alive inside one block's backward: the gradients of the MLP's inner tensors
     (SwiGLU: the product's gradient and those of act(gate) and up, 3 f-wide tensors; GELU: 2) and of
-    the residual stream entering and leaving the block (2 h-wide)."""
+    the residual stream entering and leaving the block (2 h-wide). A MoE block: those of every routed copy
+    (k x the busiest rank's load) and of the shared experts, plus the token dispatcher's buffers."""
     a = compute_bytes(plan)
-    inner = (3 if arch.mlp == "swiglu" else 2) * a * arch.ffn_hidden_size / plan.tp
     sp_divisor = sequence_shards(plan)
-    return inner + 2 * residual_bytes(plan) * arch.hidden_size / sp_divisor
+    residual = 2 * residual_bytes(plan) * arch.hidden_size / sp_divisor
+    per_tensor = 3 if arch.mlp == "swiglu" else 2
+
+    def block(moe: bool):
+        if not moe:
+            return per_tensor * a * arch.ffn_hidden_size / plan.tp
+        routed = arch.experts_per_token * routed_load_factor(arch, plan) * arch.moe_ffn_hidden_size
+        inner = per_tensor * a * (routed + arch.shared_expert_ffn_hidden_size) / plan.tp
+        return inner + dispatch_buffer_bytes(arch, plan)
+
+    return _largest_block(arch, plan, block) + residual
 
 
 def context_parallel_buffer_bytes(arch: Architecture, plan: Plan) -> float:

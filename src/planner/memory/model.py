@@ -173,10 +173,10 @@ def stage_phases(
 
     tokens = plan.tokens_per_micro_batch
     in_flight = stage.in_flight_micro_batches
-    saved_layer = act.saved_bytes_per_layer(arch, plan) * traced
+    saved_layer = _saved_per_block(arch, plan, stage) * traced
     if plan.checkpointing_every > 1:  # the blocks between checkpointed ones keep all their activations
         kept = stage.num_layers - checkpointed_blocks(stage.num_layers, plan)
-        whole = act.saved_bytes_per_layer(arch, replace(plan, checkpointing="none")) * traced_no_recompute
+        whole = _saved_per_block(arch, replace(plan, checkpointing="none"), stage) * traced_no_recompute
         saved_layer = saved_layer * (stage.num_layers - kept) / stage.num_layers + whole * kept / stage.num_layers
     saved = in_flight * stage.trained_layers * saved_layer * tokens
     edge_tokens = stage.is_first * 1 + stage.is_last * 1  # ids on the first stage, labels on the last
@@ -217,6 +217,16 @@ def stage_phases(
         "backward": backward,
         "optimizer_step": {**persistent, **grads, **step, "communication_buckets": always_buckets},
     }
+
+
+def _saved_per_block(arch, plan: Plan, stage: StageShard):
+    """Per-token saved bytes of one block of the stage: a MoE model's stage mixes dense and MoE blocks,
+    weighted by how many of each it holds."""
+    dense = act.saved_bytes_per_layer(arch, plan)
+    if not arch.is_moe:
+        return dense
+    share = stage.moe_layers / stage.num_layers
+    return dense * (1 - share) + act.saved_bytes_per_layer(arch, plan, moe=True) * share
 
 
 def _pipeline_buffer_bytes(hidden: int, plan: Plan, tokens):

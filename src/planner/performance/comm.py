@@ -78,3 +78,26 @@ def all_gather_s(full_buffer_bytes, size, bandwidth_gbps):
 
 
 reduce_scatter_s = all_gather_s
+
+
+def all_to_all_s(send_bytes, size, stride, gpu: GpuSpec, gpus_per_node):
+    """All-to-all in which each of `size` ranks (spaced `stride` apart) sends `send_bytes` spread evenly over
+    the group (1/size stays local). NCCL runs it as point-to-point sends on every link at once (nccl-tests
+    PERFORMANCE.md: alltoall bus bandwidth = algorithm bandwidth x (n-1)/n): the share for ranks in the same
+    NVLink domain goes over NVLink, the rest through the GPU's own network interface, and the slower of the
+    two sets the time. Zero for a group of one."""
+    domain = gpu.nvlink_domain(gpus_per_node)
+    local = np.maximum(1, np.minimum(size, domain // stride))
+    intra = send_bytes * (local - 1) / size / (intra_node_bandwidth_gbps(gpu) * 1e9)
+    remote = size > local
+    inter = 0.0
+    if np.any(remote):
+        network = gpu.node.inter_node_bandwidth_gbps_per_gpu
+        if network is None:
+            raise PlanError(
+                f"the GPU catalog has no inter-node bandwidth for {gpu.name}, and this expert-parallel group spans "
+                "nodes",
+                f"add node.inter_node_bandwidth_gbps_per_gpu to {gpu.name}'s hardware YAML",
+            )
+        inter = send_bytes * (size - local) / size / (network * NETWORK_BUS_EFFICIENCY * 1e9)
+    return np.maximum(intra, np.where(remote, inter, 0.0))

@@ -9,7 +9,11 @@ causal half), embeddings' lookups free, the LM head counted. Per token:
     hardware = model + recomputation + the flash-attention backward's recomputed scores
 
 with s_attn = min(seq_len, sliding window), averaged over the layers when only some layers slide
-(Gemma). Full checkpointing recomputes each block's forward (the LM head is not recomputed);
+(Gemma). A Mixture-of-Experts block counts its router, shared experts and the top-k routed experts a token
+passes through (its active parameters: MFU of a MoE model is on active parameters, as Megatron-Core's
+num_floating_point_operations counts moe_router_topk experts); under multi-head latent attention the
+score product runs over heads x (nope + rope) and the weighted sum over heads x v_head_dim.
+Full checkpointing recomputes each block's forward (the LM head is not recomputed);
 selective recomputes the attention core (scores and the weighted sum) under
 Megatron and the matmuls its op-level policy dropped under the PyTorch engines;
 FlashAttention-2's backward runs five matmuls per tile (the recomputed scores QK^T, then dV, dP, dQ,
@@ -19,7 +23,14 @@ this to "the attention multiplier would be 5 instead of 4"). See ../shared/notes
 
 from dataclasses import dataclass
 
-from planner.architecture import layer_tensors, lora_params_per_layer
+from planner.architecture import (
+    dense_layers,
+    expert_tensors,
+    layer_tensors,
+    lora_params_per_layer,
+    moe_layer_tensors,
+    moe_layers,
+)
 from planner.catalog.models import Architecture
 from planner.memory.stages import checkpointed_fraction
 from planner.plan import Plan
@@ -44,6 +55,11 @@ class FlopsPerToken:
     """Scores recomputed by the flash-attention backward."""
     adapter_matmuls: float = 0.0
     """LoRA adapter matmuls (forward + backward), whole model; 0 without adapters."""
+    expert_matmuls: float = 0.0
+    """Routed-expert matmuls of the top-k experts per token (forward + backward), whole model; they run as
+    grouped GEMMs at the efficiency of their tokens per expert. 0 for a dense model."""
+    recompute_expert_matmuls: float = 0.0
+    """Routed-expert matmuls full checkpointing runs again."""
     forward_fraction: float = 1 / 3
     """Share of block_matmuls + attention + lm_head + adapter_matmuls that is forward work (1/3 in full
     training, where backward costs twice the forward)."""
@@ -51,12 +67,12 @@ class FlopsPerToken:
     @property
     def recompute(self) -> float:
         """Extra forward work of activation checkpointing."""
-        return self.recompute_matmuls + self.recompute_attention
+        return self.recompute_matmuls + self.recompute_attention + self.recompute_expert_matmuls
 
     @property
     def model(self) -> float:
         """Model FLOPs (MFU numerator): what one step executes without recomputation."""
-        return self.block_matmuls + self.attention + self.lm_head + self.adapter_matmuls
+        return self.block_matmuls + self.attention + self.lm_head + self.adapter_matmuls + self.expert_matmuls
 
     @property
     def hardware(self) -> float:
@@ -67,6 +83,16 @@ class FlopsPerToken:
 def block_matmul_params(arch: Architecture) -> int:
     """Weights of one block that take part in matmuls (norms and biases excluded)."""
     return sum(t.numel for t in layer_tensors(arch) if t.is_matrix)
+
+
+def moe_block_matmul_params(arch: Architecture) -> int:
+    """Weights of one MoE block that every token multiplies: attention, router and shared experts."""
+    return sum(t.numel for t in moe_layer_tensors(arch) if t.is_matrix)
+
+
+def expert_matmul_params(arch: Architecture) -> int:
+    """Weights of one routed expert (its gate/up and down matrices)."""
+    return sum(t.numel for t in expert_tensors(arch) if t.is_matrix)
 
 
 def attention_layer_spans(arch: Architecture, seq_len: int) -> tuple[tuple[int, int], ...]:
@@ -106,12 +132,24 @@ def selective_recompute_flops(arch: Architecture, plan: Plan, forward_attention:
 def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
     """Training FLOPs per token for the plan's sequence length and checkpointing."""
     layers = arch.num_layers
-    forward_matmuls = 2 * layers * block_matmul_params(arch)
-    forward_attention = 4 * layers * arch.q_width * attention_span(arch, plan.seq_len)
+    forward_experts = 0
+    if arch.is_moe:
+        blocks = dense_layers(arch) * block_matmul_params(arch) + moe_layers(arch) * moe_block_matmul_params(arch)
+        forward_matmuls = 2 * blocks
+        forward_experts = 2 * moe_layers(arch) * arch.experts_per_token * expert_matmul_params(arch)
+    else:
+        forward_matmuls = 2 * layers * block_matmul_params(arch)
+    if arch.is_mla:  # QK^T over heads x (nope + rope), PV over heads x v_head_dim
+        width = arch.num_attention_heads * (arch.qk_head_dim + arch.value_head_dim)
+        forward_attention = 2 * layers * width * attention_span(arch, plan.seq_len)
+    else:
+        forward_attention = 4 * layers * arch.q_width * attention_span(arch, plan.seq_len)
     forward_head = 2 * arch.vocab_size * arch.hidden_size
+    recompute_experts = 0.0
     if plan.checkpointing == "full":
         share = checkpointed_fraction(arch.num_layers, plan) if plan.checkpointing_every > 1 else 1.0
         recompute = forward_matmuls * share, forward_attention * share
+        recompute_experts = forward_experts * share
     elif plan.checkpointing == "selective":
         recompute = selective_recompute_flops(arch, plan, forward_attention)
     else:
@@ -126,6 +164,8 @@ def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
         recompute_matmuls=recompute[0],
         recompute_attention=recompute[1],
         flash_backward_recompute=flash,
+        expert_matmuls=3 * forward_experts,
+        recompute_expert_matmuls=recompute_experts,
     )
 
 

@@ -14,6 +14,11 @@ The attention FLOPs are the convention's (whole s x s, as MFU counts them); a ca
 about half (causal_attention_fraction), at the speed its FlashAttention version reaches on the GPU
 relative to the GEMMs (flash_attention_speed, sourced per GPU in hardware/*.yaml).
 
+Mixture-of-Experts blocks add (planner.performance.model.expert_gemm_s, expert_parallel_comm_s): the
+routed experts' grouped GEMMs, each at the larger of its compute time and the time to stream its expert's
+weights and tokens through HBM (small tokens-per-expert GEMMs are memory-bound), scaled by the busiest
+rank's load; and the token exchanges over the expert-parallel group, on the critical path.
+
 Per step: the pipeline runs grad_accum + (pp - 1)/V micro-batch slots (V = 1 for 1F1B; the bubble (pp-1)/(V m)),
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
 """
@@ -22,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from planner.architecture import layer_tensors
+from planner.architecture import expert_tensors, layer_tensors, moe_layers
 from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
-from planner.catalog.models import Architecture
-from planner.memory.activations import compute_bytes
+from planner.catalog.models import Architecture, moe_layer_count
+from planner.memory.activations import compute_bytes, routed_load_factor
 from planner.memory.buffers import compute_param_bytes, deepspeed_overlap_comm, gradient_reduce_bytes
 from planner.memory.quantization import NF4_BITS, NF4_BLOCKSIZE
 from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
@@ -250,6 +255,95 @@ def pipeline_sends_per_micro_batch(plan: Plan):
     return 2 * plan.virtual_stages
 
 
+def stage_moe_layers(arch: Architecture, plan: Plan, stage):
+    """MoE blocks on pipeline stage `stage` (first or last): the first stage holds blocks [0, n), the last
+    [L - n, L) (planner.memory.stages)."""
+    layers = layers_on_stage(arch.num_layers, plan.pp, stage)
+    last = moe_layers(arch) - moe_layer_count(arch, arch.num_layers - layers)
+    return np.where(stage == 0, moe_layer_count(arch, layers), last)
+
+
+def tokens_per_expert(arch: Architecture, plan: Plan):
+    """Rows of each local expert's GEMM per micro-batch: the rank's T x k routed copies (the busiest rank's
+    load) over its num_experts / ep experts."""
+    return (
+        plan.tokens_per_micro_batch
+        * arch.experts_per_token
+        * routed_load_factor(arch, plan)
+        * plan.ep
+        / (arch.num_experts)
+    )
+
+
+def expert_gemm_bytes(arch: Architecture, plan: Plan, rows) -> float:
+    """HBM bytes of one pass (forward, input gradient or weight gradient) over one local expert's matrices
+    with `rows` tokens: each GEMM reads its two operands and writes its result, rows x K + K x N + rows x N
+    elements (the three passes move the same three tensors); the expert's inner width is split over the
+    TP (= expert tensor-parallel) ranks."""
+    a = compute_bytes(plan)
+    total = 0.0
+    for t in expert_tensors(arch):
+        if not t.is_matrix:
+            continue
+        out_dim, in_dim = (t.rows / plan.tp, t.cols) if "down" not in t.name else (t.rows, t.cols / plan.tp)
+        total = total + a * (rows * in_dim + in_dim * out_dim + rows * out_dim)
+    return total
+
+
+def expert_gemm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work, peak_flops, eff):
+    """Per micro-batch: the routed experts' grouped GEMMs of a stage on its busiest rank.
+
+    Roofline (Williams, Waterman and Patterson, CACM 2009): a GEMM takes the larger of its FLOPs at the
+    achieved matmul rate and its bytes at the achieved HBM bandwidth. An expert GEMM with M tokens and a
+    K x N weight has arithmetic intensity M K N / (M K + K N + M N) FLOPs per byte-pair, about M for small
+    M: below the GPU's ridge point (peak FLOP/s over HBM bandwidth, about 295 for H100 bf16) it is
+    memory-bound, streaming the expert's weights for a few tokens. Fine-grained experts (DeepSeek-V3,
+    Qwen3-MoE) reach few tokens per expert at small micro-batches or high EP, which is where MoE training
+    loses its efficiency; no fitted per-row factor is used."""
+    if not arch.is_moe:
+        return 0.0
+    compute = plan.tokens_per_micro_batch * routed_load_factor(arch, plan) * work.expert_flops / plan.tp
+    compute = compute / (peak_flops * eff)
+    passes = 3 + work.expert_recompute_share
+    local = arch.num_experts // plan.ep
+    moved = work.moe_layers * local * passes * expert_gemm_bytes(arch, plan, tokens_per_expert(arch, plan))
+    memory = moved / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
+    return np.maximum(compute, memory)
+
+
+MOE_MFU_NOTE = (
+    "MoE: model TFLOP/s and MFU count the active parameters (router, shared and the top-k routed experts per "
+    "token), not all experts"
+)
+
+EXCHANGES_PER_MOE_BLOCK = 4
+"""Token exchanges per MoE block and micro-batch: dispatch and combine in forward, their mirrors for the
+gradients in backward (Megatron-Core MoEAlltoAllTokenDispatcher token_permutation / token_unpermutation);
+a fully recomputed forward runs its two again."""
+
+
+def expert_parallel_comm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work):
+    """Per micro-batch: the token exchanges of a stage's MoE blocks over the expert-parallel group, exposed.
+
+    alltoall: each rank sends its T x k routed copies of h values (the busiest rank receives its load
+    factor's share more) to the ranks of their experts; the EP group's ranks sit tp apart (Megatron-Core's
+    expert rank order tp-ep-dp: ETP = TP ranks are adjacent, then EP), so it stays on NVLink while
+    ep x tp fits the node (comm.all_to_all_s). allgather: the EP group's tokens are gathered on every rank
+    and the outputs reduce-scattered back (ring all-gather of T x ep tokens). Neither overlaps with compute
+    in the default Megatron and torchtitan schedules (EP-overlap schedules such as DualPipe are not
+    modelled)."""
+    if not arch.is_moe:
+        return 0.0
+    a, h = compute_bytes(plan), arch.hidden_size
+    tokens = plan.tokens_per_micro_batch
+    exchanges = work.moe_layers * (EXCHANGES_PER_MOE_BLOCK + 2 * work.expert_recompute_share)
+    if plan.moe_dispatcher == "allgather":
+        bw = comm.group_bandwidth_gbps(gpu, plan.ep, plan.tp, plan.gpus_per_node)
+        return exchanges * comm.all_gather_s(tokens * h * a * plan.ep, plan.ep, bw)
+    send = tokens * arch.experts_per_token * h * a * routed_load_factor(arch, plan)
+    return exchanges * comm.all_to_all_s(send, plan.ep, plan.tp, gpu, plan.gpus_per_node)
+
+
 @dataclass(frozen=True)
 class _StageWork:
     matmul_flops: object
@@ -261,6 +355,11 @@ class _StageWork:
     layers: object
     has_head: object
     """The stage holds the LM head (the last one)."""
+    expert_flops: object = 0.0
+    """Routed-expert matmuls per token of the stage (forward + backward + recompute), on T x k copies."""
+    moe_layers: object = 0
+    expert_recompute_share: object = 0.0
+    """Share of the stage's MoE blocks whose forward full checkpointing runs again."""
 
 
 def causal_attention_fraction(arch: Architecture, plan: Plan):
@@ -291,9 +390,10 @@ def flash_attention_speed(gpu: GpuSpec, plan: Plan) -> float:
     return speed
 
 
-def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage, causal_fraction) -> _StageWork:
+def _stage_work(flops: FlopsPerToken, plan: Plan, arch: Architecture, stage, causal_fraction) -> _StageWork:
     """FLOPs per token one pipeline stage executes (before dividing by TP); the attention's are the causal
     share `causal_fraction` of the conventional count."""
+    num_layers = arch.num_layers
     layers = layers_on_stage(num_layers, plan.pp, stage)
     share = layers / num_layers
     head = flops.lm_head * (stage == plan.pp - 1)
@@ -305,7 +405,24 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, num_layers: int, stage, causal
         forward = ((blocks + flops.attention * causal_fraction) * share + head) * flops.forward_fraction
     else:
         forward = (flops.block_matmuls + flops.attention * causal_fraction) * share / 3 + head / 3
-    return _StageWork(matmul, head, attention, forward / (matmul + head + attention), layers, stage == plan.pp - 1)
+    if not arch.is_moe:
+        return _StageWork(matmul, head, attention, forward / (matmul + head + attention), layers, stage == plan.pp - 1)
+    moe = stage_moe_layers(arch, plan, stage)
+    moe_share = moe / moe_layers(arch)
+    experts = (flops.expert_matmuls + flops.recompute_expert_matmuls) * moe_share
+    forward = forward + flops.expert_matmuls * moe_share / 3
+    recompute_share = flops.recompute_expert_matmuls / (flops.expert_matmuls / 3)
+    return _StageWork(
+        matmul,
+        head,
+        attention,
+        forward / (matmul + head + attention + experts),
+        layers,
+        stage == plan.pp - 1,
+        experts,
+        moe,
+        recompute_share,
+    )
 
 
 def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None, gather_bytes=None):
@@ -384,6 +501,24 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     exposed_reduce = hidden_behind(reduce, bwd_s) if overlap_reduce else reduce
     exposed_gather = hidden_behind(gather, fwd_s) if overlap_gather else gather
     return exposed_reduce + exposed_gather, reduce + gather
+
+
+def expert_group_equivalent(params, experts, plan: Plan):
+    """Parameters whose data-parallel collectives over dp x cp ranks move what the stage's really move: the
+    routed experts reduce and gather over their own expert-data-parallel group (dp x cp / ep ranks,
+    Megatron-Core's expert_data_parallel_group, torchtitan's FSDP mesh of the experts), whose ring moves
+    (e - 1) / e of their bytes instead of (n - 1) / n."""
+    n, e = plan.shard_degree, plan.expert_shard_degree
+    ratio = np.where(n > 1, (1 - 1 / e) / (1 - 1 / np.maximum(n, 2)), 1.0)
+    return params - experts + experts * ratio
+
+
+def expert_shard_equivalent(params, experts, plan: Plan):
+    """Parameters whose optimizer work, divided by the dp x cp shard degree, equals the rank's: the experts'
+    states shard over the expert-data-parallel group only (n / e times as many per rank)."""
+    if plan.zero < 1:
+        return params
+    return params - experts + experts * plan.shard_degree / plan.expert_shard_degree
 
 
 def _optimizer_step_s(model: ModelSpec, plan: Plan, gpu: GpuSpec, params):
@@ -468,6 +603,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
             logits = work.has_head * tokens * arch.vocab_size / plan.tp
             compute = compute + logits * SOFTCAP_LOGIT_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers)
+        compute = compute + expert_gemm_s(arch, plan, gpu, work, peak_matmul, linear_eff)
         if not plan.flash_attention:
             scores = work.layers * tokens * arch.num_attention_heads / plan.tp * plan.seq_len
             compute = compute + scores * EAGER_ATTENTION_SCORE_PASSES * a / (
@@ -476,7 +612,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         return compute
 
     causal = causal_attention_fraction(arch, plan)
-    first, last = (_stage_work(flops, plan, arch.num_layers, s, causal) for s in (0, plan.pp - 1))
+    first, last = (_stage_work(flops, plan, arch, s, causal) for s in (0, plan.pp - 1))
     first_s, last_s = stage_compute(first), stage_compute(last)
     slowest_is_first = first_s >= last_s
     compute_s = np.where(slowest_is_first, first_s, last_s)
@@ -502,21 +638,34 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     p2p_s = pipeline_sends_per_micro_batch(plan) * tokens * arch.hidden_size * a / split / (pp_bw * 1e9)
 
     micro_batch_s = compute_s + tp_s + cp_s + p2p_s
+    if arch.is_moe:
+        ep_s = np.where(
+            slowest_is_first,
+            expert_parallel_comm_s(arch, plan, gpu, first),
+            expert_parallel_comm_s(arch, plan, gpu, last),
+        )
+        micro_batch_s = micro_batch_s + ep_s
     stages = first_and_last_stage(arch, plan)
     params = np.maximum(*(s.params for s in stages))
     trainable = np.maximum(*(s.trainable_params for s in stages))
     dequantize_s = dequantization_s(gpu, plan, np.maximum(*(s.quantized_params for s in stages)))
     compute_s = compute_s + dequantize_s
     micro_batch_s = micro_batch_s + dequantize_s
+    local_trainable = trainable
+    if arch.is_moe:
+        experts = np.maximum(*(s.expert_params for s in stages))
+        params, trainable = (expert_group_equivalent(p, experts, plan) for p in (params, trainable))
+        local_trainable = expert_shard_equivalent(local_trainable, experts, plan)
     dp_exposed_s, dp_total_s = _dp_exposed_s(
         plan, gpu, params, forward_s, backward_s, trainable, gathered_param_bytes(arch, plan)
     )
-    optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, trainable)
+    optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, local_trainable)
     breakdown = {
         "compute": plan.grad_accum * compute_s,
         "tensor_parallel_comm": plan.grad_accum * tp_s,
         "context_parallel_comm": plan.grad_accum * cp_s,
         "pipeline_p2p": plan.grad_accum * p2p_s,
+        **({"expert_parallel_comm": plan.grad_accum * ep_s} if arch.is_moe else {}),
         "pipeline_bubble": pipeline_bubble_slots(plan) * micro_batch_s,
         "data_parallel_comm": dp_exposed_s,
         "optimizer_step": optimizer_s,
@@ -537,6 +686,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         "flops": flops,
         "breakdown_s": breakdown,
         "data_parallel_comm_total_s": dp_total_s,
+        "notes": [MOE_MFU_NOTE] if arch.is_moe else [],
     }
 
 
@@ -561,6 +711,7 @@ def performance_estimate_at(terms: dict, index: int | None, gpu: GpuSpec) -> Per
             f"TFLOP/s are rated at {gpu.tflops_rated_power_w:.0f} W; the clock is scaled by "
             f"{gpu.clock_ratio:.3f} (power ~ clock^3), not a datasheet figure"
         )
+    notes += terms.get("notes", [])
     flops = terms["flops"]
     return PerformanceEstimate(
         step_time_s=_at(terms["step_time_s"], index),

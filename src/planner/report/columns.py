@@ -56,6 +56,7 @@ COLUMNS = (
     Column("tp", "tp", _field("tp")),
     Column("pp", "pp", lambda row: pp_text(row["pp"], row["virtual_stages"])),
     Column("cp", "cp", _field("cp")),
+    Column("ep", "ep", _field("ep")),
     Column("sequence_parallel", "SP", lambda row: "yes" if row["sequence_parallel"] else "-", left=True),
     Column("engine", "engine", _short("engine"), left=True),
     Column("zero", "ZeRO", _field("zero")),
@@ -74,10 +75,11 @@ COLUMNS = (
     Column("total_usd", "$", _field("total_usd", _number(",.0f"))),
     Column("usd_per_million_tokens", "$/M tok", _field("usd_per_million_tokens", _number(".3f"))),
 )
-"""Every ranking column in display order; `ranking_columns` drops the method column for a full-only search."""
+"""Every ranking column in display order; `ranking_columns` drops the method column for a full-only search and
+the expert-parallel one for a dense model."""
 
 HEADROOM_NOTE = "headroom = fit limit - peak, GiB"
 
 
-def ranking_columns(shows_method: bool) -> tuple[Column, ...]:
-    return tuple(c for c in COLUMNS if shows_method or c.field != "method")
+def ranking_columns(shows_method: bool, shows_ep: bool = False) -> tuple[Column, ...]:
+    return tuple(c for c in COLUMNS if (shows_method or c.field != "method") and (shows_ep or c.field != "ep"))

@@ -145,6 +145,7 @@ PERF_LABELS = {
     "tensor_parallel_comm": "tensor-parallel communication",
     "context_parallel_comm": "context-parallel communication (not hidden)",
     "pipeline_p2p": "pipeline send/receive",
+    "expert_parallel_comm": "expert-parallel token exchange (not hidden)",
     "pipeline_bubble": "pipeline bubble",
     "data_parallel_comm": "data-parallel communication (not hidden)",
     "optimizer_step": "optimizer update",

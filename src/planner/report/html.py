@@ -205,7 +205,7 @@ def _cell(column, row: dict) -> str:
 
 
 def _table(table_rows: list[dict], shows_method: bool) -> str:
-    columns = ranking_columns(shows_method)
+    columns = ranking_columns(shows_method, any("ep" in row for row in table_rows[:1]))  # MoE rows carry ep
     head = "".join(f'<th{_LEFT * c.left} title="{html.escape(c.field)}">{html.escape(c.header)}</th>' for c in columns)
     body = "\n".join("<tr>" + "".join(_cell(c, r) for c in columns) + "</tr>" for r in table_rows)
     table = f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'

@@ -97,6 +97,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "virtual_stages": p.virtual_stages,
         "method": p.method,
         "fp8_recipe": p.fp8_recipe,
+        **({"ep": p.ep} if est.model.architecture.is_moe else {}),
         "sequence_parallel": p.sequence_parallel,
         "peak_gib": round(m.peak_gib, 2),
         "headroom_gib": round(m.usable_gib - m.peak_gib, 2),  # to the fit limit: a plan's margin of error
@@ -148,9 +149,11 @@ def describe_candidate(result, index: int) -> str:
         zip(("engine", "zero", "offload", "checkpointing", "precision"), c.categories[c.group[index]][:5], strict=True)
     )
     virtual = c.categories[c.group[index]][CATEGORIES.index("virtual_stages")]
+    ep = c.categories[c.group[index]][CATEGORIES.index("ep")]
     return (
         f"{int(c.gpus[index])} GPUs dp{int(c.dp[index])} tp{int(c.tp[index])} pp{pp_text(int(c.pp[index]), virtual)} "
-        f"cp{int(c.cp[index])}, {cat['engine']} ZeRO-{cat['zero']}, micro-batch {int(c.micro_batch[index])}, "
+        f"cp{int(c.cp[index])}{f' ep{ep}' if ep > 1 else ''}, {cat['engine']} ZeRO-{cat['zero']}, "
+        f"micro-batch {int(c.micro_batch[index])}, "
         f"checkpointing {cat['checkpointing']}, offload {cat['offload']}, {cat['precision']} "
         f"({c.peak_gib[index]:.2f} GiB)"
     )
@@ -165,7 +168,7 @@ def render_terminal(result, table_rows: list[dict], advice: list[str], width: in
     if table_rows:
         shown = table_rows[: result.request.top]
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        columns = ranking_columns(_shows_method(result))
+        columns = ranking_columns(_shows_method(result), result.model.architecture.is_moe)
         for column in columns:
             table.add_column(column.header, justify="left" if column.left else "right")
         for row in shown:
@@ -247,7 +250,8 @@ def render_markdown(result, table_rows: list[dict], estimates: dict[int, Estimat
     if by_method:
         lines += ["", "## Best plan per fine-tuning method", ""] + [f"- {line}" for line in by_method]
     lines += ["", f"## Ranked plans (top {min(result.request.top, len(table_rows))} of {len(table_rows)})", ""]
-    headers = ["rank", "pareto", *(c.field for c in ranking_columns(_shows_method(result))[1:])]
+    columns = ranking_columns(_shows_method(result), result.model.architecture.is_moe)
+    headers = ["rank", "pareto", *(c.field for c in columns[1:])]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "---|" * len(headers))
     for row in table_rows[: result.request.top]:

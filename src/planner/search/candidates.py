@@ -35,6 +35,7 @@ CATEGORIES = (
     "pp_schedule",
     "virtual_stages",
     "fp8_recipe",
+    "ep",
 )
 """Categorical dimensions, in the order the CP-SAT model and the reports use."""
 
@@ -143,14 +144,16 @@ def allowed_combinations(
                     break
                 degrees[name] = reps[name] if flag else 1
             else:
-                gpus = degrees["tp"] * degrees["pp"] * degrees["cp"]
+                # dp = ep: expert parallelism is carved out of the data-parallel ranks
+                gpus = degrees["tp"] * degrees["pp"] * degrees["cp"] * chosen["ep"]
                 request = PlanRequest(
                     model=model.name,
                     gpu=budget.gpu.name,
                     gpus=gpus,
                     gpus_per_node=min(gpus, budget.gpus_per_node),
                     micro_batch=1,
-                    global_batch=degrees["pp"],  # one micro-batch per stage: what interleaving needs at least
+                    # one micro-batch per stage and data-parallel rank: what interleaving needs at least
+                    global_batch=degrees["pp"] * chosen["ep"],
                     seq_len=seq_len,
                     **degrees,
                     **{**chosen, **method_fields_for(chosen["method"], method_settings or {}, arch)},
@@ -188,6 +191,7 @@ def evaluate_candidates(
             mask |= (flags["tp"] == tp_flag) & (flags["pp"] == pp_flag) & (flags["cp"] == cp_flag)
         chosen = dict(zip(CATEGORIES, values, strict=True))
         mask &= _schedule_fits(chosen, grid, model.architecture.num_layers)
+        mask &= (grid["dp"] * grid["cp"]) % chosen["ep"] == 0  # EP is carved out of dp x cp (planner.plan)
         index = np.flatnonzero(mask)
         if index.size:
             groups.append((values, index))

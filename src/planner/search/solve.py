@@ -106,7 +106,14 @@ def _global_batch(request: SolveRequest) -> int:
     return max(1, round(tokens / request.seq_len))
 
 
-NUMERIC_PIN_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000, "virtual_stages": 4096}
+NUMERIC_PIN_LIMITS = {
+    "tp": 4096,
+    "pp": 4096,
+    "cp": 4096,
+    "micro_batch": 10_000_000,
+    "virtual_stages": 4096,
+    "ep": 4096,
+}
 """Largest value of each numeric pin (the bounds make_plan applies to a single plan)."""
 
 
@@ -169,6 +176,25 @@ def non_dominated(speed: np.ndarray, cost: np.ndarray, eligible: np.ndarray) -> 
     return keep
 
 
+def expert_parallel_degrees(space: SearchSpace, model) -> SearchSpace:
+    """The EP degrees worth searching: the space's values that divide the model's expert count (whether they
+    also fit a plan's dp x cp is checked per plan); a dense model has only EP 1, so its search, and its
+    counts of combinations, are those of a space without the dimension."""
+    arch = model.architecture
+    if not arch.is_moe:
+        if space.ep != (1,) and len(space.ep) == 1:
+            raise PlanError(f"--ep applies to Mixture-of-Experts models; {model.name} is dense", "drop --ep")
+        return replace(space, ep=(1,))
+    values = tuple(e for e in space.ep if arch.num_experts % e == 0)
+    if not values:
+        raise PlanError(
+            f"no EP degree of the search space ({', '.join(map(str, space.ep))}) divides the {arch.num_experts} "
+            f"experts of {model.name}",
+            "add 1 or a divisor of the expert count to ep",
+        )
+    return replace(space, ep=values)
+
+
 def solve(request: SolveRequest) -> SolveResult:
     """Run the search; raises NoFeasiblePlanError (exit code 3) when nothing fits."""
     start = time.perf_counter()
@@ -176,7 +202,7 @@ def solve(request: SolveRequest) -> SolveResult:
     model = load_model(request.model)
     budget = parse_budget(request.budget)
     budget = replace(budget, gpu=budget.gpu.with_network(request.network_gbps_per_gpu))
-    space = load_space(request.space, budget).pinned(**request.pins)
+    space = expert_parallel_degrees(load_space(request.space, budget).pinned(**request.pins), model)
     space.check_size()
     _check_flash_attention_versions(space, budget)
     if space.pp_schedule == ("interleaved",) and max(space.virtual_stages) < 2:

@@ -39,6 +39,7 @@ CHOICE_DIMENSIONS = {
     "virtual_stages": None,
     "method": METHODS,
     "fp8_recipe": FP8_RECIPES,
+    "ep": None,
 }
 """Dimensions whose values are chosen per group of plans; None: any whole number (NUMERIC_LIMITS)."""
 OPTIONAL_DIMENSIONS = {
@@ -47,6 +48,7 @@ OPTIONAL_DIMENSIONS = {
     "virtual_stages": [1],
     "method": ["full"],
     "fp8_recipe": ["tensorwise"],
+    "ep": [1],
 }
 """Dimensions a search space file may leave out, and the values they then take."""
 GPU_POLICIES = ("powers_of_two", "whole_nodes")
@@ -123,6 +125,9 @@ class SearchSpace:
     """Fine-tuning methods (full, lora, qlora, freeze); the default space keeps full fine-tuning only."""
     fp8_recipe: tuple[str, ...] = ("tensorwise",)
     """fp8 scaling recipes tried for fp8 plans (a property of the user's stack, usually pinned)."""
+    ep: tuple[int, ...] = (1,)
+    """Expert-parallel degrees (MoE models; the search keeps the divisors of the expert count, and 1 for a
+    dense model)."""
     source: str = ""
 
     def pinned(self, **pins: Any) -> "SearchSpace":
@@ -190,7 +195,7 @@ def gpu_counts(policy: Any, budget: Budget) -> tuple[int, ...]:
     return tuple(sorted(counts))
 
 
-NUMERIC_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000, "virtual_stages": 4096}
+NUMERIC_LIMITS = {"tp": 4096, "pp": 4096, "cp": 4096, "micro_batch": 10_000_000, "virtual_stages": 4096, "ep": 4096}
 """Largest value of each numeric dimension (the bounds make_plan applies to one plan)."""
 
 
