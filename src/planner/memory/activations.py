@@ -77,7 +77,9 @@ def kbit_prepared_norms(plan: Plan) -> bool:
     runs in fp32 and its output turns the residual stream fp32 from the first block on. Measured: the
     fms-acceleration QLoRA rows on one GPU (Mistral-7B, 4 and 8 x 4096 tokens) need 2 bytes x h per token per
     block more than the same LoRA runs beyond the weights, and their 2-GPU FSDP rows (no preparation) do not.
-    Under FSDP/ZeRO-3 sharding the preparation is skipped (TRL; PEFT's FSDP-QLoRA guide)."""
+    Under FSDP/ZeRO-3 sharding the preparation is skipped (TRL; PEFT's FSDP-QLoRA guide), and DeepSpeed casts
+    every parameter to bf16 when it starts (engine._configure_distributed_model, _cast_module_mixed_precision in
+    0.19), which undoes the fp32 norms: only single-GPU and DDP QLoRA keep them."""
     return plan.method == "qlora" and plan.engine == "fsdp" and plan.zero == 0 and plan.precision in ("bf16", "fp16")
 
 
