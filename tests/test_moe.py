@@ -308,3 +308,24 @@ def test_pipeline_stages_count_their_moe_blocks():
     assert (first.num_layers, first.moe_layers, last.num_layers, last.moe_layers) == (16, 13, 15, 15)
     assert (perf.stage_moe_layers(v3, plan, 0), perf.stage_moe_layers(v3, plan, 3)) == (13, 15)
     assert first.local_expert_params == 16 * 3 * 2048 * 7168  # 256 / 16 experts, tp 1
+
+
+def test_expert_tensor_parallelism_one_keeps_experts_whole_under_tp():
+    """Megatron's --expert-tensor-parallel-size 1 with TP 2 on 16 GPUs: EP 8 is carved out of tp x cp x dp = 16
+    ranks (dp alone is 8), experts stay whole, and each rank routes its own sequence shard: T x k / 2 copies
+    of the full expert width; the experts' ZeRO group is 16 / 8 = 2 ranks."""
+    arch = load_model("qwen3-30b-a3b").architecture
+    plan = _plan(tp=2, ep=16, etp=1, seq_len=4096)
+    assert (plan.dp, plan.expert_tp, plan.expert_shard_degree) == (8, 1, 1)
+    stage = first_and_last_stage(arch, plan)[0]
+    assert stage.local_expert_params == 8 * 3 * 768 * 2048  # 128 / 16 experts, whole
+    assert act.routed_copies_share(plan) == 0.5
+    capped = replace(plan, moe_capacity_factor=1.0)
+    assert act.moe_mlp_bytes(arch, capped) == 608 / 2 + 8 * 0.5 * (8192 + 3 * 2 * 768)
+    assert perf.tokens_per_expert(arch, capped) == 4096 * 8 * 0.5 * 16 / 128
+    default = _plan(tp=2, ep=8, seq_len=4096)  # etp = tp: EP from dp x cp = 8
+    assert (default.expert_tp, default.expert_shard_degree, act.routed_copies_share(default)) == (2, 1, 1.0)
+    with pytest.raises(PlanError, match="--ep 16 does not divide dp x cp = 8"):
+        _plan(tp=2, ep=16, seq_len=4096)
+    with pytest.raises(PlanError, match="--etp 3 does not divide --tp 2"):
+        _plan(tp=2, ep=2, etp=3)

@@ -276,4 +276,5 @@ def parameter_text(arch: Architecture) -> str:
 def moe_plan_text(plan) -> str:
     """The expert layout of a plan in words: `ep 8 (expert dp 2), dropless, alltoall`."""
     routing = "dropless" if plan.moe_capacity_factor is None else f"capacity factor {plan.moe_capacity_factor:g}"
-    return f"ep {plan.ep} (expert dp {plan.expert_shard_degree}), {routing}, {plan.moe_dispatcher}"
+    etp = f", etp {plan.etp}" if plan.etp else ""
+    return f"ep {plan.ep}{etp} (expert dp {plan.expert_shard_degree}), {routing}, {plan.moe_dispatcher}"

@@ -159,9 +159,13 @@ class Plan:
     ep: int = 1
     """Expert-parallel degree: each MoE block's routed experts are divided over `ep` ranks, which exchange the
     routed tokens all-to-all. As in Megatron-Core (parallel_state.initialize_model_parallel: the expert
-    rank generator spans the same ranks as tp x cp x dp, with expert-tensor-parallel = tp by default), the EP
-    group is carved out of the data-parallel x context-parallel ranks: ep divides dp x cp, and the experts'
-    own data-parallel (ZeRO) group is dp x cp x tp / (ep x etp) = dp x cp / ep ranks."""
+    rank generator, order tp-ep-dp, spans the same tp x cp x dp ranks as the dense layers), ep x etp divides
+    tp x cp x dp, and the experts' own data-parallel (ZeRO) group is tp x cp x dp / (ep x etp) ranks; with
+    the default etp = tp the EP group is carved out of the data-parallel x context-parallel ranks."""
+    etp: int = 0
+    """Expert-tensor-parallel degree (Megatron --expert-tensor-parallel-size): each expert split over etp
+    ranks, which together take the tokens of etp sequence-parallel shards. 0 (the default) = tp, Megatron's
+    default; 1 keeps experts whole while attention uses tensor parallelism (the EP group then spans TP ranks)."""
     moe_capacity_factor: float | None = None
     """Tokens an expert accepts per step, as a multiple of its even share (Megatron
     --moe-expert-capacity-factor): the excess is dropped. None: dropless routing (every token reaches its
@@ -172,10 +176,15 @@ class Plan:
     every rank, which then keeps its experts' share."""
 
     @property
+    def expert_tp(self) -> int:
+        """The expert-tensor-parallel degree in effect (etp, or tp when etp is 0)."""
+        return self.etp or self.tp
+
+    @property
     def expert_shard_degree(self) -> int:
         """Ranks that hold the same experts and share their ZeRO / distributed-optimizer shards: the
-        expert-data-parallel group, dp x cp / ep (Megatron's expert-data-parallel group with ETP = TP)."""
-        return self.dp * self.cp // self.ep
+        expert-data-parallel group, tp x cp x dp / (ep x etp) (Megatron's expert_data_parallel_group)."""
+        return self.tp * self.dp * self.cp // (self.ep * self.expert_tp)
 
     @property
     def nodes(self) -> int:
@@ -250,6 +259,8 @@ class PlanRequest:
     """Used only with --precision fp8 (see Plan)."""
     ep: int = 1
     """Expert-parallel degree (MoE models, Megatron or FSDP/torchtitan; see Plan)."""
+    etp: int | None = None
+    """Expert-tensor-parallel degree; None: equal to tp (Megatron's default; see Plan)."""
     moe_capacity_factor: float | None = None
     """None: dropless routing (see Plan)."""
     moe_dispatcher: str = "alltoall"
@@ -392,7 +403,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
             "checkpointing every N-th block is counted per model chunk under interleaving, which is not modelled",
             "use --checkpointing-every 1 or --pp-schedule 1f1b",
         )
-    moe_fields = _moe_fields(request, model, engine, dp * cp)
+    moe_fields = _moe_fields(request, model, engine, dp, cp, tp)
     method_fields = _method_fields(request, arch)
     check_peft_target(method_fields["method"], model)
     if arch.is_moe and method_fields["method"] != "full":
@@ -432,22 +443,23 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
     )
 
 
-def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, data_parallel: int) -> dict[str, Any]:
-    """ep, moe_capacity_factor and moe_dispatcher, checked against the model and engine: the experts divide
-    evenly over EP, EP fits in the data-parallel x context-parallel ranks it is carved from, and the engine
-    runs it (EXPERT_PARALLEL_ENGINES)."""
+def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, dp: int, cp: int, tp: int) -> dict[str, Any]:
+    """ep, etp, moe_capacity_factor and moe_dispatcher, checked against the model and engine: the experts
+    divide evenly over EP, ep x etp fits in the tp x cp x dp ranks the expert groups are carved from (EP
+    out of dp x cp with the default etp = tp), and the engine runs it (EXPERT_PARALLEL_ENGINES)."""
     arch = model.architecture
     ep = _positive_int(request.ep, "ep", 4096)
+    etp = tp if request.etp is None else _positive_int(request.etp, "etp", 4096)
     dispatcher = _choice(request.moe_dispatcher, "moe_dispatcher", MOE_DISPATCHERS)
     capacity = request.moe_capacity_factor
     if not arch.is_moe:
-        if ep > 1 or capacity is not None or dispatcher != "alltoall":
+        if ep > 1 or etp != tp or capacity is not None or dispatcher != "alltoall":
             raise PlanError(
-                f"{model.name} is a dense model: --ep, --moe-capacity-factor and --moe-dispatcher apply to "
+                f"{model.name} is a dense model: --ep, --etp, --moe-capacity-factor and --moe-dispatcher apply to "
                 "Mixture-of-Experts models",
                 "drop them or pick a MoE model",
             )
-        return {"ep": 1, "moe_capacity_factor": None, "moe_dispatcher": "alltoall"}
+        return {"ep": 1, "etp": 0, "moe_capacity_factor": None, "moe_dispatcher": "alltoall"}
     if ep > 1 and engine not in EXPERT_PARALLEL_ENGINES:
         raise PlanError(
             f"--engine {engine} has no expert parallelism: every rank of its ZeRO group holds all experts",
@@ -458,11 +470,17 @@ def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, data_parall
             f"--ep {ep} does not divide the {arch.num_experts} experts of {model.name}",
             f"use an EP degree from {_divisors(arch.num_experts)}",
         )
-    if data_parallel % ep:
+    if tp % etp:
+        raise PlanError(f"--etp {etp} does not divide --tp {tp}", f"use an expert TP degree from {_divisors(tp)}")
+    if etp not in (1, tp) and engine != "megatron":
+        raise PlanError("torchtitan's expert tensor parallelism is 1 or tp", f"use --etp 1 or {tp}")
+    ranks = tp * cp * dp // etp
+    if ranks % ep:
+        what = "dp x cp" if etp == tp else f"tp x cp x dp / etp = {tp * cp * dp} / {etp}"
         raise PlanError(
-            f"--ep {ep} does not divide dp x cp = {data_parallel}: the expert-parallel group is carved out of "
-            "the data-parallel ranks",
-            f"use an EP degree from {_divisors(gcd(arch.num_experts, data_parallel))}",
+            f"--ep {ep} does not divide {what} = {ranks}: the expert-parallel group is carved out of the "
+            "data-parallel ranks",
+            f"use an EP degree from {_divisors(gcd(arch.num_experts, ranks))}",
         )
     if capacity is not None:
         if isinstance(capacity, bool) or not isinstance(capacity, int | float) or not 0 < capacity <= arch.num_experts:
@@ -479,7 +497,7 @@ def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, data_parall
         capacity = float(capacity)
     if dispatcher == "allgather" and engine != "megatron":
         raise PlanError("the allgather token dispatcher is Megatron's", "use --moe-dispatcher alltoall")
-    return {"ep": ep, "moe_capacity_factor": capacity, "moe_dispatcher": dispatcher}
+    return {"ep": ep, "etp": 0 if etp == tp else etp, "moe_capacity_factor": capacity, "moe_dispatcher": dispatcher}
 
 
 def _fp8_recipe(recipe: Any, precision: str, gpu: GpuSpec) -> str:

@@ -248,6 +248,13 @@ def routed_load_factor(arch: Architecture, plan: Plan):
     return factor
 
 
+def routed_copies_share(plan: Plan):
+    """Routed copies one rank processes per micro-batch token, over T x k: its tokens enter the MoE layer
+    sequence-sharded over TP and are gathered over the expert-TP group (Megatron's token dispatcher with
+    ETP: tp sequence shards of T / tp, etp of them gathered), i.e. etp / tp; 1 with the default etp = tp."""
+    return plan.expert_tp / plan.tp
+
+
 def _mla_attention_bytes(arch: Architecture, plan: Plan) -> tuple[float, float, float]:
     """(latent norms, q/k/v, attention output) per token for DeepSeek's multi-head latent attention.
 
@@ -287,8 +294,8 @@ def moe_mlp_bytes(arch: Architecture, plan: Plan) -> float:
     * routed experts: each token is copied to its k experts. Per copy the grouped GEMMs keep the permuted
       input (h wide, saved by fc1), the expert MLP's inner tensors (f_e wide, split over the expert-tensor-
       parallel = TP ranks) and the expert output (h wide, kept by the combine's multiply by the routing
-      weight). With ETP = TP the expert input is the TP group's tokens, so T x k copies per rank, scaled by
-      the busiest rank's load (`routed_load_factor`);
+      weight). The expert input is the tokens of the rank's expert-TP group (`routed_copies_share`), scaled
+      by the busiest rank's load (`routed_load_factor`);
     * shared experts: a dense MLP of their width on every token.
     Source: the walk of transformers' MoE blocks (Qwen3MoeSparseMoeBlock, DeepseekV3MoE) and Megatron-Core's
     MoELayer (router, token dispatcher permute/unpermute, TEGroupedMLP)."""
@@ -296,8 +303,8 @@ def moe_mlp_bytes(arch: Architecture, plan: Plan) -> float:
     k, sp = arch.experts_per_token, sequence_shards(plan)
     router = (ROUTER_PROBS_BYTES * arch.num_experts + (TOPK_INDEX_BYTES + TOPK_WEIGHT_BYTES) * k) / sp
     tensors = _mlp_tensor_count(arch, plan)
-    per_copy = 2 * a * h + tensors * a * arch.moe_ffn_hidden_size / tp
-    routed = k * routed_load_factor(arch, plan) * per_copy
+    per_copy = 2 * a * h + tensors * a * arch.moe_ffn_hidden_size / plan.expert_tp
+    routed = k * routed_copies_share(plan) * routed_load_factor(arch, plan) * per_copy
     shared = tensors * a * arch.shared_expert_ffn_hidden_size / tp
     return router + routed + shared
 
@@ -312,7 +319,7 @@ def dispatch_buffer_bytes(arch: Architecture, plan: Plan) -> float:
     if not arch.is_moe:
         return 0.0
     a, h, k = compute_bytes(plan), arch.hidden_size, arch.experts_per_token
-    permuted = a * h * k
+    permuted = a * h * k * routed_copies_share(plan)
     load = routed_load_factor(arch, plan)
     travels = (plan.ep * plan.tp) > 1
     if plan.moe_dispatcher == "allgather":

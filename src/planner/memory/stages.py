@@ -72,7 +72,7 @@ class StageShard:
     """One MoE block on this rank without its routed experts: attention, norms, router, shared experts."""
     local_expert_params: int = 0
     """The routed experts one MoE block keeps on this rank: num_experts / ep experts, each split over the
-    tensor-parallel ranks (expert-tensor-parallel = tp, Megatron's default)."""
+    expert-tensor-parallel ranks (etp; tp by default, as in Megatron)."""
 
     @property
     def expert_params(self):
@@ -158,16 +158,16 @@ def _shard(arch: Architecture, plan: Plan, last: bool) -> StageShard:
             if not last
             else moe_layer_count(arch, total) - moe_layer_count(arch, total - num_layers)
         )
-        local_experts = arch.num_experts // plan.ep
+        local_experts, etp = arch.num_experts // plan.ep, plan.expert_tp
         fused_expert = local_experts * sum(
             t.numel for t in expert_tensors(arch) if t.is_matrix and "down" not in t.name
         )
         # The experts of a block are one fused tensor in transformers 5 (gate_up_proj) and torchtitan.
-        largest = np.maximum(largest, np.maximum(_largest(moe_layer_tensors(arch), tp), -(-fused_expert // tp)))
+        largest = np.maximum(largest, np.maximum(_largest(moe_layer_tensors(arch), tp), -(-fused_expert // etp)))
         moe_fields = {
             "moe_layers": moe,
             "moe_layer_params": numel(moe_layer_tensors(arch), tp),
-            "local_expert_params": local_experts * numel(expert_tensors(arch), tp),
+            "local_expert_params": local_experts * numel(expert_tensors(arch), etp),
         }
     else:
         moe_fields = {}

@@ -31,7 +31,7 @@ from planner.architecture import expert_tensors, layer_tensors, moe_layers
 from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
 from planner.catalog.models import Architecture, moe_layer_count
-from planner.memory.activations import compute_bytes, routed_load_factor
+from planner.memory.activations import compute_bytes, routed_copies_share, routed_load_factor
 from planner.memory.buffers import compute_param_bytes, deepspeed_overlap_comm, gradient_reduce_bytes
 from planner.memory.quantization import NF4_BITS, NF4_BLOCKSIZE
 from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
@@ -266,26 +266,21 @@ def stage_moe_layers(arch: Architecture, plan: Plan, stage):
 def tokens_per_expert(arch: Architecture, plan: Plan):
     """Rows of each local expert's GEMM per micro-batch: the rank's T x k routed copies (the busiest rank's
     load) over its num_experts / ep experts."""
-    return (
-        plan.tokens_per_micro_batch
-        * arch.experts_per_token
-        * routed_load_factor(arch, plan)
-        * plan.ep
-        / (arch.num_experts)
-    )
+    copies = plan.tokens_per_micro_batch * arch.experts_per_token * routed_copies_share(plan)
+    return copies * routed_load_factor(arch, plan) * plan.ep / arch.num_experts
 
 
 def expert_gemm_bytes(arch: Architecture, plan: Plan, rows) -> float:
     """HBM bytes of one pass (forward, input gradient or weight gradient) over one local expert's matrices
     with `rows` tokens: each GEMM reads its two operands and writes its result, rows x K + K x N + rows x N
     elements (the three passes move the same three tensors); the expert's inner width is split over the
-    TP (= expert tensor-parallel) ranks."""
-    a = compute_bytes(plan)
+    expert-tensor-parallel ranks."""
+    a, etp = compute_bytes(plan), plan.expert_tp
     total = 0.0
     for t in expert_tensors(arch):
         if not t.is_matrix:
             continue
-        out_dim, in_dim = (t.rows / plan.tp, t.cols) if "down" not in t.name else (t.rows, t.cols / plan.tp)
+        out_dim, in_dim = (t.rows / etp, t.cols) if "down" not in t.name else (t.rows, t.cols / etp)
         total = total + a * (rows * in_dim + in_dim * out_dim + rows * out_dim)
     return total
 
@@ -326,9 +321,9 @@ def expert_parallel_comm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work):
     """Per micro-batch: the token exchanges of a stage's MoE blocks over the expert-parallel group, exposed.
 
     alltoall: each rank sends its T x k routed copies of h values (the busiest rank receives its load
-    factor's share more) to the ranks of their experts; the EP group's ranks sit tp apart (Megatron-Core's
-    expert rank order tp-ep-dp: ETP = TP ranks are adjacent, then EP), so it stays on NVLink while
-    ep x tp fits the node (comm.all_to_all_s). allgather: the EP group's tokens are gathered on every rank
+    factor's share more) to the ranks of their experts; the EP group's ranks sit etp apart (Megatron-Core's
+    expert rank order tp-ep-dp: the expert-TP ranks are adjacent, then EP), so it stays on NVLink while
+    ep x etp fits the node (comm.all_to_all_s). allgather: the EP group's tokens are gathered on every rank
     and the outputs reduce-scattered back (ring all-gather of T x ep tokens). Neither overlaps with compute
     in the default Megatron and torchtitan schedules (EP-overlap schedules such as DualPipe are not
     modelled)."""
@@ -338,10 +333,10 @@ def expert_parallel_comm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work):
     tokens = plan.tokens_per_micro_batch
     exchanges = work.moe_layers * (EXCHANGES_PER_MOE_BLOCK + 2 * work.expert_recompute_share)
     if plan.moe_dispatcher == "allgather":
-        bw = comm.group_bandwidth_gbps(gpu, plan.ep, plan.tp, plan.gpus_per_node)
+        bw = comm.group_bandwidth_gbps(gpu, plan.ep, plan.expert_tp, plan.gpus_per_node)
         return exchanges * comm.all_gather_s(tokens * h * a * plan.ep, plan.ep, bw)
-    send = tokens * arch.experts_per_token * h * a * routed_load_factor(arch, plan)
-    return exchanges * comm.all_to_all_s(send, plan.ep, plan.tp, gpu, plan.gpus_per_node)
+    send = tokens * arch.experts_per_token * routed_copies_share(plan) * h * a * routed_load_factor(arch, plan)
+    return exchanges * comm.all_to_all_s(send, plan.ep, plan.expert_tp, gpu, plan.gpus_per_node)
 
 
 @dataclass(frozen=True)
