@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from planner.memory import DEFAULT_SAFETY_MARGIN, estimate_memory
-from planner.memory.model import runtime_view
+from planner.memory.model import peak_on_card, required_memory_gib, runtime_view
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
 from planner.plan import resolve
 from planner.validate.memory import load_memory_cases
@@ -34,8 +34,9 @@ def evaluate(resolved, overheads: RuntimeOverheads) -> tuple[float, float, int]:
     does not depend on these constants, so it is computed once per case (`resolved` carries it)."""
     errors, unsafe = [], 0
     for case, (_, gpu, plan), (allocated, host_fits) in resolved:
-        peak = float(runtime_view(allocated, plan, overheads)[3])
-        fits = peak <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
+        required = float(required_memory_gib(allocated, plan, overheads))
+        peak = float(peak_on_card(runtime_view(allocated, plan, overheads)[3], required, gpu.memory_gib)[0])
+        fits = required <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
         measured = case.measured
         if measured.outcome == "oom":
             unsafe += fits

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from planner.catalog.hardware import ComputeEfficiency
 from planner.memory import DEFAULT_SAFETY_MARGIN, estimate_memory
-from planner.memory.model import runtime_view
+from planner.memory.model import peak_on_card, required_memory_gib, runtime_view
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
 from planner.performance import estimate_performance
 from planner.validate.memory import load_memory_cases
@@ -214,8 +214,9 @@ def memory_items(paths: list[Path] = MEMORY_CASES) -> list:
 def memory_prediction(item, overheads: RuntimeOverheads) -> tuple[float, bool]:
     """(prediction comparable with the case's metric, predicted to fit) under `overheads`."""
     case, (_, gpu, plan), (allocated, host_fits) = item
-    peak = float(runtime_view(allocated, plan, overheads)[3])
-    fits = peak <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
+    required = float(required_memory_gib(allocated, plan, overheads))
+    peak = float(peak_on_card(runtime_view(allocated, plan, overheads)[3], required, gpu.memory_gib)[0])
+    fits = required <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
     return (allocated if case.measured.metric in ("allocated", "active") else peak), fits
 
 

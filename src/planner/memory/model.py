@@ -12,7 +12,10 @@ Phases (what is alive at the moment each one peaks):
 
 allocated (torch.cuda.max_memory_allocated) = the largest phase on the most loaded stage.
 reserved = allocated x (1 + allocator fragmentation) + FSDP1's side-stream blocks.
-peak (nvidia-smi) = reserved + CUDA context + NCCL communicators.
+peak (nvidia-smi) = reserved + CUDA context + NCCL communicators, on a card with memory to spare.
+required = the same with only the cache the allocator cannot release when the card is full
+(`allocator_fragmentation_at_capacity`): a plan fits when `required` is within the usable capacity; on a
+card that cannot hold the whole cache, the cache fills what is left (nvidia-smi then shows about the card).
 """
 
 from dataclasses import dataclass, field, replace
@@ -82,7 +85,8 @@ class MemoryEstimate:
     """The memory answer for one plan on one GPU type (all sizes in GiB)."""
 
     peak_gib: float
-    """What nvidia-smi would show at the peak: reserved + CUDA context + NCCL. Must stay under capacity."""
+    """What nvidia-smi would show at the peak on this card: reserved + CUDA context + NCCL, the allocator's
+    cache limited by what the card has left (`peak_on_card`)."""
     allocated_peak_gib: float
     """What torch.cuda.max_memory_allocated would show."""
     reserved_peak_gib: float
@@ -92,6 +96,7 @@ class MemoryEstimate:
     """capacity x (1 - safety margin)."""
     safety_margin: float
     fits: bool
+    """required_gib <= usable_gib (and the offloaded states fit the host)."""
     peak_phase: str
     peak_stage: int
     breakdown_gib: dict[str, float]
@@ -109,6 +114,9 @@ class MemoryEstimate:
     activations_source: str = TEXTBOOK
     """`traced: <calibration file> ...` when the per-layer activation constant comes from a trace of the
     real model code (planner calibrate trace), else `textbook: ...` (the walk of the saved tensors)."""
+    required_gib: float = 0.0
+    """The least the card must hold for the step to run: allocated + the cache the allocator cannot
+    release (`required_memory_gib`). What `fits` compares with the usable capacity."""
 
     @property
     def headroom_gib(self) -> float:
@@ -124,6 +132,7 @@ class MemoryEstimate:
             "headroom_gib": _r(self.headroom_gib),
             "safety_margin": self.safety_margin,
             "fits": self.fits,
+            "required_gib": _r(self.required_gib),
             "peak_phase": self.peak_phase,
             "peak_stage": self.peak_stage,
             "breakdown_gib": {k: _r(v) for k, v in self.breakdown_gib.items()},
@@ -261,6 +270,28 @@ class MemoryArrays:
     """allocated GiB at the peak phase of the first and of the last stage."""
     activations_source: str = TEXTBOOK
     """Where the per-layer activation constant comes from: a trace of the real code, or the walk."""
+    required_gib: object = 0.0
+    """allocated + unreleasable cache + FSDP1 side-stream blocks + CUDA context + NCCL (`required_memory_gib`)."""
+
+
+def required_memory_gib(
+    allocated_gib, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS, stream_blocks_gib: object = 0.0
+):
+    """GiB the card must hold for the step to run: the allocated peak, the allocator cache that cannot be
+    released at the cap (`RuntimeOverheads.allocator_fragmentation_at_capacity`: under pressure the caching
+    allocator frees its unused blocks and retries before it reports out of memory), FSDP1's side-stream
+    blocks (held until their streams pass them), the CUDA context and the NCCL buffers."""
+    nccl = sum(nccl_communicators(plan, overheads).values())
+    unreleasable = allocated_gib * overheads.allocator_fragmentation_at_capacity
+    return allocated_gib + unreleasable + stream_blocks_gib + overheads.cuda_context_gib + nccl
+
+
+def peak_on_card(peak_gib, required_gib, capacity_gib):
+    """(nvidia-smi peak, GiB of allocator cache it gives up) on a card of `capacity_gib`: the cache grows
+    into free memory, so a run whose cache would not fit shows about the whole card (the allocator
+    flushes and retries at the cap), never less than what it requires."""
+    shown = np.minimum(peak_gib, np.maximum(required_gib, capacity_gib))
+    return shown, peak_gib - shown
 
 
 def runtime_view(
@@ -309,6 +340,7 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
     breakdown["fsdp1_stream_blocks"] = stream_blocks_gib * np.ones_like(allocated)
     breakdown["cuda_context"] = overheads.cuda_context_gib * np.ones_like(allocated)
     breakdown["nccl_communicators"] = nccl_gib * np.ones_like(allocated)
+    required_gib = required_memory_gib(allocated_gib, plan, overheads, stream_blocks_gib)
     stage_index = pick([stage for stage, _, _, _ in slots])
     peak_on_last = choice >= len(PHASES)
     phases = {}
@@ -325,6 +357,7 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
         phases_gib=phases,
         stage_peaks_gib=(totals[: len(PHASES)].max(axis=0) / GIB, totals[len(PHASES) :].max(axis=0) / GIB),
         activations_source=calibration.label,
+        required_gib=required_gib,
     )
 
 
@@ -350,7 +383,11 @@ def memory_estimate_at(
     arrays: MemoryArrays, host_gib, index: int | None, gpu: GpuSpec, plan: Plan, safety_margin: float
 ) -> MemoryEstimate:
     """The MemoryEstimate of one plan out of `memory_arrays` results (index None for a scalar plan)."""
-    peak = _at(arrays.peak_gib, index)
+    required = _at(arrays.required_gib, index)
+    peak, cache_given_up = peak_on_card(_at(arrays.peak_gib, index), required, gpu.memory_gib)
+    peak, cache_given_up = float(peak), float(cache_given_up)
+    breakdown = {k: _at(v, index) for k, v in arrays.breakdown_gib.items()}
+    breakdown["allocator_fragmentation"] -= cache_given_up
     usable = gpu.memory_gib * (1 - safety_margin)
     host = _at(host_gib, index)
     capacity = gpu.node.host_ram_gib
@@ -360,20 +397,21 @@ def memory_estimate_at(
     return MemoryEstimate(
         peak_gib=peak,
         allocated_peak_gib=_at(arrays.allocated_gib, index),
-        reserved_peak_gib=_at(arrays.reserved_gib, index),
+        reserved_peak_gib=_at(arrays.reserved_gib, index) - cache_given_up,
         capacity_gib=gpu.memory_gib,
         usable_gib=usable,
         safety_margin=safety_margin,
-        fits=peak <= usable and host_fits is not False,
+        fits=required <= usable and host_fits is not False,
         peak_phase=PHASES[int(_at(arrays.peak_phase, index))],
         peak_stage=int(_at(arrays.peak_stage, index)),
-        breakdown_gib={k: _at(v, index) for k, v in arrays.breakdown_gib.items()},
+        breakdown_gib=breakdown,
         phases_gib={k: v for k, v in phases.items() if not np.isnan(v)},
         stage_peaks_gib=stage_peaks[:1] if plan.pp == 1 else stage_peaks,
         host_ram_gib_per_node=host,
         host_ram_capacity_gib=capacity,
         host_ram_fits=host_fits,
         activations_source=arrays.activations_source,
+        required_gib=required,
     )
 
 

@@ -29,9 +29,17 @@ class RuntimeOverheads:
     """A two-rank communicator: 544 MiB measured (NVIDIA/nccl #964); PyTorch makes one per pipeline
     send/receive peer."""
     allocator_fragmentation: float = 0.12
-    """Reserved-but-unused fraction of PyTorch's caching allocator at the peak: reserved = allocated x
-    (1 + this). Reported: 2.4% (75.3 GiB allocated, compressed-tensors PR #587) to 35-50% (axolotl PR
-    #2183, torchtune #1185) and 2.1x in an RL trainer (cosmos-rl PR #388); fitted."""
+    """Reserved-but-unused fraction of PyTorch's caching allocator at the peak of a run with memory to spare:
+    reserved = allocated x (1 + this). Reported: 2.4% (75.3 GiB allocated, compressed-tensors PR #587) to
+    35-50% (axolotl PR #2183, torchtune #1185) and 2.1x in an RL trainer (cosmos-rl PR #388); fitted."""
+    allocator_fragmentation_at_capacity: float = 0.024
+    """The part of that cache the allocator cannot give back when the card is full. On a failed cudaMalloc
+    the caching allocator frees every cached block that holds no live tensor and retries (c10
+    CUDACachingAllocator: release_cached_blocks, counted in memory_stats()['num_alloc_retries']; PyTorch
+    CUDA semantics notes: max_split_size_mb lets "borderline workloads" finish), so only the free space
+    inside segments split by live tensors stays reserved. At the cap that is small: 1.83 GiB at 75.3 GiB
+    allocated on an 80 GB card (2.4%, compressed-tensors PR #587); an OOM report with 77.65 GiB allocated
+    shows 77.66 GiB reserved (hiyouga/LlamaFactory #1158). The sourced 2.4% is used as is (not fitted)."""
 
 
 DEFAULT_OVERHEADS = RuntimeOverheads()

@@ -120,6 +120,7 @@ def render_table(estimate: Estimate, width: int = 100, defaults: tuple[str, ...]
     table.add_row("peak per GPU (what nvidia-smi shows)", f"{memory.peak_gib:.2f}")
     table.add_row("  torch max_memory_allocated", f"{memory.allocated_peak_gib:.2f}")
     table.add_row("  torch max_memory_reserved", f"{memory.reserved_peak_gib:.2f}")
+    table.add_row("needed to run (cache it cannot release only)", f"{memory.required_gib:.2f}")
     table.add_row("capacity", f"{memory.capacity_gib:.2f}")
     table.add_row(f"usable (keeping {memory.safety_margin:.0%} free)", f"{memory.usable_gib:.2f}")
     table.add_row("headroom (capacity - peak)", f"{memory.headroom_gib:.2f}")
@@ -135,7 +136,7 @@ def render_table(estimate: Estimate, width: int = 100, defaults: tuple[str, ...]
         console.print(f"host RAM for offloaded states: {memory.host_ram_gib_per_node:.1f} GiB per node{cap}")
     console.print(f"activation constants: {memory.activations_source}")
     verdict = "FITS" if memory.fits else "DOES NOT FIT"
-    console.print(f"verdict: {verdict} ({memory.peak_gib:.1f} of {memory.usable_gib:.1f} usable GiB)")
+    console.print(f"verdict: {verdict} (needs {memory.required_gib:.1f} of {memory.usable_gib:.1f} usable GiB)")
     _print_performance(console, estimate)
     return out.getvalue()
 

@@ -43,7 +43,8 @@ def assumptions(result) -> list[str]:
         + " kernels for the speed (--flash-attention-version to change)",
         f"batch: sequences of {r.seq_len} tokens, global batch {result.global_batch} sequences "
         f"({result.global_batch * r.seq_len:,} tokens) per optimizer step",
-        f"memory: a plan fits when its peak per GPU (nvidia-smi view) stays under {result.usable_gib:.1f} GiB = "
+        f"memory: a plan fits when what it needs per GPU (allocated, the allocator cache it cannot release, "
+        f"CUDA context, NCCL) stays under {result.usable_gib:.1f} GiB = "
         f"{b.gpu.memory_gib:.1f} GiB x (1 - safety margin {r.safety_margin:.0%}); offloaded states must fit "
         "the node's host RAM",
         f"objective: {r.objective}" + (f"; run of {r.tokens:,.0f} tokens" if r.tokens else ""),
@@ -132,7 +133,7 @@ def rejected_lines(result, describe) -> list[str]:
         line = f"{rej.over_memory:,} exceed {result.usable_gib:.1f} usable GiB per GPU"
         if rej.nearest_misses:
             i = rej.nearest_misses[0]
-            excess = result.candidates.peak_gib[i] - result.usable_gib
+            excess = result.candidates.required_gib[i] - result.usable_gib
             line += f"; smallest excess {excess:.2f} GiB: {describe(i)}"
         lines.append(line)
     if rej.over_host_ram:

@@ -79,5 +79,5 @@ def nearest_miss_advice(result) -> list[str]:
             continue
         memory = estimate_memory(result.model, result.budget.gpu, plan, result.request.safety_margin)
         if memory.fits:
-            advice.append(f"with {label} the nearest miss fits ({memory.peak_gib:.1f} GiB per GPU)")
+            advice.append(f"with {label} the nearest miss fits (needs {memory.required_gib:.1f} GiB per GPU)")
     return advice

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from planner.catalog import GpuSpec, ModelSpec
-from planner.memory.model import MemoryArrays, host_ram_gib_per_node, memory_arrays
+from planner.memory.model import MemoryArrays, host_ram_gib_per_node, memory_arrays, peak_on_card
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
 from planner.performance.model import performance_terms
 from planner.plan import Plan
@@ -43,6 +43,9 @@ class BulkResult:
     performance: dict
     allocated_gib: np.ndarray
     peak_gib: np.ndarray
+    """nvidia-smi peak on this GPU type (planner.memory.model.peak_on_card)."""
+    required_gib: np.ndarray
+    """What the card must hold; a plan fits when it is within the usable capacity."""
     host_ram_gib_per_node: np.ndarray
     step_time_s: np.ndarray
     tokens_per_s: np.ndarray
@@ -101,7 +104,8 @@ def evaluate_group(
         memory=memory,
         performance=perf,
         allocated_gib=full(memory.allocated_gib),
-        peak_gib=full(memory.peak_gib),
+        peak_gib=full(peak_on_card(memory.peak_gib, memory.required_gib, gpu.memory_gib)[0]),
+        required_gib=full(memory.required_gib),
         host_ram_gib_per_node=full(host),
         step_time_s=full(perf["step_time_s"]),
         tokens_per_s=full(perf["tokens_per_s"]),

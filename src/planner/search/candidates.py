@@ -56,6 +56,7 @@ class Candidates:
     micro_batch: np.ndarray
     grad_accum: np.ndarray
     peak_gib: np.ndarray
+    required_gib: np.ndarray
     allocated_gib: np.ndarray
     host_ram_gib_per_node: np.ndarray
     step_time_s: np.ndarray

@@ -218,7 +218,7 @@ def solve(request: SolveRequest) -> SolveResult:
     usable = budget.gpu.memory_gib * (1 - request.safety_margin)
     price, price_source = _price(budget, request)
 
-    fits_gpu = cands.peak_gib <= usable
+    fits_gpu = cands.required_gib <= usable
     host = budget.gpu.node.host_ram_gib
     offloading = np.array([cands.categories[g][CATEGORIES.index("offload")] != "none" for g in cands.group], dtype=bool)
     fits_host = ~offloading | (cands.host_ram_gib_per_node <= host if host is not None else True)
@@ -239,7 +239,7 @@ def solve(request: SolveRequest) -> SolveResult:
         table = non_dominated(cands.tokens_per_s, cands.gpus / cands.tokens_per_s, candidates_left)
     found, stats = feasible_indices(cands, space, global_batch, budget.gpus, fits, table)
 
-    excess = np.where(fits_gpu, np.inf, cands.peak_gib - usable)
+    excess = np.where(fits_gpu, np.inf, cands.required_gib - usable)
     misses = [int(i) for i in np.argsort(excess, kind="stable")[:3] if np.isfinite(excess[i])]
     rejections = Rejections(
         space_size=space.size(),
