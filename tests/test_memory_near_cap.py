@@ -61,3 +61,34 @@ def test_breakdown_still_sums_to_the_peak_shown_on_the_card():
 def test_runs_near_the_cap(case_id, fits):
     case = next(c for c in load_memory_cases(DATA / "memory_cases.yaml") if c.id == case_id)
     assert validate_case(case).memory.fits is fits
+
+
+def test_llm_foundry_runs_fit_with_the_loss_kernel_they_ran():
+    # MPT-350m, micro-batch 18 x 2048 tokens on 64 A100-40GB without checkpointing ran (llm-foundry benchmark
+    # table); with the eager fp32 loss (12 V bytes per token) it would need more than the card.
+    model, gpu, plan = plan_for(
+        str(DATA / "models" / "llmfoundry-mpt-350m-s2048.yaml"),
+        "A100-40GB",
+        gpus=64,
+        engine="fsdp",
+        zero=3,
+        fsdp_version=1,
+        micro_batch=18,
+        global_batch=1152,
+        seq_len=2048,
+        checkpointing="none",
+        loss="flash-ce",
+    )
+    assert evaluate(model, gpu, plan).memory.fits
+    eager = plan_for(
+        str(DATA / "models" / "llmfoundry-mpt-350m-s2048.yaml"),
+        "A100-40GB",
+        gpus=64,
+        engine="fsdp",
+        zero=3,
+        micro_batch=18,
+        global_batch=1152,
+        seq_len=2048,
+        checkpointing="none",
+    )
+    assert not evaluate(*eager).memory.fits

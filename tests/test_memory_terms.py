@@ -113,6 +113,8 @@ def test_compiled_block_keeps_matmul_outputs_only():
         ("standard", "megatron", 2 * 32000 + 8 * 32000),  # bf16 logits + fp32 cast + max-subtracted copy
         ("chunked", "deepspeed", 2 * 32000 + 12 * 32000 / 8),
         ("fused", "deepspeed", (2 + 6) * 4096),
+        # flash-attn's CrossEntropyLoss: bf16 logits + their bf16 gradient, fp32 lse and loss per row
+        ("flash-ce", "deepspeed", 2 * 2 * 32000 + 4 + 4),
     ],
 )
 def test_logits_and_loss_per_token(loss, engine, per_token):

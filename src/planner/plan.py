@@ -18,7 +18,7 @@ Precision = Literal["bf16", "fp16", "fp32", "pure-bf16", "fp8"]
 Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Engine = Literal["deepspeed", "fsdp", "megatron"]
-Loss = Literal["standard", "chunked", "fused"]
+Loss = Literal["standard", "chunked", "fused", "flash-ce"]
 FlashAttentionVersion = Literal[1, 2, 3]
 PipelineSchedule = Literal["1f1b", "interleaved"]
 FsdpVersion = Literal[1, 2]
@@ -96,8 +96,9 @@ class Plan:
     flash_attention: bool
     """Attention kernel that does not store the s x s score matrix (FlashAttention / SDPA flash)."""
     loss: Loss
-    """`standard` cross-entropy over materialised logits, `chunked` (torchtune-style 8 chunks) or
-    `fused` (linear + cross-entropy fused, e.g. Liger; logits never materialised)."""
+    """`standard` cross-entropy over materialised logits, `chunked` (torchtune-style 8 chunks),
+    `fused` (linear + cross-entropy fused, e.g. Liger; logits never materialised) or `flash-ce` (a fused
+    cross-entropy kernel over the materialised logits: flash-attn's CrossEntropyLoss, llm-foundry's default)."""
     sequence_parallel: bool = False
     """Shard the norm/dropout regions over the TP ranks (Korthikanti et al. 2022); only with tp > 1."""
     compile: bool = False

@@ -132,6 +132,8 @@ def _memory_flags(model: ModelSpec, plan: Plan) -> list[str]:
         flags += ["--attention-backend", "unfused"]
     if plan.loss == "fused":
         flags += ["--cross-entropy-loss-fusion"]
+    if plan.loss == "flash-ce":
+        raise PlannerError("Megatron-LM has no flash-attn cross-entropy", "use --loss standard or fused")
     return flags
 
 

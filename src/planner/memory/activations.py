@@ -45,6 +45,8 @@ MASK_BYTES = 1
 
 CHUNKED_LOSS_CHUNKS = 8
 """torchtune's CEWithChunkedOutputLoss splits the logits into 8 chunks (num_output_chunks=8)."""
+FLASH_CE_ROW_BYTES = 4 + 4
+"""flash-attn's cross-entropy kernel keeps an fp32 log-sum-exp and returns an fp32 loss per token (row)."""
 
 
 def implementation_family(plan: Plan) -> Family:
@@ -595,11 +597,18 @@ def logits_bytes(arch: Architecture, plan: Plan) -> float:
     soft-capping (Gemma 2, cap * tanh(logits / cap)): tanh saves its output, one more a*V logits-sized
       tensor alive from forward to its backward (not with the fused loss, which caps inside its chunks).
     fused: logits never exist beyond a chunk (Liger sizes chunks so one chunk is about B*T*h values),
-      leaving the precomputed input gradient (a*h) and the chunk (about 6*h) per token."""
+      leaving the precomputed input gradient (a*h) and the chunk (about 6*h) per token.
+    flash-ce: flash-attn's CrossEntropyLoss (flash_attn/ops/triton/cross_entropy.py; llm-foundry's default
+      `loss_fn: fused_crossentropy`) reads the compute-dtype logits and works in fp32 inside the kernel: it
+      saves the logits, an fp32 log-sum-exp and the labels, returns an fp32 loss per token, and its backward
+      writes the logits' gradient into a new tensor of the logits' dtype (`inplace_backward` off, the
+      default): a*V + a*V + 4 + 4 bytes per token at the backward."""
     a = compute_bytes(plan)
     if plan.loss == "fused":
         return (a + 6) * arch.hidden_size
     vocab = arch.vocab_size / plan.tp
+    if plan.loss == "flash-ce":
+        return 2 * a * vocab + FLASH_CE_ROW_BYTES
     softcap = a * vocab if arch.final_logit_softcap else 0.0
     if plan.loss == "chunked":
         return a * vocab + softcap + 12 * vocab / CHUNKED_LOSS_CHUNKS

@@ -271,19 +271,19 @@ class MemoryArrays:
     activations_source: str = TEXTBOOK
     """Where the per-layer activation constant comes from: a trace of the real code, or the walk."""
     required_gib: object = 0.0
-    """allocated + unreleasable cache + FSDP1 side-stream blocks + CUDA context + NCCL (`required_memory_gib`)."""
+    """allocated + the cache that cannot be released + CUDA context + NCCL (`required_memory_gib`)."""
 
 
-def required_memory_gib(
-    allocated_gib, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS, stream_blocks_gib: object = 0.0
-):
+def required_memory_gib(allocated_gib, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS):
     """GiB the card must hold for the step to run: the allocated peak, the allocator cache that cannot be
-    released at the cap (`RuntimeOverheads.allocator_fragmentation_at_capacity`: under pressure the caching
-    allocator frees its unused blocks and retries before it reports out of memory), FSDP1's side-stream
-    blocks (held until their streams pass them), the CUDA context and the NCCL buffers."""
+    released at the cap (`RuntimeOverheads.allocator_fragmentation_at_capacity`), the CUDA context and the
+    NCCL buffers. Under pressure the caching allocator first waits for the events of blocks freed with
+    record_stream, then frees every cached block not split by a live tensor, and retries (c10
+    CUDACachingAllocator release_cached_blocks: synchronize_and_free_events, release_blocks), so FSDP1's
+    side-stream blocks, like the rest of the cache, are given back and are not required."""
     nccl = sum(nccl_communicators(plan, overheads).values())
     unreleasable = allocated_gib * overheads.allocator_fragmentation_at_capacity
-    return allocated_gib + unreleasable + stream_blocks_gib + overheads.cuda_context_gib + nccl
+    return allocated_gib + unreleasable + overheads.cuda_context_gib + nccl
 
 
 def peak_on_card(peak_gib, required_gib, capacity_gib):
@@ -340,7 +340,7 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
     breakdown["fsdp1_stream_blocks"] = stream_blocks_gib * np.ones_like(allocated)
     breakdown["cuda_context"] = overheads.cuda_context_gib * np.ones_like(allocated)
     breakdown["nccl_communicators"] = nccl_gib * np.ones_like(allocated)
-    required_gib = required_memory_gib(allocated_gib, plan, overheads, stream_blocks_gib)
+    required_gib = required_memory_gib(allocated_gib, plan, overheads)
     stage_index = pick([stage for stage, _, _, _ in slots])
     peak_on_last = choice >= len(PHASES)
     phases = {}
