@@ -174,7 +174,7 @@ def test_fsdp1_keeps_side_stream_blocks_reserved():
     # Llama-3-8B: the largest FSDP unit is the final norm + LM head (4096 + 128256 x 4096 parameters). FSDP1 keeps
     # two gathered units (bf16, the rate limiter's two all-gathers) and one unit's padded unsharded gradient
     # plus its shard (fp32 reduce, 4 ranks) in its side streams' pools: 525,336,576 x (2 x 2 + 4 x 1.25) bytes.
-    model, gpu, plan = plan_for("llama-3-8b", engine="fsdp", gpus=4, zero=3, micro_batch=8, global_batch=32)
+    model, gpu, plan = plan_for("llama-3-8b", engine="fsdp", gpus=4, zero=3, micro_batch=1, global_batch=32)
     v1 = replace(plan, fsdp_version=1)
     two, one = evaluate(model, gpu, plan).memory, evaluate(model, gpu, v1).memory
     assert two.breakdown_gib["fsdp1_stream_blocks"] == 0

@@ -49,6 +49,15 @@ FLASH_CE_ROW_BYTES = 4 + 4
 """flash-attn's cross-entropy kernel keeps an fp32 log-sum-exp and returns an fp32 loss per token (row)."""
 
 
+def te_linear_input_bytes(plan: Plan) -> int:
+    """Bytes per element of what a TransformerEngine linear keeps of its input for the weight gradient: with
+    fp8 the input is cast to fp8 for the forward GEMM and that fp8 copy is what is saved (TransformerEngine
+    transformer_engine/pytorch/module/layernorm_mlp.py @0004dbd: the fp8 branch passes the normalised output
+    and the activation output to fp8_gemm as GEMM1_INPUT / GEMM2_INPUT in fp8 and saves those), else the
+    compute dtype. The fc1 output that the SwiGLU/GELU backward reads stays in the compute dtype."""
+    return 1 if plan.precision == "fp8" else compute_bytes(plan)
+
+
 def implementation_family(plan: Plan) -> Family:
     """Which model code the engine runs, which decides what autograd saves."""
     if plan.engine == "megatron":
@@ -144,7 +153,7 @@ def _norm_bytes(arch: Architecture, plan: Plan, consumers: int) -> float:
     h = arch.hidden_size
     sp = sequence_shards(plan)
     if family == "megatron":
-        return (2 * a * h + 8) / sp
+        return (a * h + te_linear_input_bytes(plan) * h + 8) / sp
     if family == "autocast":
         norm, linear_input = 8 * h + (RSTD_BYTES if arch.norm == "rmsnorm" else 8), consumers * 2 * h
     elif arch.norm == "rmsnorm":
@@ -356,6 +365,11 @@ def layer_activations(arch: Architecture, plan: Plan, moe: bool = False) -> Laye
     # GELU: its input (fc1 out) and output (fc2 in).
     mlp_tensors = (3 if family == "megatron" else 4) if arch.mlp == "swiglu" else 2
     mlp = mlp_tensors * a * f / tp
+    if family == "megatron":
+        # TE LayerNormMLP: fc1 output (2f for SwiGLU, f for GELU) in the compute dtype, fc2's input as fc2 saves it;
+        # the attention projection (TE Linear) keeps its own fp8 copy of the attention output under fp8.
+        mlp = ((mlp_tensors - 1) * a + te_linear_input_bytes(plan)) * f / tp
+        attention_output = attention_output + (plan.precision == "fp8") * q / tp
     if moe:
         mlp = moe_mlp_bytes(arch, plan)
     if arch.is_mla:

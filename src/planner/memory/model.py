@@ -387,7 +387,11 @@ def memory_estimate_at(
     peak, cache_given_up = peak_on_card(_at(arrays.peak_gib, index), required, gpu.memory_gib)
     peak, cache_given_up = float(peak), float(cache_given_up)
     breakdown = {k: _at(v, index) for k, v in arrays.breakdown_gib.items()}
-    breakdown["allocator_fragmentation"] -= cache_given_up
+    # What the allocator gives back at the cap: FSDP1's side-stream blocks (once their events complete), then
+    # the rest of its cache down to the part it cannot release.
+    from_blocks = min(cache_given_up, breakdown["fsdp1_stream_blocks"])
+    breakdown["fsdp1_stream_blocks"] -= from_blocks
+    breakdown["allocator_fragmentation"] -= cache_given_up - from_blocks
     usable = gpu.memory_gib * (1 - safety_margin)
     host = _at(host_gib, index)
     capacity = gpu.node.host_ram_gib
