@@ -156,7 +156,7 @@ def describe_candidate(result, index: int) -> str:
         f"cp{int(c.cp[index])}{f' ep{ep}' if ep > 1 else ''}, {cat['engine']} ZeRO-{cat['zero']}, "
         f"micro-batch {int(c.micro_batch[index])}, "
         f"checkpointing {cat['checkpointing']}, offload {cat['offload']}, {cat['precision']} "
-        f"({c.peak_gib[index]:.2f} GiB)"
+        f"(needs {c.required_gib[index]:.2f} GiB)"
     )
 
 
