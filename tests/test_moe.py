@@ -329,3 +329,14 @@ def test_expert_tensor_parallelism_one_keeps_experts_whole_under_tp():
         _plan(tp=2, ep=16, seq_len=4096)
     with pytest.raises(PlanError, match="--etp 3 does not divide --tp 2"):
         _plan(tp=2, ep=2, etp=3)
+
+
+def test_permute_passes_are_memory_bound_gathers():
+    """Qwen3-30B-A3B, 4096 tokens, EP 1 (load 1), no recompute: 48 blocks x 2 passes x 2 directions, each
+    reading or writing the 4096 tokens and their 8 x 4096 copies of 2048 bf16 values, at 80% of HBM."""
+    model, gpu = load_model("qwen3-30b-a3b"), load_gpu("H100")
+    plan = _plan(seq_len=4096)
+    work = perf._stage_work(flops_per_token(model.architecture, plan), plan, model.architecture, 0, 0.5)
+    per_pass = 2 * 2048 * (4096 + 8 * 4096)
+    expected = 48 * 4 * per_pass / (gpu.hbm_bandwidth_gbps * 1e9 * 0.8)
+    assert perf.permute_s(model.architecture, plan, gpu, work) == pytest.approx(expected, rel=1e-12)

@@ -17,7 +17,8 @@ relative to the GEMMs (flash_attention_speed, sourced per GPU in hardware/*.yaml
 Mixture-of-Experts blocks add (planner.performance.model.expert_gemm_s, expert_parallel_comm_s): the
 routed experts' grouped GEMMs, each at the larger of its compute time and the time to stream its expert's
 weights and tokens through HBM (small tokens-per-expert GEMMs are memory-bound), scaled by the busiest
-rank's load; and the token exchanges over the expert-parallel group, on the critical path.
+rank's load; the permute/unpermute gathers of the routed copies (memory-bound, permute_s); and the token
+exchanges over the expert-parallel group, on the critical path.
 
 Per step: the pipeline runs grad_accum + (pp - 1)/V micro-batch slots (V = 1 for 1F1B; the bubble (pp-1)/(V m)),
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
@@ -311,6 +312,28 @@ MOE_MFU_NOTE = (
     "token), not all experts"
 )
 
+PERMUTE_PASSES_PER_DIRECTION = 2
+"""Token reorderings of one MoE block per direction: the permute that groups each token's k copies by expert
+and the unpermute that scatters the expert outputs back and sums them with their routing weights
+(Megatron-Core moe_utils.permute / unpermute, TransformerEngine's fused moe_permute / moe_unpermute; the
+backward runs both again for the gradients). Each is a gather or scatter: it reads one side and writes the
+other, memory-bound."""
+
+
+def permute_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work):
+    """Per micro-batch: the permute/unpermute passes of a stage's MoE blocks on its busiest rank: per pass
+    the rank's tokens (T x etp / tp, h values) and their routed copies (k x load of each) are read or
+    written once, in forward, backward and a fully recomputed forward, at the HBM efficiency of other
+    memory-bound kernels."""
+    if not arch.is_moe:
+        return 0.0
+    tokens = plan.tokens_per_micro_batch * routed_copies_share(plan)
+    copies = tokens * arch.experts_per_token * routed_load_factor(arch, plan)
+    per_pass = compute_bytes(plan) * arch.hidden_size * (tokens + copies)
+    passes = PERMUTE_PASSES_PER_DIRECTION * (2 + work.expert_recompute_share)
+    return work.moe_layers * passes * per_pass / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
+
+
 EXCHANGES_PER_MOE_BLOCK = 4
 """Token exchanges per MoE block and micro-batch: dispatch and combine in forward, their mirrors for the
 gradients in backward (Megatron-Core MoEAlltoAllTokenDispatcher token_permutation / token_unpermutation);
@@ -599,6 +622,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
             compute = compute + logits * SOFTCAP_LOGIT_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers)
         compute = compute + expert_gemm_s(arch, plan, gpu, work, peak_matmul, linear_eff)
+        compute = compute + permute_s(arch, plan, gpu, work)
         if not plan.flash_attention:
             scores = work.layers * tokens * arch.num_attention_heads / plan.tp * plan.seq_len
             compute = compute + scores * EAGER_ATTENTION_SCORE_PASSES * a / (
