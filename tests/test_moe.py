@@ -340,3 +340,16 @@ def test_permute_passes_are_memory_bound_gathers():
     per_pass = 2 * 2048 * (4096 + 8 * 4096)
     expected = 48 * 4 * per_pass / (gpu.hbm_bandwidth_gbps * 1e9 * 0.8)
     assert perf.permute_s(model.architecture, plan, gpu, work) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_resolved_plan_round_trips_through_its_dict():
+    """report.json stores Plan.to_dict(); etp 0 there means "equal to tp" and must read back as such."""
+    for model, changes in (
+        ("qwen3-30b-a3b", {"ep": 8}),
+        ("qwen3-30b-a3b", {"tp": 2, "ep": 16, "etp": 1}),
+        ("llama-2-7b", {}),
+    ):
+        plan = _plan(model, **changes)
+        fields = {k: v for k, v in plan.to_dict().items() if k in PlanRequest.__dataclass_fields__}
+        again = make_plan(PlanRequest(**{**fields, "model": model, "gpu": "H100"}), load_model(model), load_gpu("H100"))
+        assert again == plan

@@ -237,7 +237,7 @@ def _method_options(solve: bool):
     "--ep", type=int, default=1, show_default=True, help="Expert-parallel degree (MoE models; Megatron or FSDP)."
 )
 @click.option(
-    "--etp", type=int, default=None, help="Expert-tensor-parallel degree (MoE models; default: equal to --tp)."
+    "--etp", type=int, default=None, help="Expert-tensor-parallel degree (MoE models; default or 0: equal to --tp)."
 )
 @click.option(
     "--moe-capacity-factor",

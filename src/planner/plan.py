@@ -261,7 +261,7 @@ class PlanRequest:
     ep: int = 1
     """Expert-parallel degree (MoE models, Megatron or FSDP/torchtitan; see Plan)."""
     etp: int | None = None
-    """Expert-tensor-parallel degree; None: equal to tp (Megatron's default; see Plan)."""
+    """Expert-tensor-parallel degree; None or 0: equal to tp (Megatron's default; see Plan)."""
     moe_capacity_factor: float | None = None
     """None: dropless routing (see Plan)."""
     moe_dispatcher: str = "alltoall"
@@ -450,7 +450,9 @@ def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, dp: int, cp
     out of dp x cp with the default etp = tp), and the engine runs it (EXPERT_PARALLEL_ENGINES)."""
     arch = model.architecture
     ep = _positive_int(request.ep, "ep", 4096)
-    etp = tp if request.etp is None else _positive_int(request.etp, "etp", 4096)
+    # None or 0 (how a resolved Plan records "equal to tp", e.g. in report.json): Megatron's default, etp = tp
+    etp = tp if request.etp is None or (request.etp == 0 and not isinstance(request.etp, bool)) else None
+    etp = etp or _positive_int(request.etp, "etp", 4096)
     dispatcher = _choice(request.moe_dispatcher, "moe_dispatcher", MOE_DISPATCHERS)
     capacity = request.moe_capacity_factor
     if not arch.is_moe:
