@@ -302,6 +302,11 @@ def _train_script_refusal(plan: Plan, arch: Architecture) -> str:
     """Why examples/train.py cannot lay the plan out (its `check_runnable`) and what to use instead, or ""
     when it can."""
     torchtitan = "launch it with launch_torchtitan.sh"
+    if arch.is_moe:
+        return (
+            "examples/train.py builds dense Llama-style blocks; this is a Mixture-of-Experts model: launch it with "
+            "launch_torchtitan.sh or launch_megatron.sh"
+        )
     if plan.pp * plan.cp > 1:
         return (
             f"examples/train.py runs data and tensor parallelism; this plan has pp {plan.pp}, cp {plan.cp}: "

@@ -7,9 +7,18 @@ recompute with a method and a layer count, distributed optimizer for ZeRO-1 and 
 `--overlap-grad-reduce` and `--overlap-param-gather` are on unless the plan turns them off (the
 performance model hides the data-parallel traffic the way they do); `--grad-reduce-in-bf16` when the plan
 reduces in bf16; `--num-layers-per-virtual-pipeline-stage` for the interleaved schedule.
+
+Mixture-of-Experts models add the expert layout (experts, top-k, expert width, shared experts, which blocks
+are MoE), the router and load balancing as the model's Hugging Face config states them (ROUTERS), the plan's
+expert-parallel degree, token dispatcher and capacity factor, grouped GEMMs, and DeepSeek's multi-head
+latent attention. Megatron's defaults match the plan's EP placement: expert tensor parallelism = TP and the
+EP group carved out of the data-parallel ranks.
 """
 
+from dataclasses import dataclass
+
 from planner.catalog import ModelSpec
+from planner.catalog.models import moe_layer_count
 from planner.errors import PlannerError
 from planner.memory.stages import layers_on_stage
 from planner.plan import Plan
@@ -39,7 +48,11 @@ def megatron_arguments(model: ModelSpec, plan: Plan) -> list[str]:
             "planner launch writes them for the plan's Megatron variant",
         )
     return (
-        _model_flags(model, plan) + _parallel_flags(model, plan) + _memory_flags(model, plan) + _precision_flags(plan)
+        _model_flags(model, plan)
+        + _moe_flags(model, plan)
+        + _parallel_flags(model, plan)
+        + _memory_flags(model, plan)
+        + _precision_flags(plan)
     )
 
 
@@ -65,6 +78,118 @@ def _model_flags(model: ModelSpec, plan: Plan) -> list[str]:
     if not arch.tied_embeddings:
         flags.append("--untie-embeddings-and-output-weights")
     flags += ["--hidden-dropout", _number(arch.hidden_dropout), "--attention-dropout", _number(arch.attention_dropout)]
+    return flags
+
+
+@dataclass(frozen=True)
+class Router:
+    """How a MoE model routes and balances, in Megatron's terms, as its Hugging Face config.json states it."""
+
+    score: str = "softmax"
+    """`scoring_func` (DeepSeek): softmax or sigmoid over the expert logits."""
+    normalize_topk: bool = True
+    """`norm_topk_prob`: the top-k weights are renormalised to sum to 1 (Megatron's default top-k-then-softmax);
+    False = softmax over all experts, top-k taken without renormalising (`--moe-router-pre-softmax`)."""
+    groups: int = 1
+    """`n_group` / `topk_group`: experts are split into groups and each token picks its top groups first."""
+    group_topk: int = 1
+    scaling: float = 1.0
+    """`routed_scaling_factor`: multiplies the routed experts' weights."""
+    expert_bias: bool = False
+    """Auxiliary-loss-free balancing (`topk_method: noaux_tc`): a per-expert bias steers the top-k choice."""
+    balancing: str = "aux_loss"
+    """aux_loss (per micro-batch), seq_aux_loss (per sequence: DeepSeek `seq_aux`) or none."""
+    aux_loss_coeff: float = 0.0
+    """`router_aux_loss_coef` / `aux_loss_alpha`."""
+
+
+ROUTERS: dict[str, Router] = {
+    "mixtral-8x7b": Router(aux_loss_coeff=0.02),
+    "mixtral-8x22b": Router(aux_loss_coeff=0.001),
+    "qwen3-30b-a3b": Router(aux_loss_coeff=0.001),
+    "qwen3-235b-a22b": Router(aux_loss_coeff=0.001),
+    "qwen2-57b-a14b": Router(normalize_topk=False, aux_loss_coeff=0.001),
+    "olmoe-1b-7b": Router(normalize_topk=False, aux_loss_coeff=0.01),
+    "gpt-oss-20b": Router(aux_loss_coeff=0.9),
+    "gpt-oss-120b": Router(aux_loss_coeff=0.9),
+    "deepseek-v2-lite": Router(normalize_topk=False, balancing="seq_aux_loss", aux_loss_coeff=0.001),
+    "deepseek-v3": Router(
+        score="sigmoid", groups=8, group_topk=4, scaling=2.5, expert_bias=True, balancing="none", aux_loss_coeff=0.0
+    ),
+}
+"""The catalog's MoE models, from their configs in tests/data/hf_configs (tests/test_launch_moe.py reads them
+back). Another MoE model (a config.json of another checkpoint) gets Megatron's default router: softmax
+top-k, aux_loss with coefficient 0; set the checkpoint's own there."""
+
+
+def _moe_flags(model: ModelSpec, plan: Plan) -> list[str]:
+    arch = model.architecture
+    flags = _latent_attention_flags(model)
+    if not arch.is_moe:
+        return flags
+    flags += ["--num-experts", str(arch.num_experts), "--moe-router-topk", str(arch.experts_per_token)]
+    flags += ["--moe-ffn-hidden-size", str(arch.moe_ffn_hidden_size)]
+    if arch.shared_experts:
+        flags += ["--moe-shared-expert-intermediate-size", str(arch.shared_expert_ffn_hidden_size)]
+        if arch.shared_expert_gate:
+            flags.append("--moe-shared-expert-gate")
+    pattern = moe_layer_pattern(model)
+    if pattern is not None:
+        flags += ["--moe-layer-freq", pattern]
+    flags += _router_flags(ROUTERS.get(model.name, Router()))
+    flags += ["--moe-router-dtype", "fp32"]  # the router's logits and probabilities in fp32
+    flags += ["--expert-model-parallel-size", str(plan.ep), "--moe-grouped-gemm"]
+    flags += ["--moe-token-dispatcher-type", plan.moe_dispatcher]
+    if plan.moe_capacity_factor is not None:
+        flags += ["--moe-expert-capacity-factor", _number(plan.moe_capacity_factor)]
+    return flags
+
+
+def moe_layer_pattern(model: ModelSpec) -> str | None:
+    """`--moe-layer-freq` as Megatron's list expression when some blocks keep a dense MLP (1 = MoE block),
+    e.g. DeepSeek-V3's "([0]*3+[1]*58)"; None when every block is MoE (Megatron's default 1)."""
+    arch = model.architecture
+    kinds = [moe_layer_count(arch, i + 1) - moe_layer_count(arch, i) for i in range(arch.num_layers)]
+    if all(kinds):
+        return None
+    runs: list[tuple[int, int]] = []
+    for kind in kinds:
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + 1)
+        else:
+            runs.append((kind, 1))
+    return "(" + "+".join(f"[{kind}]*{count}" for kind, count in runs) + ")"
+
+
+def _router_flags(router: Router) -> list[str]:
+    flags: list[str] = []
+    if router.score != "softmax":
+        flags += ["--moe-router-score-function", router.score]
+    if not router.normalize_topk:
+        flags.append("--moe-router-pre-softmax")
+    if router.groups > 1:
+        flags += ["--moe-router-num-groups", str(router.groups), "--moe-router-group-topk", str(router.group_topk)]
+    if router.scaling != 1.0:
+        flags += ["--moe-router-topk-scaling-factor", _number(router.scaling)]
+    if router.expert_bias:
+        flags.append("--moe-router-enable-expert-bias")
+    flags += ["--moe-router-load-balancing-type", router.balancing]
+    if router.balancing != "none":
+        flags += ["--moe-aux-loss-coeff", _number(router.aux_loss_coeff)]
+    return flags
+
+
+def _latent_attention_flags(model: ModelSpec) -> list[str]:
+    """DeepSeek's multi-head latent attention: low-rank queries (absent for DeepSeek-V2-Lite) and key/value
+    latents, per-head widths of the RoPE and non-RoPE parts."""
+    arch = model.architecture
+    if not arch.is_mla:
+        return []
+    flags = ["--multi-latent-attention"]
+    if arch.q_lora_rank:
+        flags += ["--q-lora-rank", str(arch.q_lora_rank)]
+    flags += ["--kv-lora-rank", str(arch.kv_lora_rank), "--qk-head-dim", str(arch.qk_nope_head_dim)]
+    flags += ["--qk-pos-emb-head-dim", str(arch.qk_rope_head_dim), "--v-head-dim", str(arch.v_head_dim)]
     return flags
 
 

@@ -5,9 +5,11 @@ torchtitan 0.3 (PyPI, 2026) dropped the TOML files of 0.1-0.2: a run is `--modul
 (optimizer, data loader, logging) and sets the plan: parallel degrees, local/global batch, pipeline
 micro-batch, activation checkpointing, precision, offload, compile and loss. The model is torchtitan's
 own flavor when the catalog model is one (Llama 3.x), otherwise a llama3-architecture model with the
-catalog numbers (Llama-2, Mistral). Batch semantics: without pipelining local_batch_size is the
-micro-batch and torchtitan derives accumulation = global / (local x dp); with pipelining the local batch
-is split into pipeline micro-batches, which is how the plan's grad_accum works there.
+catalog numbers (Llama-2, Mistral); Mixture-of-Experts models run as torchtitan's own MoE flavors
+(TORCHTITAN_MOE_FLAVORS) with the plan's expert-parallel degree. Batch semantics: without pipelining
+local_batch_size is the micro-batch and torchtitan derives accumulation = global / (local x dp); with
+pipelining the local batch is split into pipeline micro-batches, which is how the plan's grad_accum works
+there.
 """
 
 from planner.catalog import ModelSpec
@@ -22,6 +24,17 @@ TORCHTITAN_FLAVORS = {
     "llama-3.1-405b": "405B",
 }
 """Catalog models that torchtitan's llama3 registry (models/llama3/__init__.py) defines exactly."""
+
+TORCHTITAN_MOE_FLAVORS = {
+    "qwen3-30b-a3b": ("qwen3", "30B-A3B"),
+    "qwen3-235b-a22b": ("qwen3", "235B-A22B"),
+    "deepseek-v2-lite": ("deepseek_v3", "16B"),
+    "deepseek-v3": ("deepseek_v3", "671B"),
+    "gpt-oss-20b": ("gpt_oss", "20b"),
+    "gpt-oss-120b": ("gpt_oss", "120b"),
+}
+"""Catalog MoE models and the torchtitan 0.3 model registry flavor that builds them with the same parameter
+count (models/<family>/__init__.py; deepseek_v3's "16B" is the DeepSeek-V2-Lite shape)."""
 
 MIXED_PRECISION_PARAM = {"bf16": "bfloat16", "fp8": "bfloat16", "pure-bf16": "bfloat16", "fp16": "float16"}
 MIXED_PRECISION_PARAM["fp32"] = "float32"
@@ -73,6 +86,9 @@ def _check(model: ModelSpec, plan: Plan) -> None:
         )
     if model.name in TORCHTITAN_FLAVORS:
         return
+    if arch.is_moe:
+        _check_moe(model, plan)
+        return
     unsupported = []
     if arch.norm != "rmsnorm" or arch.norm_bias:
         unsupported.append("LayerNorm")
@@ -93,6 +109,21 @@ def _check(model: ModelSpec, plan: Plan) -> None:
         )
 
 
+def _check_moe(model: ModelSpec, plan: Plan) -> None:
+    """torchtitan runs MoE models as its own flavors and draws the expert-parallel group from the FSDP x TP
+    ranks (experts are not split by TP). Dropless all-to-all routing is the only kind an FSDP plan has."""
+    if model.name not in TORCHTITAN_MOE_FLAVORS:
+        raise PlannerError(
+            f"torchtitan 0.3 has no model for {model.name} (its MoE models: {', '.join(TORCHTITAN_MOE_FLAVORS)})",
+            "use the Megatron config for this model",
+        )
+    if plan.tp > 1:
+        raise PlannerError(
+            "torchtitan 0.3 shards experts over FSDP x TP ranks (expert TP 1), the plan splits them by TP",
+            "use the Megatron config for MoE plans with tensor parallelism",
+        )
+
+
 def _imports(model: ModelSpec, plan: Plan) -> list[str]:
     lines = ["from dataclasses import dataclass", ""] if plan.checkpointing_every > 1 else []
     lines += ["from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss"]
@@ -103,6 +134,9 @@ def _imports(model: ModelSpec, plan: Plan) -> list[str]:
         lines.append("from torchtitan.components.quantization import Float8LinearConverter")
     if model.name in TORCHTITAN_FLAVORS:
         lines.append("from torchtitan.models.llama3 import model_registry")
+        return lines
+    if model.name in TORCHTITAN_MOE_FLAVORS:
+        lines.append(f"from torchtitan.models.{TORCHTITAN_MOE_FLAVORS[model.name][0]} import model_registry")
         return lines
     lines.append("from torchtitan.distributed.pipeline_parallel import pipeline_llm")
     lines.append("from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm")
@@ -118,8 +152,8 @@ def _imports(model: ModelSpec, plan: Plan) -> list[str]:
 
 def _model_spec_function(model: ModelSpec, plan: Plan) -> list[str]:
     converters = f"[Float8LinearConverter.Config(model_compile_enabled={plan.compile})]"
-    if model.name in TORCHTITAN_FLAVORS:
-        flavor = TORCHTITAN_FLAVORS[model.name]
+    if model.name in TORCHTITAN_FLAVORS or model.name in TORCHTITAN_MOE_FLAVORS:
+        flavor = TORCHTITAN_FLAVORS.get(model.name) or TORCHTITAN_MOE_FLAVORS[model.name][1]
         call = f'model_registry("{flavor}"' + (f", converters={converters})" if plan.precision == "fp8" else ")")
         return ["def _model_spec():", f"    return {call}"]
     arch = model.architecture
@@ -188,14 +222,18 @@ def _every_nth_block_class(plan: Plan) -> list[str]:
 
 
 def parallel_degrees(plan: Plan) -> dict[str, int]:
-    """torchtitan's degrees: FSDP shards over dp_shard (x cp); ZeRO-0 replicates (DDP)."""
+    """torchtitan's degrees: FSDP shards over dp_shard (x cp); ZeRO-0 replicates (DDP). Expert parallelism
+    (MoE plans) takes its ranks from the FSDP group: torchtitan's expert FSDP group is dp_shard x cp / ep,
+    the plan's expert-data-parallel group."""
     replicate, shard = (plan.dp, 1) if plan.zero == 0 else (1, plan.dp)
+    expert = {"expert_parallel_degree": plan.ep} if plan.ep > 1 else {}
     return {
         "data_parallel_replicate_degree": replicate,
         "data_parallel_shard_degree": shard,
         "tensor_parallel_degree": plan.tp,
         "pipeline_parallel_degree": plan.pp,
         "context_parallel_degree": plan.cp,
+        **expert,
     }
 
 
@@ -211,8 +249,10 @@ def training_fields(plan: Plan) -> dict[str, object]:
     }
     if plan.precision == "pure-bf16":
         fields["dtype"] = "bfloat16"
-    if plan.pp > 1:
-        fields["disable_cuda_graphs"] = True  # torchtitan 0.3 refuses CUDA graphs with pipeline parallelism
+    if plan.pp > 1 or plan.ep > 1:
+        # torchtitan 0.3 refuses CUDA graphs with pipeline parallelism, and with expert parallelism over its
+        # all-to-all dispatcher (which synchronises with the CPU for the split sizes)
+        fields["disable_cuda_graphs"] = True
     return fields
 
 

@@ -35,7 +35,8 @@ Origin = Literal["plan", "translated", "searched", "none"]
 _COMPARED = ("engine", "gpus", "tp", "pp", "cp", "zero", "micro_batch", "grad_accum", "checkpointing")
 _COMPARED += ("precision", "offload", "sequence_parallel", "compile", "optimizer", "loss", "flash_attention")
 _COMPARED += ("flash_attention_version", "pp_schedule", "virtual_stages", "grad_reduce_bf16", "overlap_grad_reduce")
-_COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version")
+_COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version", "ep", "moe_capacity_factor")
+_COMPARED += ("moe_dispatcher",)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,12 @@ def translated_request(plan: Plan, model: ModelSpec, code: str) -> tuple[PlanReq
         if plan.compile:
             values["compile"] = False
             why.append("Megatron runs TransformerEngine kernels, not torch.compile")
+    if code in ("deepspeed", "fsdp-hf") and (plan.ep > 1 or plan.moe_capacity_factor is not None):
+        values.update(ep=1, moe_capacity_factor=None, moe_dispatcher="alltoall")
+        why.append(
+            "Hugging Face MoE models under DeepSpeed or FSDP have no expert parallelism and route dropless: every "
+            "rank of the ZeRO group holds all experts"
+        )
     if code == "fsdp-hf" and (plan.pp > 1 or plan.tp > 1 or plan.cp > 1):
         values.update(tp=1, pp=1, cp=1, pp_schedule="1f1b", virtual_stages=1)
         why.append("the Trainer and Accelerate FSDP launch data parallelism only here")
