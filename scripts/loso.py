@@ -1,20 +1,22 @@
 """Leave-one-source-out (LOSO) scoring of the fitted constants (issue 10): how well do the models predict a
 source whose rows took no part in the fit?
 
-Throughput. The pool is every scored case of tests/data/throughput_cases.yaml (from ../shared/data) and
-tests/data/external/throughput_cases.yaml (public rows kept outside it). The only fitted throughput numbers
-are each GPU family's three compute-efficiency constants (scripts/fit_throughput.py: same families, grids
-and objective, median + mean |error|). For each source S: refit the families S has rows in on the pool
-without S, then predict S ("left-out"); "in-sample" predicts S with the fit on the whole pool; "stored"
-uses the constants in hardware/*.yaml. The search is a cyclic coordinate search over the script's grids
-(each constant in turn over its whole grid, the others fixed, until none changes) from the stored constants;
-`--exhaustive` runs fit_throughput.py's full grid instead (hours on two cores).
+Throughput. The pool is every scored case of tests/data/throughput_cases.yaml (from ../shared/data),
+tests/data/external/throughput_cases.yaml (public rows kept outside it) and
+tests/data/moe/throughput_cases.yaml (Mixture-of-Experts runs; their Blackwell rows belong to no fitted family
+and keep the stored constants). The only fitted throughput numbers are each GPU family's three
+compute-efficiency constants (scripts/fit_throughput.py: same families, grids and objective, median + mean
+|error|). For each source S: refit the families S has rows in on the pool without S, then predict S
+("left-out"); "in-sample" predicts S with the fit on the whole pool; "stored" uses the constants in
+hardware/*.yaml. The search is a cyclic coordinate search over the script's grids (each constant in turn over
+its whole grid, the others fixed, until none changes) from the stored constants; `--exhaustive` runs
+fit_throughput.py's full grid instead (hours on two cores).
 
 Memory. The same with scripts/fit_memory_overheads.py's two runtime constants (allocator fragmentation,
-NCCL GiB per communicator; exhaustive grid, fewest unsafe cases first) over tests/data/memory_cases.yaml, a
-source being the repository or site a case cites.
+NCCL GiB per communicator; exhaustive grid, fewest unsafe cases first) over tests/data/memory_cases.yaml and
+tests/data/moe/memory_cases.yaml, a source being the repository or site a case cites.
 
-LoRA (issue 12). The memory constants are global, so the pool is the dense cases plus the LoRA/QLoRA cases of
+LoRA (issue 12). The memory constants are global, so the pool is the memory cases above plus the LoRA/QLoRA cases of
 tests/data/lora_memory_cases.yaml; each LoRA source is left out of the fit in turn and predicted, and only the
 LoRA rows are scored (a source cited by both files is left out whole; its dense rows are the `memory` table).
 
@@ -43,8 +45,9 @@ ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT_CASES = [
     ROOT / "tests" / "data" / "throughput_cases.yaml",
     ROOT / "tests" / "data" / "external" / "throughput_cases.yaml",
+    ROOT / "tests" / "data" / "moe" / "throughput_cases.yaml",
 ]
-MEMORY_CASES = [ROOT / "tests" / "data" / "memory_cases.yaml"]
+MEMORY_CASES = [ROOT / "tests" / "data" / "memory_cases.yaml", ROOT / "tests" / "data" / "moe" / "memory_cases.yaml"]
 LORA_MEMORY_CASES = [ROOT / "tests" / "data" / "lora_memory_cases.yaml"]
 
 
