@@ -97,6 +97,14 @@ def test_capacity_factor_and_dispatcher_reach_megatron():
     assert "--moe-shared-expert-gate" in args and "--moe-expert-capacity-factor" not in args
 
 
+def test_expert_tensor_parallelism_reaches_megatron_only_when_it_differs_from_tp():
+    folded = _megatron("qwen3-235b-a22b", gpus=256, tp=2, pp=8, ep=32, etp=1, micro_batch=1, global_batch=2048)
+    assert _after(folded, "--expert-tensor-parallel-size") == "1"
+    assert _after(folded, "--expert-model-parallel-size") == "32"  # ep x etp = 32 of the 32 tp x dp ranks
+    default = _megatron("qwen3-235b-a22b", gpus=256, tp=2, pp=8, ep=8, micro_batch=1, global_batch=2048)
+    assert "--expert-tensor-parallel-size" not in default
+
+
 def test_dense_models_get_no_moe_flags():
     args = _megatron("llama-3.1-8b", gpus=8, micro_batch=1, global_batch=64)
     assert not [a for a in args if a.startswith(("--moe", "--num-experts", "--expert-", "--multi-latent"))]
@@ -127,13 +135,15 @@ def test_torchtitan_runs_its_moe_flavors_with_expert_parallelism():
     assert "config.parallelism.expert_parallel_degree = 8" in text
     assert "config.parallelism.data_parallel_shard_degree = 16" in text
     assert set(TORCHTITAN_MOE_FLAVORS) < set(MOE_MODELS)
+    m, _, plan = plan_for("qwen3-30b-a3b", "H100-80GB", engine="fsdp", zero=3, gpus=16, tp=2, ep=8, etp=1)
+    assert "config.parallelism.tensor_parallel_degree = 2" in torchtitan_module(m, plan)  # EP over FSDP x TP
 
 
 @pytest.mark.parametrize(
     "model, fields, words",
     [
         ("mixtral-8x7b", dict(gpus=8, ep=8), "no model for mixtral-8x7b"),
-        ("qwen3-30b-a3b", dict(gpus=8, ep=4, tp=2), "expert TP 1"),
+        ("qwen3-30b-a3b", dict(gpus=8, ep=4, tp=2), "--etp 1"),
     ],
 )
 def test_torchtitan_refuses_what_it_cannot_run(model, fields, words):

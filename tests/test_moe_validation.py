@@ -104,7 +104,7 @@ def test_pending_cases_wait_only_on_stated_conditions(throughput_data):
     assert set(waits) == set(throughput_data["pending"])
     for case_id, missing in waits.items():
         assert missing == throughput_data["pending"][case_id]["waits_for"], case_id
-        assert all("uneven pipeline split" in w or "expert tensor parallel 1" in w for w in missing), case_id
+        assert all(w.startswith(("uneven pipeline split", "Megatron FSDP")) for w in missing), case_id
 
 
 def test_every_scored_case_predicts(throughput_data, throughput):
@@ -118,6 +118,16 @@ def _median_by_source(results) -> dict[str, float]:
         if r.error_pct is not None:
             errors[r.case.source_id].append(abs(r.error_pct))
     return {source: statistics.median(e) for source, e in errors.items()}
+
+
+def test_throughput_regression_bound(throughput):
+    """Issue 14's target is a median |error| <= 15%: NOT met. Today 27.9% over 28 cases, kept as a bound that
+    may only get better, and the Megatron-Bridge tables ranked as measured (Spearman 0.94 over 19 layouts).
+    The largest misses are runs the tables themselves show to be software-limited: the 25.11/26.02 releases'
+    dropless Qwen3-30B-A3B rows at half the speed of the same layouts in 25.09 and 26.02.01, and the first
+    GB200 DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU)."""
+    assert throughput.median_abs_error_pct <= 28.0
+    assert throughput.source_figures()["mbridge_moe"]["spearman"] >= 0.9
 
 
 def test_memory_within_ten_percent_and_never_unsafe(memory):

@@ -26,6 +26,7 @@ MEGATRON_MOE_PLANS = {
     ),
     "qwen2-57b-allgather": ("qwen2-57b-a14b", dict(gpus=16, tp=2, ep=8, global_batch=64, moe_dispatcher="allgather")),
     "qwen3-235b-pp8-ep8": ("qwen3-235b-a22b", dict(gpus=256, tp=2, pp=8, ep=8, global_batch=2048)),
+    "qwen3-235b-tp2-ep32-etp1": ("qwen3-235b-a22b", dict(gpus=256, tp=2, pp=8, ep=32, etp=1, global_batch=2048)),
     "gpt-oss-120b-ep8": ("gpt-oss-120b", dict(gpus=64, pp=4, ep=8, global_batch=1280)),
     "olmoe-ep8": ("olmoe-1b-7b", dict(gpus=8, ep=8, global_batch=64)),
 }
@@ -57,6 +58,7 @@ FIELD_OF_FLAG = {
     "--num-query-groups": ("num_query_groups", int),
     "--tensor-model-parallel-size": ("tensor_model_parallel_size", int),
     "--pipeline-model-parallel-size": ("pipeline_model_parallel_size", int),
+    "--expert-tensor-parallel-size": ("expert_tensor_parallel_size", int),
 }
 SWITCHES = {
     "--moe-grouped-gemm": "moe_grouped_gemm",
@@ -93,6 +95,7 @@ def test_megatron_core_accepts_the_moe_config(label):
     config = (MLATransformerConfig if m.architecture.is_mla else TransformerConfig)(**values)
     assert config.num_moe_experts == m.architecture.num_experts
     assert config.expert_model_parallel_size == plan.ep
+    assert (config.expert_tensor_parallel_size or config.tensor_model_parallel_size) == plan.expert_tp
     assert config.moe_token_dispatcher_type == plan.moe_dispatcher
     assert config.moe_expert_capacity_factor == plan.moe_capacity_factor
     if isinstance(config.moe_layer_freq, list):

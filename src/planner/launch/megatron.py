@@ -10,9 +10,10 @@ reduces in bf16; `--num-layers-per-virtual-pipeline-stage` for the interleaved s
 
 Mixture-of-Experts models add the expert layout (experts, top-k, expert width, shared experts, which blocks
 are MoE), the router and load balancing as the model's Hugging Face config states them (ROUTERS), the plan's
-expert-parallel degree, token dispatcher and capacity factor, grouped GEMMs, and DeepSeek's multi-head
-latent attention. Megatron's defaults match the plan's EP placement: expert tensor parallelism = TP and the
-EP group carved out of the data-parallel ranks.
+expert-parallel and expert-tensor-parallel degrees, token dispatcher and capacity factor, grouped GEMMs,
+and DeepSeek's multi-head latent attention. Megatron places the EP group as the plan does (expert rank
+order tp-ep-dp over the dense layers' ranks, expert TP = TP unless --expert-tensor-parallel-size says
+otherwise).
 """
 
 from dataclasses import dataclass
@@ -139,6 +140,8 @@ def _moe_flags(model: ModelSpec, plan: Plan) -> list[str]:
     flags += _router_flags(ROUTERS.get(model.name, Router()))
     flags += ["--moe-router-dtype", "fp32"]  # the router's logits and probabilities in fp32
     flags += ["--expert-model-parallel-size", str(plan.ep), "--moe-grouped-gemm"]
+    if plan.etp:  # experts split over fewer ranks than the dense layers (Megatron's default is tp)
+        flags += ["--expert-tensor-parallel-size", str(plan.etp)]
     flags += ["--moe-token-dispatcher-type", plan.moe_dispatcher]
     if plan.moe_capacity_factor is not None:
         flags += ["--moe-expert-capacity-factor", _number(plan.moe_capacity_factor)]

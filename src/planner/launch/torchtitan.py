@@ -111,16 +111,17 @@ def _check(model: ModelSpec, plan: Plan) -> None:
 
 def _check_moe(model: ModelSpec, plan: Plan) -> None:
     """torchtitan runs MoE models as its own flavors and draws the expert-parallel group from the FSDP x TP
-    ranks (experts are not split by TP). Dropless all-to-all routing is the only kind an FSDP plan has."""
+    ranks, experts not split by TP (the plan's etp 1). Dropless all-to-all routing is the only kind an FSDP
+    plan has."""
     if model.name not in TORCHTITAN_MOE_FLAVORS:
         raise PlannerError(
             f"torchtitan 0.3 has no model for {model.name} (its MoE models: {', '.join(TORCHTITAN_MOE_FLAVORS)})",
             "use the Megatron config for this model",
         )
-    if plan.tp > 1:
+    if plan.tp > 1 and plan.expert_tp != 1:
         raise PlannerError(
-            "torchtitan 0.3 shards experts over FSDP x TP ranks (expert TP 1), the plan splits them by TP",
-            "use the Megatron config for MoE plans with tensor parallelism",
+            "torchtitan 0.3 keeps experts whole under tensor parallelism (expert TP 1); the plan splits them by TP",
+            "use --etp 1, or the Megatron config",
         )
 
 

@@ -35,7 +35,7 @@ Origin = Literal["plan", "translated", "searched", "none"]
 _COMPARED = ("engine", "gpus", "tp", "pp", "cp", "zero", "micro_batch", "grad_accum", "checkpointing")
 _COMPARED += ("precision", "offload", "sequence_parallel", "compile", "optimizer", "loss", "flash_attention")
 _COMPARED += ("flash_attention_version", "pp_schedule", "virtual_stages", "grad_reduce_bf16", "overlap_grad_reduce")
-_COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version", "ep", "moe_capacity_factor")
+_COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version", "ep", "etp", "moe_capacity_factor")
 _COMPARED += ("moe_dispatcher",)
 
 
@@ -82,7 +82,7 @@ def _show(value) -> str:
 def translated_request(plan: Plan, model: ModelSpec, code: str) -> tuple[PlanRequest, str]:
     """The plan re-expressed for `code`, and the engine facts that forced each change."""
     values = {f.name: getattr(plan, f.name) for f in fields(PlanRequest) if hasattr(plan, f.name)}
-    values.update(model=model.name, sequence_parallel=None)
+    values.update(model=model.name, sequence_parallel=None, etp=plan.etp or None)  # Plan.etp 0 = "as tp"
     why: list[str] = []
     engine = CODE_ENGINE[code]
     values["engine"] = engine
@@ -111,8 +111,8 @@ def translated_request(plan: Plan, model: ModelSpec, code: str) -> tuple[PlanReq
         if plan.compile:
             values["compile"] = False
             why.append("Megatron runs TransformerEngine kernels, not torch.compile")
-    if code in ("deepspeed", "fsdp-hf") and (plan.ep > 1 or plan.moe_capacity_factor is not None):
-        values.update(ep=1, moe_capacity_factor=None, moe_dispatcher="alltoall")
+    if code in ("deepspeed", "fsdp-hf") and (plan.ep > 1 or plan.etp or plan.moe_capacity_factor is not None):
+        values.update(ep=1, etp=None, moe_capacity_factor=None, moe_dispatcher="alltoall")
         why.append(
             "Hugging Face MoE models under DeepSpeed or FSDP have no expert parallelism and route dropless: every "
             "rank of the ZeRO group holds all experts"
