@@ -121,12 +121,12 @@ def _median_by_source(results) -> dict[str, float]:
 
 
 def test_throughput_regression_bound(throughput):
-    """Issue 14's target is a median |error| <= 15%: NOT met. Today 27.9% over 28 cases, kept as a bound that
+    """Issue 14's target is a median |error| <= 15%: NOT met. Today 27.0% over 28 cases, kept as a bound that
     may only get better, and the Megatron-Bridge tables ranked as measured (Spearman 0.94 over 19 layouts).
     The largest misses are runs the tables themselves show to be software-limited: the 25.11/26.02 releases'
     dropless Qwen3-30B-A3B rows at half the speed of the same layouts in 25.09 and 26.02.01, and the first
     GB200 DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU)."""
-    assert throughput.median_abs_error_pct <= 28.0
+    assert throughput.median_abs_error_pct <= 27.1
     assert throughput.source_figures()["mbridge_moe"]["spearman"] >= 0.9
 
 
