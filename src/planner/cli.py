@@ -7,7 +7,7 @@ from typing import NoReturn
 import click
 from click.core import ParameterSource
 
-from planner import __version__, api
+from planner import __version__, api, progress
 from planner.catalog import list_gpus, list_models
 from planner.errors import PlanError, PlannerError
 from planner.inputs import one_line
@@ -446,7 +446,8 @@ def solve(
             "trainable_layers": trainable_layers,
         },
     )
-    text, error = run_solve(request, out, fmt, emit)
+    with progress.display(progress.wanted(fmt)):
+        text, error = run_solve(request, out, fmt, emit)
     click.echo(text, nl=False)
     if error is not None:
         raise error
@@ -522,7 +523,9 @@ def calibrate_trace(models: str, out: Path) -> None:
     """Trace the real model code on fake tensors (CPU) and write the activation constants per family."""
     from planner.calibrate.trace import trace
 
-    for path in trace(tuple(m.strip() for m in models.split(",") if m.strip()), out):
+    with progress.display(progress.wanted()):
+        written = trace(tuple(m.strip() for m in models.split(",") if m.strip()), out)
+    for path in written:
         click.echo(f"wrote {path}")
 
 
@@ -536,7 +539,8 @@ def validate() -> None:
 @_FORMAT
 def validate_memory_cmd(cases: tuple[Path, ...], fmt: str) -> None:
     """Predicted vs measured peak memory for every case in the CASES files (YAML, or calibrate measure CSVs)."""
-    summary = validate_memory([c for path in cases for c in load_memory_cases(path)])
+    with progress.display(progress.wanted(fmt)):
+        summary = validate_memory([c for path in cases for c in load_memory_cases(path)])
     click.echo(render_validation_json(summary) if fmt == "json" else render_validation_table(summary), nl=False)
     if fmt != "json":
         _echo_pending(cases)
@@ -548,7 +552,8 @@ def validate_memory_cmd(cases: tuple[Path, ...], fmt: str) -> None:
 def validate_throughput_cmd(cases: tuple[Path, ...], fmt: str) -> None:
     """Predicted vs measured tokens/s per GPU for every case in the CASES files (YAML, or calibrate measure CSVs),
     e.g. tests/data/throughput_cases.yaml tests/data/external/throughput_cases.yaml."""
-    summary = validate_throughput([c for path in cases for c in load_throughput_cases(path)])
+    with progress.display(progress.wanted(fmt)):
+        summary = validate_throughput([c for path in cases for c in load_throughput_cases(path)])
     click.echo(render_throughput_json(summary) if fmt == "json" else render_throughput_table(summary), nl=False)
     if fmt != "json":
         _echo_pending(cases)

@@ -40,6 +40,7 @@ from planner.catalog import ModelSpec, load_model
 from planner.errors import PlannerError
 from planner.memory import activations as act
 from planner.plan import Plan, PlanRequest, make_plan
+from planner.progress import track
 
 TRACE_SEQ_LENS = (256, 512, 1024, 2048)
 TRACE_LAYERS = (1, 2)
@@ -298,7 +299,7 @@ def trace(models: tuple[str, ...], out_dir: Path) -> list[Path]:
     from planner.calibrate.measure import write_text_atomically
 
     written = []
-    for name in models:
+    for name in track(models, "tracing models"):
         model = load_model(name)
         record = trace_model(model)
         path = out_dir / f"{model.family}.yaml"

@@ -17,6 +17,7 @@ from planner.catalog import ModelSpec
 from planner.errors import PlanError
 from planner.memory.runtime import DEFAULT_OVERHEADS
 from planner.plan import PlanRequest, make_plan, method_fields_for
+from planner.progress import track
 from planner.search.bulk import BulkResult, evaluate_group, group_plan
 from planner.search.space import Budget, SearchSpace
 
@@ -200,7 +201,7 @@ def evaluate_candidates(
 
     columns: dict[str, list[np.ndarray]] = {k: [] for k in (*grid, "group", "position", *_OUTPUTS)}
     categories, results = [], []
-    for values, index in groups:
+    for values, index in track(groups, "evaluating plan groups (memory and speed models)"):
         chosen = dict(zip(CATEGORIES, values, strict=True))
         numeric = {k: v[index] for k, v in grid.items()}
         method = method_fields_for(chosen["method"], method_settings or {}, model.architecture)

@@ -19,6 +19,7 @@ import numpy as np
 
 from planner.catalog import GpuSpec, list_gpus, load_gpu
 from planner.errors import CatalogError, PlanError, PlannerError
+from planner.progress import track
 from planner.search.solve import SolveRequest, SolveResult, non_dominated, solve
 from planner.search.space import parse_budget
 
@@ -139,7 +140,7 @@ def choose_hardware(request: SolveRequest) -> HardwareChoice:
             "search one GPU type, or rely on the catalog's prices",
         )
     options = []
-    for budget, note in budget_options(request):
+    for budget, note in track(list(budget_options(request)), "GPU types"):
         single = replace(request, budget=budget, gpu_types=None, max_gpus=None, frontier_only=True)
         gpu = parse_budget(budget).gpu
         try:

@@ -12,6 +12,7 @@ from planner.memory.model import memory_estimate_at
 from planner.performance.cost import estimate_cost
 from planner.performance.model import performance_estimate_at
 from planner.plan import Plan
+from planner.progress import track
 from planner.search.bulk import NUMERIC_FIELDS
 
 
@@ -28,7 +29,7 @@ def plan_estimates(result, indices: np.ndarray) -> dict[int, Estimate]:
     cands, budget, request = result.candidates, result.budget, result.request
     gpu, model = budget.gpu, result.model
     out: dict[int, Estimate] = {}
-    for index in np.asarray(indices, dtype=np.int64):
+    for index in track(np.asarray(indices, dtype=np.int64), "full estimates of the plans that fit"):
         bulk = cands.results[cands.group[index]]
         position = int(cands.position[index])
         single = _scalar_plan(bulk.plan, position)

@@ -6,6 +6,7 @@ from pathlib import Path
 from planner.api import solve_request
 from planner.errors import PlannerError
 from planner.files import check_output_folder, write_folder
+from planner.progress import phase
 from planner.report.solve import render_all, render_terminal, report_name
 from planner.search.details import plan_estimates
 from planner.search.solve import SolveRequest, require_feasible
@@ -36,7 +37,8 @@ def run_solve(
             require_feasible(result, advice)
         except PlannerError as error:
             return (json.dumps({"feasible": 0, "advice": advice}, indent=1) + "\n" if fmt == "json" else text), error
-    table_rows, files = render_all(result, estimates)
+    with phase("writing the reports"):
+        table_rows, files = render_all(result, estimates)
     launch = None
     if emit is not None:
         launch_files, launch = emitted_files(result, estimates, emit)

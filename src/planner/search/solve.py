@@ -17,6 +17,7 @@ from planner.errors import NoFeasiblePlanError, PlanError
 from planner.inputs import MAX_GLOBAL_BATCH, MAX_HOURS, MAX_USD, optional, quantity, run_figures, whole_number
 from planner.memory import DEFAULT_SAFETY_MARGIN
 from planner.plan import check_peft_target, method_fields_for
+from planner.progress import phase
 from planner.search.candidates import CATEGORIES, Candidates, evaluate_candidates
 from planner.search.cpsat import SolverStats, feasible_indices
 from planner.search.space import Budget, SearchSpace, load_space, parse_budget
@@ -237,7 +238,8 @@ def solve(request: SolveRequest) -> SolveResult:
     if request.frontier_only:
         candidates_left = fits if within is None else fits & within
         table = non_dominated(cands.tokens_per_s, cands.gpus / cands.tokens_per_s, candidates_left)
-    found, stats = feasible_indices(cands, space, global_batch, budget.gpus, fits, table)
+    with phase("CP-SAT: enumerating the plans that fit"):
+        found, stats = feasible_indices(cands, space, global_batch, budget.gpus, fits, table)
 
     excess = np.where(fits_gpu, np.inf, cands.required_gib - usable)
     misses = [int(i) for i in np.argsort(excess, kind="stable")[:3] if np.isfinite(excess[i])]

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from planner.errors import CatalogError
 from planner.inputs import optional, quantity
 from planner.memory import MemoryEstimate, estimate_memory
+from planner.progress import track
 from planner.validate.cases import Case, load_cases
 
 MAX_MEASURED_GIB = 1e6
@@ -123,4 +124,4 @@ def validate_case(case: MemoryCase) -> CaseResult:
 
 
 def validate_memory(cases: list[MemoryCase]) -> ValidationSummary:
-    return ValidationSummary([validate_case(c) for c in cases])
+    return ValidationSummary([validate_case(c) for c in track(cases, "memory cases")])

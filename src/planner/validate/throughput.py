@@ -17,6 +17,7 @@ import numpy as np
 from planner.errors import CatalogError
 from planner.inputs import quantity
 from planner.performance import PerformanceEstimate, estimate_performance
+from planner.progress import track
 from planner.validate.cases import Case, load_cases
 
 MIN_CASES_FOR_RANKING = 5
@@ -121,4 +122,4 @@ def validate_throughput_case(case: ThroughputCase) -> ThroughputResult:
 
 
 def validate_throughput(cases: list[ThroughputCase]) -> ThroughputSummary:
-    return ThroughputSummary([validate_throughput_case(c) for c in cases])
+    return ThroughputSummary([validate_throughput_case(c) for c in track(cases, "throughput cases")])
