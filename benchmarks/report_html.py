@@ -1,6 +1,6 @@
 """report.html for the 13b/16xA100 solve: size, byte-identity, what writing it costs, and how fast Chromium draws it.
 
-    python benchmarks/report_html.py [--loads 5]
+    python benchmarks/report_html.py [--loads 5] [--screenshot docs/report-13b-16xA100.png]
 
 Targets (issue 15): the page renders in headless Chromium in under 2 s, weighs under 2 MB and is byte-identical
 for identical input. Also measured: `planner solve --model 13b --budget 16xA100` end to end in a fresh process,
@@ -25,6 +25,7 @@ from planner.report.html import render_solve_html
 from planner.report.solve import rows
 from planner.search.details import plan_estimates
 
+SCREENSHOT_HEIGHT = 2050
 SOLVE = [sys.executable, "-m", "planner.cli", "solve", "--model", "13b", "--budget", "16xA100"]
 
 
@@ -35,7 +36,7 @@ def end_to_end_s(out: Path, cache: Path) -> float:
     return time.perf_counter() - start
 
 
-def render_in_chromium_s(page: Path, loads: int) -> list[float] | None:
+def render_in_chromium_s(page: Path, loads: int, screenshot: Path | None = None) -> list[float] | None:
     chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
     try:
         from selenium import webdriver
@@ -58,6 +59,11 @@ def render_in_chromium_s(page: Path, loads: int) -> list[float] | None:
             while driver.execute_script("return document.querySelectorAll('.chart svg').length") < 3:
                 time.sleep(0.005)
             times.append(time.perf_counter() - start)
+        if screenshot is not None:  # the README's picture: the page down to the first rows of the ranking
+            driver.set_window_size(1300, SCREENSHOT_HEIGHT)
+            time.sleep(0.5)
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(screenshot))
     finally:
         driver.quit()
     return times[1:]
@@ -66,6 +72,7 @@ def render_in_chromium_s(page: Path, loads: int) -> list[float] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loads", type=int, default=5, help="page loads timed in Chromium (default 5)")
+    parser.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the page here")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +92,7 @@ def main() -> None:
         render_solve_html(sol.result, table, estimates)
         print(f"rendering the page in the process: {time.perf_counter() - start:.3f} s")
 
-        times = render_in_chromium_s(tmp / "a" / "report.html", args.loads)
+        times = render_in_chromium_s(tmp / "a" / "report.html", args.loads, args.screenshot)
         if times is None:
             print("headless Chromium: skipped (needs chromium, chromedriver and selenium)")
         else:

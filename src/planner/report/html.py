@@ -163,20 +163,19 @@ def dimension_values(table_rows: list[dict]) -> list[dict]:
 
 
 def dimension_chart(table_rows: list[dict]) -> dict | None:
-    """Best tokens/s per value of each dimension: one small bar chart per dimension on a shared axis, the figure
-    written at each bar's end (the best values differ by a few percent, too little to read off bar lengths)."""
+    """Best tokens/s per value of each dimension: a grid of small bar charts on one shared axis, the figure written
+    at each bar's end (the best values differ by a few percent, too little to read off bar lengths)."""
     values = dimension_values(table_rows)
     if not values:
         return None
     y = _field("value", "nominal", title=None, sort=None)
+    x = _field("tokens_per_s", "quantitative", title=None, axis={"format": "~s"})
     label = _field("tokens_per_s", "quantitative", format=",.0f")
     charts = []
-    shown = [dim for dim in DIMENSIONS if any(v["dimension"] == dim for v in values)]
-    for dim in shown:
+    for dim in DIMENSIONS:
         rows = [v for v in values if v["dimension"] == dim]
-        # one axis, under the last chart: the others keep the grid lines only
-        axis = {"title": "best tokens/s (whole job)"} if dim == shown[-1] else {"title": None, "labels": False}
-        x = _field("tokens_per_s", "quantitative", axis=axis)
+        if not rows:
+            continue
         tooltip = [_field("value", "nominal", title=dim), label]
         bars = {"mark": {"type": "bar"}, "encoding": {"x": x, "y": y, "tooltip": tooltip}}
         text = {
@@ -188,11 +187,11 @@ def dimension_chart(table_rows: list[dict]) -> dict | None:
                 "title": {"text": dim, "anchor": "start", "fontSize": 12},
                 "data": {"values": rows},
                 "layer": [bars, text],
-                "width": 300,
+                "width": 200,
                 "height": {"step": 16},
             }
         )
-    return {"vconcat": charts, "spacing": 12, "resolve": {"scale": {"x": "shared"}}}
+    return {"concat": charts, "columns": 3, "spacing": {"row": 16, "column": 70}, "resolve": {"scale": {"x": "shared"}}}
 
 
 _LEFT = ' class="t"'
@@ -250,7 +249,10 @@ def render_solve_html(result, table_rows: list[dict], estimates: dict[int, Estim
     dims = dimension_chart(table_rows)
     if dims is not None:
         charts["dimensions"] = dims
-        sections.append('<h2>Best throughput by each dimension</h2><div id="dimensions" class="chart"></div>')
+        sections.append(
+            "<h2>Best throughput by each dimension (tokens/s of the whole job, the best plan with that value)</h2>"
+            '<div id="dimensions" class="chart"></div>'
+        )
     shown = table_rows[:TABLE_ROWS]
     more = "" if len(shown) == len(table_rows) else f"top {len(shown):,} of {len(table_rows):,} (all in plans.csv); "
     sections.append(
