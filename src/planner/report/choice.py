@@ -4,7 +4,6 @@ Every row carries its GPU type. Two lists: each option's best plan by the object
 options, and the hours-vs-dollars Pareto front across options, the objective's winner first.
 """
 
-import csv
 import io
 import json
 import re
@@ -15,33 +14,35 @@ from rich.table import Table
 
 from planner import __version__
 from planner.architecture import parameter_text
-from planner.report.columns import SHORT
+from planner.report import solve as solve_report
+from planner.report.columns import columns_for
 from planner.report.solve import _row
 from planner.search.details import plan_estimates
 
-COLUMNS = (
-    ("#", "rank"),
-    ("GPU type", "gpu_type"),
-    ("GPUs", "gpus"),
-    ("nodes", "nodes"),
-    ("dp", "dp"),
-    ("tp", "tp"),
-    ("pp", "pp"),
-    ("cp", "cp"),
-    ("engine", "engine"),
-    ("ZeRO", "zero"),
-    ("mbs", "micro_batch"),
-    ("GA", "grad_accum"),
-    ("ckpt", "checkpointing"),
-    ("prec", "precision"),
-    ("offload", "offload"),
-    ("peak GiB", "peak_gib"),
-    ("tokens/s", "tokens_per_s"),
-    ("MFU", "mfu"),
-    ("hours", "hours"),
-    ("$", "total_usd"),
-    ("$/M tok", "usd_per_million_tokens"),
+FIELDS = (
+    "rank",
+    "gpu_type",
+    "gpus",
+    "nodes",
+    "dp",
+    "tp",
+    "pp",
+    "cp",
+    "engine",
+    "zero",
+    "micro_batch",
+    "grad_accum",
+    "checkpointing",
+    "precision",
+    "offload",
+    "peak_gib",
+    "tokens_per_s",
+    "mfu",
+    "hours",
+    "total_usd",
+    "usd_per_million_tokens",
 )
+"""The row fields of the terminal tables; headers and cells come from planner.report.columns."""
 
 
 def choice_rows(choice) -> tuple[list[dict], list[dict]]:
@@ -63,27 +64,10 @@ def choice_rows(choice) -> tuple[list[dict], list[dict]]:
     return best, front
 
 
-def _cell(row: dict, key: str) -> str:
-    value = row[key]
-    if key == "rank":
-        return f"{value}{'*' if row['pareto'] else ''}"
-    if value is None:
-        return "-"
-    if key in ("engine", "checkpointing", "offload"):
-        return SHORT.get(value, value)
-    if key == "tokens_per_s":
-        return f"{value:,.0f}" + ("~" if row["speed_extrapolated_from"] else "")
-    if key == "mfu":
-        return f"{value:.1%}"
-    if key == "peak_gib":
-        return f"{value:.1f}"
-    if key == "hours":
-        return f"{value:,.1f}"
-    if key == "total_usd":
-        return f"{value:,.0f}"
-    if key == "usd_per_million_tokens":
-        return f"{value:.3f}"
-    return str(value)
+def _cell(row: dict, column) -> str:
+    """The shared column's text; a speed extrapolated from another GPU family's fit is marked `~`."""
+    text = column.text(row)
+    return text + "~" if column.field == "tokens_per_s" and row["speed_extrapolated_from"] else text
 
 
 def header_lines(choice) -> list[str]:
@@ -128,12 +112,11 @@ def skipped_lines(choice) -> list[str]:
 
 def _table(console: Console, rows: list[dict]) -> None:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for title, _ in COLUMNS:
-        table.add_column(
-            title, justify="left" if title in ("GPU type", "engine", "ckpt", "prec", "offload") else "right"
-        )
+    columns = columns_for(FIELDS)
+    for column in columns:
+        table.add_column(column.header, justify="left" if column.left else "right")
     for row in rows:
-        table.add_row(*(_cell(row, key) for _, key in COLUMNS))
+        table.add_row(*(_cell(row, column) for column in columns))
     console.print(table)
 
 
@@ -168,7 +151,7 @@ def render_terminal(choice, best: list[dict], front: list[dict], width: int = 19
 def render_markdown(choice, best: list[dict], front: list[dict]) -> str:
     lines = ["# Hardware choice", "", f"planner {__version__}", "", "## Assumptions", ""]
     lines += [f"- {line}" for line in header_lines(choice)]
-    keys = [key for _, key in COLUMNS] + ["pareto", "speed_extrapolated_from"]
+    keys = [*FIELDS, "pareto", "speed_extrapolated_from"]
     for title, rows in (
         (f"## Best plan per GPU type, by {choice.request.objective}", best),
         ("## " + _front_title(choice).rstrip(":"), front),
@@ -219,12 +202,7 @@ def choice_json(choice, best: list[dict], front: list[dict]) -> dict:
 
 def render_csv(best: list[dict], front: list[dict]) -> str:
     rows = [{"list": "best-per-gpu-type", **row} for row in best] + [{"list": "pareto-front", **row} for row in front]
-    out = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return out.getvalue()
+    return solve_report.render_csv(rows)
 
 
 def report_name(choice) -> str:

@@ -78,8 +78,17 @@ COLUMNS = (
 """Every ranking column in display order; `ranking_columns` drops the method column for a full-only search and
 the expert-parallel one for a dense model."""
 
+GPU_TYPE = Column("gpu_type", "GPU type", _field("gpu_type"), left=True)
+"""For tables that compare GPU types (planner.report.choice)."""
+
 HEADROOM_NOTE = "headroom = fit limit - peak, GiB"
 
 
 def ranking_columns(shows_method: bool, shows_ep: bool = False) -> tuple[Column, ...]:
     return tuple(c for c in COLUMNS if (shows_method or c.field != "method") and (shows_ep or c.field != "ep"))
+
+
+def columns_for(fields: tuple[str, ...]) -> tuple[Column, ...]:
+    """The columns of these row fields, in the order given."""
+    by_field = {c.field: c for c in (*COLUMNS, GPU_TYPE)}
+    return tuple(by_field[name] for name in fields)
