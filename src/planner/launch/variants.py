@@ -255,6 +255,7 @@ def _search_replacement(code: str, chosen: Estimate, context: SearchContext) -> 
         "loss": plan.loss,
         "flash_attention": plan.flash_attention,
         "flash_attention_version": plan.flash_attention_version,
+        "method": plan.method,  # a LoRA plan's replacement trains LoRA adapters too
     }
     if code in ("deepspeed", "fsdp-hf"):
         pins["checkpointing"] = ("none", "full")
@@ -272,6 +273,12 @@ def _search_replacement(code: str, chosen: Estimate, context: SearchContext) -> 
         price_per_gpu_hour=context.price_per_gpu_hour,
         network_gbps_per_gpu=context.network_gbps_per_gpu,
         pins=pins,
+        method_settings={
+            "lora_rank": plan.lora_rank,
+            "lora_targets": plan.lora_targets,
+            "lora_dropout": plan.lora_dropout,
+            "trainable_layers": plan.trainable_layers,
+        },
     )
     result = solve(search)
     if not len(result.feasible):
