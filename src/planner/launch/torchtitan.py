@@ -14,7 +14,7 @@ there.
 
 from planner.catalog import ModelSpec
 from planner.errors import PlannerError
-from planner.plan import Plan
+from planner.plan import Plan, embedding_and_loss_as_layers
 
 TORCHTITAN_FLAVORS = {
     "llama-3.2-1b": "1B",
@@ -268,12 +268,22 @@ def _body(plan: Plan, num_layers: int) -> list[str]:
         lines += [
             f"    config.parallelism.pipeline_parallel_schedule = {schedule!r}",
             f"    config.parallelism.pipeline_parallel_microbatch_size = {plan.micro_batch}",
-            "    # Split blocks evenly, extra blocks on the earliest stages (the split the memory model assumes).",
-            "    config.parallelism.pipeline_parallel_first_stage_less_layers = 0",
-            "    config.parallelism.pipeline_parallel_last_stage_less_layers = 0",
         ]
+        aware = embedding_and_loss_as_layers(num_layers, plan.pp, plan.virtual_stages)
+        if aware:
+            lines += [
+                "    # The embedding and the loss count as one layer each: first and last stage hold one block fewer.",
+                "    config.parallelism.pipeline_parallel_first_stage_less_layers = 1",
+                "    config.parallelism.pipeline_parallel_last_stage_less_layers = 1",
+            ]
+        else:
+            lines += [
+                "    # Split blocks evenly, extra blocks on the earliest stages (the split the memory model assumes).",
+                "    config.parallelism.pipeline_parallel_first_stage_less_layers = 0",
+                "    config.parallelism.pipeline_parallel_last_stage_less_layers = 0",
+            ]
         if plan.pp_schedule == "interleaved":
-            per_stage = num_layers // (plan.pp * plan.virtual_stages)
+            per_stage = (num_layers + 2 * aware) // (plan.pp * plan.virtual_stages)
             lines.append(f"    config.parallelism.pipeline_parallel_layers_per_stage = {per_stage}")
     checkpoint = {"none": "None", "selective": "SelectiveAC.Config()", "full": "FullAC.Config()"}
     if plan.checkpointing == "full" and plan.checkpointing_every > 1:

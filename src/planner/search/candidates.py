@@ -16,7 +16,7 @@ import numpy as np
 from planner.catalog import ModelSpec
 from planner.errors import PlanError
 from planner.memory.runtime import DEFAULT_OVERHEADS
-from planner.plan import PlanRequest, make_plan, method_fields_for
+from planner.plan import PlanRequest, interleaved_split_fits, make_plan, method_fields_for
 from planner.progress import track
 from planner.search.bulk import BulkResult, evaluate_group, group_plan
 from planner.search.space import Budget, SearchSpace
@@ -229,11 +229,12 @@ def evaluate_candidates(
 
 def _schedule_fits(chosen: dict, grid: dict, num_layers: int) -> np.ndarray:
     """The interleaved schedule's rules per plan (planner.plan._pipeline_schedule): the layers split into
-    pp x V equal chunks and the micro-batches per step are a multiple of pp."""
+    pp x V equal chunks (the embedding and the loss may count as layers) and the micro-batches per step are
+    a multiple of pp."""
     if chosen["pp_schedule"] != "interleaved":
         return np.ones(len(grid["pp"]), dtype=bool)
     pp = grid["pp"]
-    return (num_layers % (pp * chosen["virtual_stages"]) == 0) & (grid["grad_accum"] % pp == 0)
+    return interleaved_split_fits(num_layers, pp, chosen["virtual_stages"]) & (grid["grad_accum"] % pp == 0)
 
 
 MAX_CANDIDATES = 500_000
