@@ -7,7 +7,7 @@ import pytest
 
 from planner.catalog import load_gpu
 from planner.catalog.hardware import POWER_CLOCK_EXPONENT, list_gpus
-from planner.performance import estimate_performance
+from planner.performance import comm, estimate_performance
 from planner.performance.model import CUDNN_ATTENTION_SPEEDUP, flash_attention_speed
 from planner.plan import PlanRequest, resolve
 
@@ -74,3 +74,18 @@ def test_megatron_attention_runs_cudnn_on_hopper_only(gpu_name, engine, expected
         PlanRequest("llama-3.1-8b", gpu_name, gpus=8, engine=engine, zero=3 - 2 * (engine == "megatron"))
     )
     assert float(flash_attention_speed(gpu, plan)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("name", "nvlink_gbps"), [("A800-80GB", 400), ("H800-80GB", 400), ("A100-80GB", 600)])
+def test_export_parts_keep_their_cut_nvlink(name, nvlink_gbps):
+    """A800/H800: the A100/H100 with NVLink cut to 400 GB/s (bidirectional); collectives inside a node run at
+    half of it times the NVLink bus efficiency."""
+    gpu = load_gpu(name)
+    assert gpu.nvlink_bandwidth_gbps == nvlink_gbps
+    assert comm.intra_node_bandwidth_gbps(gpu) == pytest.approx(nvlink_gbps / 2 * comm.NVLINK_BUS_EFFICIENCY)
+
+
+def test_a_part_without_nvlink_collects_over_pcie():
+    gpu = load_gpu("L40S")
+    assert gpu.nvlink_bandwidth_gbps == 0
+    assert comm.intra_node_bandwidth_gbps(gpu) == pytest.approx(gpu.pcie_bandwidth_gbps / 2 * comm.PCIE_BUS_EFFICIENCY)
