@@ -35,7 +35,7 @@ FIELDS = (
     "checkpointing",
     "precision",
     "offload",
-    "peak_gib",
+    "required_gib",
     "tokens_per_s",
     "mfu",
     "hours",

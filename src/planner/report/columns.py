@@ -66,7 +66,7 @@ COLUMNS = (
     Column("precision", "prec", _field("precision"), left=True),
     Column("offload", "offload", _short("offload"), left=True),
     Column("method", "method", _field("method"), left=True),
-    Column("peak_gib", "peak GiB", _field("peak_gib", _number(".2f"))),  # beside the limit, 0.01 GiB shows
+    Column("required_gib", "needs GiB", _field("required_gib", _number(".2f"))),  # beside the limit, 0.01 GiB shows
     Column("headroom_gib", "headroom", _field("headroom_gib", _number(".2f"))),
     Column("tokens_per_s", "tokens/s", _field("tokens_per_s", _number(",.0f"))),
     Column("mfu", "MFU", _field("mfu", _number(".1%"))),
@@ -81,7 +81,10 @@ the expert-parallel one for a dense model."""
 GPU_TYPE = Column("gpu_type", "GPU type", _field("gpu_type"), left=True)
 """For tables that compare GPU types (planner.report.choice)."""
 
-HEADROOM_NOTE = "headroom = fit limit - peak, GiB"
+HEADROOM_NOTE = (
+    "needs = what a GPU must hold to run (allocated, the cache the allocator cannot release, CUDA context, NCCL); "
+    "headroom = fit limit - needs, GiB; report.json also gives the nvidia-smi peak"
+)
 
 
 def ranking_columns(shows_method: bool, shows_ep: bool = False) -> tuple[Column, ...]:

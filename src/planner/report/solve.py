@@ -101,7 +101,9 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         **({"ep": p.ep} if est.model.architecture.is_moe else {}),
         "sequence_parallel": p.sequence_parallel,
         "peak_gib": round(m.peak_gib, 2),
-        "headroom_gib": round(m.usable_gib - m.peak_gib, 2),  # to the fit limit: a plan's margin of error
+        "required_gib": round(m.required_gib, 2),
+        # to the fit limit from what the plan needs (the fit criterion), so a plan that fits never shows it negative
+        "headroom_gib": round(m.usable_gib - m.required_gib, 2),
         "tokens_per_s": round(perf.tokens_per_s, 1),
         "tokens_per_s_per_gpu": round(perf.tokens_per_s_per_gpu, 1),
         "mfu": round(perf.mfu, 4),
@@ -225,7 +227,7 @@ def method_lines(result, table_rows: list[dict]) -> list[str]:
         lines.append(
             f"{method}: #{row['rank']} {row['gpus']} GPU(s), {row['engine']} ZeRO-{row['zero']}, micro-batch "
             f"{row['micro_batch']}, checkpointing {row['checkpointing']}: {row['tokens_per_s']:,.0f} tokens/s, "
-            f"peak {row['peak_gib']} GiB{price}"
+            f"needs {row['required_gib']} GiB{price}"
         )
     if best:
         fastest = max(best.values(), key=lambda r: r["tokens_per_s"])
@@ -268,6 +270,9 @@ def render_markdown(result, table_rows: list[dict], estimates: dict[int, Estimat
                 lines.append(f"| {TERM_LABELS[term]} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
         lines.append(
             "| **peak (nvidia-smi)** | " + " | ".join(f"{estimates[int(i)].memory.peak_gib:.2f}" for i in top) + " |"
+        )
+        lines.append(
+            "| **needs to run** | " + " | ".join(f"{estimates[int(i)].memory.required_gib:.2f}" for i in top) + " |"
         )
         lines.append("| peak phase | " + " | ".join(estimates[int(i)].memory.peak_phase for i in top) + " |")
     lines += ["", "## Rejected plans", ""]
