@@ -206,6 +206,10 @@ def check_runnable(plan: dict, arch: dict) -> None:
         raise SystemExit(f"examples/train.py trains in {', '.join(DTYPES)}; use torchtitan for {plan['precision']}")
     if arch["position_embedding"] == "alibi":
         raise SystemExit("examples/train.py has no ALiBi bias (PyTorch SDPA's flash kernel takes none); use flash-attn")
+    if arch.get("post_norms") or arch.get("attn_logit_softcap") or arch.get("final_logit_softcap"):
+        raise SystemExit("examples/train.py has no Gemma block (post-norms, soft-capping); use the model's own code")
+    if arch.get("sliding_window"):
+        raise SystemExit("examples/train.py has no sliding-window attention; use the model's own code")
     if plan["tp"] > 1 and plan["zero"] == 0:
         raise SystemExit("examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3), not DDP; use torchtitan")
     if plan["tp"] > 1 and arch["tied_embeddings"]:

@@ -527,3 +527,53 @@ def test_launch_from_a_report_keeps_its_network_override(tmp_path):
     launched = CliRunner().invoke(main, ["launch", f"{out}/report.json#1", "--out", str(tmp_path / "l1")])
     assert launched.exit_code == 0, launched.output
     assert "changed since the report" not in launched.output
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            "gemma-2-9b",
+            "cannot build gemma-2-9b: it has no norms after attention and MLP, no attention soft-capping, "
+            "no final-logit soft-capping",
+        ),
+        ("gemma-3-4b", "cannot build gemma-3-4b: it has no norms after attention and MLP"),
+        ("olmo-2-7b", "it has no query/key norms over the whole projection"),
+    ],
+)
+def test_megatron_refuses_models_its_gpt_layer_cannot_build(model, message):
+    estimate = evaluate(*plan_for(model, "H100", engine="megatron", gpus=8, zero=1, micro_batch=1, global_batch=8))
+    with pytest.raises(PlannerError, match=message):
+        megatron_arguments(estimate.model, estimate.plan)
+    folder = build_launch_folder(estimate, ("megatron",), None, "test")
+    assert message in folder.skipped["megatron"] and "megatron_args.txt" not in folder.files
+    assert len(folder.skipped["megatron"].splitlines()) == 1
+
+
+def test_megatron_windows_and_per_head_qk_norm():
+    qwen3 = evaluate(*plan_for("qwen3-8b", "H100", engine="megatron", gpus=8, zero=1, micro_batch=1, global_batch=8))
+    assert "--qk-layernorm" in megatron_arguments(qwen3.model, qwen3.plan)
+    # Mistral-7B v0.1: sliding_window 4096 on every layer -> flash-attn's left window 4095 (transformers
+    # passes sliding_window - 1), no full-attention layers.
+    text = " ".join(megatron_arguments(hand_estimate("megatron-cp-full").model, hand_estimate("megatron-cp-full").plan))
+    assert "--window-size 4095,0 " in text and "--window-attn-skip-freq" not in text
+    llama = hand_estimate("megatron-tp-pp")
+    assert not {"--window-size", "--qk-layernorm"} & set(megatron_arguments(llama.model, llama.plan))
+
+
+def test_torchrun_refuses_models_train_py_cannot_build():
+    estimate = evaluate(*plan_for("gemma-2-2b", "A100-80GB", engine="fsdp", gpus=8, zero=3, global_batch=32))
+    folder = build_launch_folder(estimate, ("torchrun",), None, "test")
+    assert (
+        "no norms after attention and MLP, no logit soft-capping, no sliding-window attention"
+        in (folder.skipped["torchrun"])
+    )
+
+
+def test_launch_readme_says_amd_gpus_run_the_same_commands_on_rocm():
+    mi300x = evaluate(*plan_for("llama-2-7b", "MI300X", engine="fsdp", gpus=8, zero=3, global_batch=32))
+    readme = build_launch_folder(mi300x, ("torchrun", "megatron"), None, "test").files["README.md"]
+    assert "On MI300X (AMD, ROCm): the same scripts and commands run with ROCm builds of PyTorch" in readme
+    assert "launch_torchrun.sh" in readme and "launch_megatron.sh" in readme
+    h100 = evaluate(*plan_for("llama-2-7b", "H100", engine="fsdp", gpus=8, zero=3, global_batch=32))
+    assert "ROCm" not in build_launch_folder(h100, ("torchrun",), None, "test").files["README.md"]

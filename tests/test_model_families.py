@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from planner.architecture import total_params
 from planner.catalog import load_gpu, load_model, search_models
 from planner.cli import main
+from planner.errors import PlanError
 from planner.memory import activations as act
 from planner.performance.flops import attention_layer_spans, attention_span, flops_per_token
-from planner.performance.model import SOFTCAP_LOGIT_PASSES, causal_attention_fraction, performance_terms
+from planner.performance.model import SOFTCAP_PASSES, causal_attention_fraction, performance_terms
 from planner.plan import PlanRequest, make_plan
 
 CONFIGS = Path(__file__).parent / "data" / "hf_configs"
@@ -131,7 +132,7 @@ def test_logit_softcap_keeps_one_more_logits_tensor_and_costs_memory_passes():
     with_cap = performance_terms(model, load_gpu("H100"), plan)
     without = performance_terms(replace_model(model, final_logit_softcap=None), load_gpu("H100"), plan)
     tokens = plan.tokens_per_micro_batch
-    extra = tokens * 256_000 * SOFTCAP_LOGIT_PASSES * 2 / (3350e9 * 0.8)
+    extra = tokens * 256_000 * SOFTCAP_PASSES * 2 / (3350e9 * 0.8)
     assert with_cap["breakdown_s"]["compute"] - without["breakdown_s"]["compute"] == pytest.approx(extra, rel=1e-9)
 
 
@@ -166,3 +167,36 @@ def test_models_search():
     assert result.exit_code == 0 and "phi-4" in result.output and "qwen" not in result.output
     missing = CliRunner().invoke(main, ["models", "--search", "nosuchmodel"])
     assert missing.exit_code == 2 and "no catalog model matches" in missing.output
+
+
+def test_attention_softcap_comes_from_the_config_and_only_gemma_2_has_it():
+    assert load_model("gemma-2-9b").architecture.attn_logit_softcap == 50.0  # config.json attn_logit_softcapping
+    assert load_model("gemma-3-12b").architecture.attn_logit_softcap is None  # Gemma 3: qk-norm instead
+    assert load_model("llama-3-8b").architecture.attn_logit_softcap is None
+
+
+def test_eager_attention_softcap_keeps_tanh_output_and_costs_score_passes():
+    arch = load_model("gemma-2-9b").architecture
+    plain = replace_arch(arch, attn_logit_softcap=None)
+    eager = _plan("gemma-2-9b", engine="deepspeed", flash_attention=False)
+    # tanh's saved bf16 output: 2 bytes per score, 16 heads x 4096 keys per token, per layer.
+    extra = act.layer_activations(arch, eager).attention_core - act.layer_activations(plain, eager).attention_core
+    assert extra == 2 * 16 * 4096 == 131_072
+    flash = _plan("gemma-2-9b", engine="deepspeed")
+    assert act.layer_activations(arch, flash) == act.layer_activations(plain, flash)  # capped in the kernel
+    model, h100 = load_model("gemma-2-9b"), load_gpu("H100")
+    with_cap = performance_terms(model, h100, eager)["breakdown_s"]["compute"]
+    without = performance_terms(replace_model(model, attn_logit_softcap=None), h100, eager)["breakdown_s"]["compute"]
+    scores = 42 * eager.tokens_per_micro_batch * 16 * 4096  # layers x tokens x heads x keys
+    assert with_cap - without == pytest.approx(scores * SOFTCAP_PASSES * 2 / (3350e9 * 0.8), rel=1e-9)
+    flash_terms = performance_terms(model, h100, flash)["breakdown_s"]["compute"]
+    plain_flash = performance_terms(replace_model(model, attn_logit_softcap=None), h100, flash)
+    assert flash_terms == plain_flash["breakdown_s"]["compute"]
+
+
+def test_flash_attention_1_cannot_run_a_soft_capped_model():
+    with pytest.raises(PlanError, match="FlashAttention-1 cannot soft-cap the attention scores"):
+        _plan("gemma-2-9b", flash_attention_version=1)
+    assert _plan("gemma-2-9b", flash_attention_version=3).flash_attention_version == 3
+    assert _plan("gemma-3-12b", flash_attention_version=1).flash_attention_version == 1
+    assert not _plan("gemma-2-9b", flash_attention=False, flash_attention_version=1).flash_attention

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields, replace
 from math import gcd
 from typing import Any, Literal, get_args
 
-from planner.catalog import GpuSpec, ModelSpec, load_gpu, load_model
+from planner.catalog import Architecture, GpuSpec, ModelSpec, load_gpu, load_model
 from planner.errors import PlanError
 from planner.inputs import quoted
 
@@ -431,7 +431,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         offload=offload,
         engine=engine,
         flash_attention=request.flash_attention,
-        flash_attention_version=_flash_attention_version(request, gpu),
+        flash_attention_version=_flash_attention_version(request, gpu, arch),
         loss=loss,
         sequence_parallel=sequence_parallel,
         compile=request.compile,
@@ -715,7 +715,16 @@ def _check_method(
         raise PlanError(f"torch.compile is not modelled for --method {method}", "drop --compile")
 
 
-def _flash_attention_version(request: PlanRequest, gpu: GpuSpec) -> int:
+SOFTCAP_FLASH_VERSIONS = (2, 3)
+"""FlashAttention versions whose kernels soft-cap the attention scores (Gemma 2's attn_logit_softcapping):
+FlashAttention 2.6.0 added `softcap` (Dao-AILab/flash-attention PR #1025; transformers PR #31887 passes it
+for Gemma 2; LLaMA-Factory requires flash_attn >= 2.6.3 to train Gemma 2 with it), and TransformerEngine
+PR #3391 (2026-08) dispatches soft-capped attention to FlashAttention 2.6+ and to FlashAttention-3 builds
+that have it (head_dim <= 256). FlashAttention-1 and PyTorch SDPA have no cap: transformers' SDPA path
+silently drops it, so a soft-capped model runs with eager attention or one of these kernels."""
+
+
+def _flash_attention_version(request: PlanRequest, gpu: GpuSpec, arch: Architecture) -> int:
     version = request.flash_attention_version
     if isinstance(version, bool) or version not in FLASH_ATTENTION_VERSIONS:
         raise PlanError(f"--flash-attention-version must be 1, 2 or 3, got {version!r}", "pick one of those")
@@ -723,6 +732,11 @@ def _flash_attention_version(request: PlanRequest, gpu: GpuSpec) -> int:
         raise PlanError(
             f"FlashAttention-{version} does not run on {gpu.name}",
             f"use --flash-attention-version {gpu.flash_attention_versions()[-1]}",
+        )
+    if request.flash_attention and arch.attn_logit_softcap and version not in SOFTCAP_FLASH_VERSIONS:
+        raise PlanError(
+            f"FlashAttention-{version} cannot soft-cap the attention scores (cap {arch.attn_logit_softcap:g})",
+            "use --flash-attention-version 2 (flash-attn >= 2.6) or --no-flash-attention (eager attention)",
         )
     return version
 

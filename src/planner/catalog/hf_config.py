@@ -103,8 +103,8 @@ def _qwen3(cfg: dict[str, Any], path: Path) -> Architecture:
 def _gemma(cfg: dict[str, Any], path: Path) -> Architecture:
     """Gemma 2 and Gemma 3 text models: GeGLU MLP (gelu_pytorch_tanh; the same three matrices as SwiGLU),
     four norms per block, tied embeddings, local/global attention layers; Gemma 2 soft-caps the final
-    logits, Gemma 3 normalises queries and keys per head. Gemma 3's multimodal configs hold the text model
-    under `text_config`."""
+    logits and the attention scores, Gemma 3 normalises queries and keys per head. Gemma 3's multimodal
+    configs hold the text model under `text_config`."""
     text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
     model_type = cfg.get("model_type")
     merged = {"tie_word_embeddings": True, **text}
@@ -112,12 +112,14 @@ def _gemma(cfg: dict[str, Any], path: Path) -> Architecture:
     gemma3 = model_type in ("gemma3", "gemma3_text")
     every = arch.global_attention_every or (6 if gemma3 else 2)
     softcap = merged.get("final_logit_softcapping")
+    attn_softcap = merged.get("attn_logit_softcapping")
     return replace(
         arch,
         post_norms=True,
         qk_norm="head" if gemma3 else "none",
         global_attention_every=every if arch.sliding_window else 0,
         final_logit_softcap=float(softcap) if softcap else None,
+        attn_logit_softcap=float(attn_softcap) if attn_softcap else None,
     )
 
 

@@ -89,6 +89,10 @@ class Architecture:
     post_attention/post_feedforward norms, GLM-4-0414's post_self_attn/post_mlp norms)."""
     final_logit_softcap: float | None = None
     """Logits become cap * tanh(logits / cap) before the loss (Gemma 2: 30); None: no soft-capping."""
+    attn_logit_softcap: float | None = None
+    """Attention scores become cap * tanh(scores / cap) before the softmax (Gemma 2: 50); None: no
+    soft-capping. Only kernels that apply it may run the model: eager attention, FlashAttention >= 2.6,
+    FlashAttention-3 builds that have it (planner.plan.SOFTCAP_FLASH_VERSIONS)."""
     num_experts: int = 0
     """Routed experts per Mixture-of-Experts block (Mixtral `num_local_experts`, Qwen `num_experts`, DeepSeek
     `n_routed_experts`); 0 for a dense model."""

@@ -319,6 +319,12 @@ def _train_script_refusal(plan: Plan, arch: Architecture) -> str:
             "examples/train.py has no ALiBi bias (PyTorch SDPA's flash kernel takes none): train with the model's "
             "own code and flash-attn's alibi_slopes (the Accelerate, Trainer or DeepSpeed configs)"
         )
+    gemma_features = _gemma_features(arch)
+    if gemma_features:
+        return (
+            f"examples/train.py's block has no {', no '.join(gemma_features)}: train with the model's own code "
+            "(the Accelerate, Trainer or DeepSpeed configs)"
+        )
     if plan.tp > 1 and plan.zero == 0:
         return (
             f"examples/train.py combines tensor parallelism with FSDP (ZeRO-2/3); this plan is DDP + TP: {torchtitan}"
@@ -340,6 +346,19 @@ def _train_script_refusal(plan: Plan, arch: Architecture) -> str:
     if plan.sequence_parallel and arch.position_embedding == "learned":
         return f"examples/train.py runs sequence parallelism only with RoPE positions: {torchtitan}"
     return ""
+
+
+def _gemma_features(arch: Architecture) -> list[str]:
+    """Architecture features examples/train.py's Llama-style block does not build (Gemma 2/3, Mistral's
+    and Phi-3's windows): it would silently train another model."""
+    features = []
+    if arch.post_norms:
+        features.append("norms after attention and MLP")
+    if arch.attn_logit_softcap or arch.final_logit_softcap:
+        features.append("logit soft-capping")
+    if arch.sliding_window:
+        features.append("sliding-window attention")
+    return features
 
 
 def _write_torchrun(folder: LaunchFolder) -> None:

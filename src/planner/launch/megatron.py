@@ -59,6 +59,7 @@ def megatron_arguments(model: ModelSpec, plan: Plan) -> list[str]:
 
 def _model_flags(model: ModelSpec, plan: Plan) -> list[str]:
     arch = model.architecture
+    _check_buildable(model)
     flags = ["--use-mcore-models", "--transformer-impl", "transformer_engine"]
     flags += ["--num-layers", str(arch.num_layers), "--hidden-size", str(arch.hidden_size)]
     flags += ["--ffn-hidden-size", str(arch.ffn_hidden_size), "--num-attention-heads", str(arch.num_attention_heads)]
@@ -78,6 +79,9 @@ def _model_flags(model: ModelSpec, plan: Plan) -> list[str]:
         flags.append("--add-qkv-bias")
     if not arch.tied_embeddings:
         flags.append("--untie-embeddings-and-output-weights")
+    if arch.qk_norm == "head":
+        flags.append("--qk-layernorm")  # the --normalization kind on each head's queries and keys (Qwen3)
+    flags += _window_flags(arch)
     flags += ["--hidden-dropout", _number(arch.hidden_dropout), "--attention-dropout", _number(arch.attention_dropout)]
     return flags
 
@@ -194,6 +198,40 @@ def _latent_attention_flags(model: ModelSpec) -> list[str]:
     flags += ["--kv-lora-rank", str(arch.kv_lora_rank), "--qk-head-dim", str(arch.qk_nope_head_dim)]
     flags += ["--qk-pos-emb-head-dim", str(arch.qk_rope_head_dim), "--v-head-dim", str(arch.v_head_dim)]
     return flags
+
+
+def _window_flags(arch) -> list[str]:
+    """Sliding-window attention: Megatron's (left, right) window in keys, which transformers sets to
+    (sliding_window - 1, ...) for flash-attn (modeling_flash_attention_utils: the query itself is one of the
+    window's keys); with local and global layers, one full-attention layer after every N - 1 windowed ones
+    (--window-attn-skip-freq N, the HF layer pattern: Gemma 2 N = 2, Gemma 3 N = 6)."""
+    if not arch.sliding_window:
+        return []
+    flags = ["--window-size", f"{arch.sliding_window - 1},0"]
+    if arch.global_attention_every:
+        flags += ["--window-attn-skip-freq", str(arch.global_attention_every)]
+    return flags
+
+
+def _check_buildable(model: ModelSpec) -> None:
+    """Refuse, in one line, a model pretrain_gpt.py's GPT layer cannot build (Megatron-LM d98e8a6,
+    2026-08-22: its TransformerLayer has an input and a pre-MLP norm only, TransformerConfig has no
+    attention or final-logit soft-capping, and --qk-layernorm normalises each head)."""
+    arch = model.architecture
+    missing = []
+    if arch.post_norms:
+        missing.append("norms after attention and MLP")
+    if arch.attn_logit_softcap:
+        missing.append("attention soft-capping")
+    if arch.final_logit_softcap:
+        missing.append("final-logit soft-capping")
+    if arch.qk_norm == "full":
+        missing.append("query/key norms over the whole projection")
+    if missing:
+        raise PlannerError(
+            f"Megatron-LM's GPT model cannot build {model.name}: it has no " + ", no ".join(missing),
+            "use the DeepSpeed, Accelerate or Trainer configs, which run the Hugging Face model code",
+        )
 
 
 def _position(model: ModelSpec) -> str:

@@ -90,6 +90,7 @@ def render_readme(folder, targets: tuple[str, ...], origin_note: str) -> str:
             "planner-launch --from-file=.` then `kubectl apply -f pytorchjob.yaml` (Kubeflow training operator",
             "PyTorchJob; set the image and TRAIN_SCRIPT first).",
         ]
+    lines += rocm_notes(chosen)
     if folder.skipped:
         lines += ["", "## Not written", ""]
         for target, reason in folder.skipped.items():
@@ -102,6 +103,25 @@ def render_readme(folder, targets: tuple[str, ...], origin_note: str) -> str:
         "estimates, so watch the first steps' peak memory (torch.cuda.max_memory_reserved).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def rocm_notes(chosen: Estimate) -> list[str]:
+    """For AMD Instinct GPUs (CDNA): the same commands run on ROCm builds, and where the stack differs.
+    Sources: ROCm's PyTorch maps torch.cuda and the "nccl" backend to HIP and RCCL; flash-attention's ROCm
+    port is FlashAttention-2 on Composable Kernel (hardware/mi300x.yaml); TransformerEngine's ROCm fork runs
+    FP8 on gfx94x/gfx95x (ROCm/TransformerEngine issues #76, #79 train FP8 on 8 x MI300X; #359 quotes its
+    gfx94x/gfx95x check), in the e4m3fnuz/e5m2fnuz formats MI300X uses (meta-pytorch/tritonbench PR #553)."""
+    gpu = chosen.gpu
+    if not gpu.architecture.startswith("cdna"):
+        return []
+    return [
+        "",
+        f"On {gpu.name} (AMD, ROCm): the same scripts and commands run with ROCm builds of PyTorch, DeepSpeed and",
+        "Accelerate (torch.distributed's `nccl` backend is RCCL there, `torch.cuda` is HIP); flash attention is",
+        "the ROCm (Composable Kernel) port of FlashAttention-2. Megatron-LM runs from AMD's ROCm fork with ROCm",
+        "TransformerEngine, whose FP8 recipes run on MI300-class GPUs in the e4m3fnuz/e5m2fnuz formats; the",
+        "torchtitan FP8 path (torchao float8) is not checked on ROCm here.",
+    ]
 
 
 def script_duties(folder) -> list[str]:

@@ -209,10 +209,16 @@ def _attention_probs_bytes(arch: Architecture, family: Family, a: int, seq_len: 
     hf: softmax in fp32 then cast back (4 + a bytes; in fp32 training the cast is a no-op: 4).
     megatron: fused scale-mask-softmax keeps the probabilities in the compute dtype (a bytes).
     With attention dropout: a 1-byte mask and the dropped-out probabilities (a bytes) on top
-    (Korthikanti's 5*a*s/h term for fp16 with dropout)."""
+    (Korthikanti's 5*a*s/h term for fp16 with dropout).
+    With attention soft-capping (Gemma 2: scores / cap, tanh, * cap before the mask and softmax, as in
+    transformers' eager Gemma 2 attention and Megatron's unfused path): tanh saves its output for the
+    backward, one more score in the compute dtype (a bytes); dividing and multiplying by the constant cap
+    save nothing."""
     per_score = a if family == "megatron" else 4 + (0 if a == 4 else 2)
     if arch.attention_dropout > 0:
         per_score += MASK_BYTES + (2 if a == 2 else 4)
+    if arch.attn_logit_softcap:
+        per_score += a
     return arch.num_attention_heads * seq_len * per_score
 
 

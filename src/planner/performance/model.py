@@ -46,11 +46,13 @@ UNFITTED_EFFICIENCY = ComputeEfficiency(
 )
 """Used only for GPUs whose catalog file has no fitted `compute_efficiency` (the output says so)."""
 
-SOFTCAP_LOGIT_PASSES = 13
-"""Memory passes over the logits (each of V values per token in the compute dtype) that final-logit
-soft-capping adds (cap * tanh(logits / cap), Gemma 2): forward divides, takes tanh and multiplies, each
-reading and writing the logits (6); backward multiplies the incoming gradient by the cap (2), runs the
-tanh backward from the saved output and the gradient (3) and divides (2). Elementwise, so memory-bound."""
+SOFTCAP_PASSES = 13
+"""Memory passes over a soft-capped tensor (cap * tanh(x / cap), Gemma 2), each over all its values in
+the compute dtype: forward divides, takes tanh and multiplies, each reading and writing it (6); backward
+multiplies the incoming gradient by the cap (2), runs the tanh backward from the saved output and the
+gradient (3) and divides (2). Elementwise, so memory-bound. Applies to the final logits (V values per
+token) and, with eager attention, to the attention scores (heads x s per token); a FlashAttention kernel
+caps the scores in registers and makes no passes."""
 
 EAGER_ATTENTION_SCORE_PASSES = 10
 """Memory passes over the s x s score matrix without flash attention: forward writes the scores, the
@@ -619,15 +621,14 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         )
         if arch.final_logit_softcap:
             logits = work.has_head * tokens * arch.vocab_size / plan.tp
-            compute = compute + logits * SOFTCAP_LOGIT_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
+            compute = compute + logits * SOFTCAP_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers)
         compute = compute + expert_gemm_s(arch, plan, gpu, work, peak_matmul, linear_eff)
         compute = compute + permute_s(arch, plan, gpu, work)
         if not plan.flash_attention:
             scores = work.layers * tokens * arch.num_attention_heads / plan.tp * plan.seq_len
-            compute = compute + scores * EAGER_ATTENTION_SCORE_PASSES * a / (
-                gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY
-            )
+            passes = EAGER_ATTENTION_SCORE_PASSES + (SOFTCAP_PASSES if arch.attn_logit_softcap else 0)
+            compute = compute + scores * passes * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         return compute
 
     causal = causal_attention_fraction(arch, plan)
