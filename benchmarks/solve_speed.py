@@ -89,11 +89,13 @@ def end_to_end(request: SolveRequest) -> float:
 CHOICE_ARGS = ["--model", "13b", "--gpu-types", "any", "--max-gpus", "64", "--tokens", "10B"]
 
 
-def hardware_choice_end_to_end() -> float:
-    """Seconds of `planner solve --model 13b --gpu-types any --max-gpus 64 --tokens 10B` in a fresh process."""
+def hardware_choice_end_to_end(*extra: str) -> float:
+    """Seconds of `planner solve --model 13b --gpu-types any --max-gpus 64 --tokens 10B` in a fresh process
+    (with `extra` arguments, e.g. --format json). The hardware choice writes report.md, report.json and
+    plans.csv; no report.html."""
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        args = [sys.executable, "-m", "planner.cli", "solve", *CHOICE_ARGS, "--out", tmp + "/r"]
+        args = [sys.executable, "-m", "planner.cli", "solve", *CHOICE_ARGS, *extra, "--out", tmp + "/r"]
         subprocess.run(args, check=True, capture_output=True, env=os.environ.copy())
         return time.perf_counter() - start
 
@@ -124,6 +126,7 @@ def main() -> None:
     label = f"(d) 13b, --gpu-types any ({priced} types) --max-gpus 64"
     blank = " " * 62
     print(f"{label:40s} {blank} {hardware_choice_end_to_end():>13.2f}")
+    print(f"{'(d) the same, --format json':40s} {blank} {hardware_choice_end_to_end('--format', 'json'):>13.2f}")
 
 
 if __name__ == "__main__":
