@@ -7,7 +7,6 @@ better); the zero-unsafe and speed checks are the real targets and hold today.
 """
 
 import csv
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -31,14 +30,6 @@ def memory():
 @pytest.fixture(scope="module")
 def rows():
     return {row["id"]: row for row in csv.DictReader(CSV.open())}
-
-
-def _median_by_source(results) -> dict[str, float]:
-    errors = defaultdict(list)
-    for r in results:
-        if r.error_pct is not None:
-            errors[r.case.source_id].append(abs(r.error_pct))
-    return {source: statistics.median(e) for source, e in errors.items()}
 
 
 def test_every_row_is_a_case_or_skipped_with_a_reason(rows):
@@ -82,7 +73,7 @@ def test_memory_median_error_regression_bound(memory):
     (compile, activation offloading); fms-acceleration, the cleanest source (allocated peaks, packed 4096-token
     sequences), is at 6.5%."""
     assert memory.median_abs_error_pct == pytest.approx(23.13, abs=0.05)
-    by_source = _median_by_source(memory.results)
+    by_source = memory.median_abs_error_pct_by_source()
     assert by_source["swift"] == pytest.approx(23.34, abs=0.05)
     assert by_source["ttlora"] == pytest.approx(33.56, abs=0.05)
     assert by_source["fms"] == pytest.approx(6.49, abs=0.05)

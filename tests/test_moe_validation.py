@@ -3,8 +3,6 @@ case (or a pending one, with the condition it waits for), case values match the 
 and not in ../shared/data, and the models score them at the stated tolerances."""
 
 import csv
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -110,14 +108,6 @@ def test_pending_cases_wait_only_on_stated_conditions(throughput_data):
 def test_every_scored_case_predicts(throughput_data, throughput):
     assert {r.case.id for r in throughput.results} == set(throughput_data["cases"])
     assert all(r.predicted > 0 for r in throughput.results)
-
-
-def _median_by_source(results) -> dict[str, float]:
-    errors = defaultdict(list)
-    for r in results:
-        if r.error_pct is not None:
-            errors[r.case.source_id].append(abs(r.error_pct))
-    return {source: statistics.median(e) for source, e in errors.items()}
 
 
 def test_throughput_regression_bound(throughput):

@@ -153,7 +153,8 @@ def test_solve_page_renders_in_chromium(solution, page, tmp_path):
     top = solution.plans[:5]
     terms = sum(1 for est in top for t in TERMS if est.memory.breakdown_gib[t])
     priced = sum(1 for est in solution.plans if est.cost.usd_per_million_tokens is not None)
-    assert marks["memory"] == [1, terms, 0, 2]  # one bar segment per non-zero term, capacity and limit rules
+    # one bar segment per non-zero term and a "needs" tick per plan (both rects), capacity and limit rules
+    assert marks["memory"] == [1, terms + len(top), 0, 2]
     assert marks["speed_cost"] == [1, 0, priced, 0]  # every plan that fits
     assert marks["dimensions"][1] == len(dimension_values(solution.frame.to_dict("records")))
     assert first_rank == str(TABLE_ROWS)  # descending by rank after two clicks
@@ -175,4 +176,4 @@ def test_estimate_page_renders_in_chromium(tmp_path):
         driver.quit()
     assert errors == []
     terms = sum(1 for t in TERMS if est.memory.breakdown_gib[t])
-    assert marks == [["memory", 1, terms, 0, 2]]
+    assert marks == [["memory", 1, terms + 1, 0, 2]]

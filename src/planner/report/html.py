@@ -62,8 +62,16 @@ def _field(name: str, kind: str, **options) -> dict:
     return {"field": name, "type": kind, **options}
 
 
+MEMORY_NOTE = (
+    "<p>Bars: every term up to the nvidia-smi peak; black tick: what the plan needs to run (the fit criterion), "
+    "below the peak by the cache the allocator hands back when memory runs out.</p>"
+)
+
+
 def memory_chart(estimates: list[Estimate], capacity_gib: float, limit_gib: float) -> dict:
-    """Stacked memory terms per GPU of the top plans, with the card's capacity and the fit limit as rules."""
+    """Stacked memory terms per GPU of the top plans (up to the nvidia-smi peak), a black tick at what each plan
+    needs to run (the fit criterion: the stack less the cache the allocator releases at the cap), and the card's
+    capacity and the fit limit as rules."""
     values = []
     for rank, est in enumerate(estimates, start=1):
         for order, term in enumerate(TERMS):
@@ -100,8 +108,23 @@ def memory_chart(estimates: list[Estimate], capacity_gib: float, limit_gib: floa
             "stroke": _field("what", "nominal", title="limits", scale={"range": ["#444", "#d62728"]}),
         },
     }
+    needs = {
+        "data": {
+            "values": [
+                {"plan": f"#{rank}", "needs to run (GiB)": round(est.memory.required_gib, 3)}
+                for rank, est in enumerate(estimates, start=1)
+            ]
+        },
+        "mark": {"type": "tick", "color": "#000", "thickness": 3},
+        "encoding": {
+            "x": _field("plan", "nominal", sort=None),
+            "y": _field("needs to run (GiB)", "quantitative"),
+            "tooltip": [_field("plan", "nominal"), _field("needs to run (GiB)", "quantitative")],
+        },
+    }
     width = min(420, 60 + 72 * len(estimates))  # a bar per plan, not one stretched bar for a single estimate
-    return {"layer": [bars, rules], "resolve": {"scale": {"color": "independent"}}, "width": width, "height": 320}
+    layers = [bars, needs, rules]
+    return {"layer": layers, "resolve": {"scale": {"color": "independent"}}, "width": width, "height": 320}
 
 
 PARETO = "datum.front === 'Pareto front'"
@@ -239,7 +262,9 @@ def render_solve_html(result, table_rows: list[dict], estimates: dict[int, Estim
     sections = ["<h2>Assumptions</h2>" + _list(assumptions(result))]
     if top:
         charts["memory"] = memory_chart(top, result.budget.gpu.memory_gib, result.usable_gib)
-        sections.append(f'<h2>Memory per GPU of the top {len(top)} plans</h2><div id="memory" class="chart"></div>')
+        sections.append(
+            f'<h2>Memory per GPU of the top {len(top)} plans</h2>{MEMORY_NOTE}<div id="memory" class="chart"></div>'
+        )
     speed = speed_cost_chart(table_rows)
     if speed is not None:
         charts["speed_cost"] = speed
@@ -271,7 +296,7 @@ def render_estimate_html(est: Estimate) -> str:
 
     charts = {"memory": memory_chart([est], est.gpu.memory_gib, est.memory.usable_gib)}
     sections = [
-        '<h2>Memory per GPU</h2><div id="memory" class="chart"></div>',
+        f'<h2>Memory per GPU</h2>{MEMORY_NOTE}<div id="memory" class="chart"></div>',
         "<h2>Estimate</h2><pre>" + html.escape(render_table(est)) + "</pre>",
     ]
     return _page(f"Plan estimate: {est.model.name} on {est.plan.gpus} x {est.gpu.name}", sections, charts)

@@ -18,6 +18,7 @@ with `peak_gib`. A model path in a case is read relative to the cases file.
 """
 
 import statistics
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -80,6 +81,14 @@ class ValidationSummary:
         """None when no case has a measured peak (every case ran out of memory)."""
         errors = self.errors_pct
         return statistics.median(abs(e) for e in errors) if errors else None
+
+    def median_abs_error_pct_by_source(self) -> dict[str, float]:
+        """Per source, the median |error| of its cases with a measured peak (sources without one are left out)."""
+        errors: dict[str, list[float]] = defaultdict(list)
+        for r in self.results:
+            if r.error_pct is not None:
+                errors[r.case.source_id].append(abs(r.error_pct))
+        return {source: statistics.median(e) for source, e in sorted(errors.items())}
 
     @property
     def max_under_prediction_pct(self) -> float:
