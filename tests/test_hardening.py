@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from tests.fuzzing import MEASURED_ROW
 
-from planner.calibrate.measure import COLUMNS, render_csv
+from planner.calibrate.measure import render_csv
 from planner.catalog.paths import data_dirs
 from planner.cli import main
 from planner.files import STALE_STAGING_S, remove_stale_staging, write_folder
@@ -294,25 +295,8 @@ def test_l_every_case_oom_prints_no_median(tmp_path):
 def measured_csv(tmp_path: Path, **cells: str) -> Path:
     """A one-row `planner calibrate measure` CSV (a 1B model on one H100; the numbers are placeholders
     the validation only compares), with `cells` replaced."""
-    row = {c: "" for c in COLUMNS} | {
-        "device": "NVIDIA H100 80GB HBM3",
-        "gpu": "H100-80GB",
-        "model": "llama-3.2-1b",
-        "zero": "0",
-        "precision": "bf16",
-        "checkpointing": "none",
-        "micro_batch": "1",
-        "seq_len": "2048",
-        "optimizer": "adamw",
-        "engine": "fsdp",
-        "gpus": "1",
-        "status": "ok",
-        "max_allocated_gib": "20.0",
-        "nvidia_smi_used_gib": "22.0",
-        "tokens_per_s": "20000",
-    }
     path = tmp_path / "m.csv"
-    path.write_text(render_csv([row | cells]))
+    path.write_text(render_csv([MEASURED_ROW | cells]))
     return path
 
 
