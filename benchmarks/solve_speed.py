@@ -55,7 +55,7 @@ def _search(request: SolveRequest, with_cp_sat: bool) -> tuple[float, int]:
     cands = evaluate_candidates(model, budget, space, request.seq_len, global_batch)
     offloading = np.array([cands.categories[g][2] != "none" for g in cands.group], dtype=bool)
     fits = (cands.peak_gib <= budget.gpu.memory_gib * (1 - request.safety_margin)) & (
-        ~offloading | (cands.host_ram_gib_per_node <= (budget.gpu.node.host_ram_gib or np.inf))
+        ~offloading | (cands.host_ram_gib_per_node <= (budget.gpu.node.host_ram_gib or -np.inf))
     )
     if with_cp_sat:
         found, _ = feasible_indices(cands, space, global_batch, budget.gpus, fits)

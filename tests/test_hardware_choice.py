@@ -15,6 +15,7 @@ from planner.performance import comm
 from planner.plan import PlanRequest
 from planner.search.choice import budget_options, choose_hardware
 from planner.search.details import plan_estimates
+from planner.report.solve import rejected_lines
 from planner.search.solve import SolveRequest, non_dominated, solve
 
 NEW_GPUS = ("B200", "GB200", "H20", "L20", "L40", "L4", "RTX-A6000", "RTX-3090", "RTX-5090", "MI300X", "MI325X")
@@ -230,3 +231,55 @@ def test_bad_hardware_choice_input_is_one_line_exit_2(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def _without_host_ram(name: str):
+    gpu = load_gpu(name)
+    return replace(gpu, node=replace(gpu.node, host_ram_gib=None))
+
+
+def test_offload_without_a_host_ram_figure_does_not_fit():
+    """Offloaded states must fit the node's host RAM like the states on the GPU must fit its memory; a node
+    whose RAM is unknown cannot be shown to hold them, so the plan does not fit (it used to pass unchecked:
+    a 2xH800 full-offload plan was offered while H800 had no host RAM figure)."""
+    from planner.catalog import load_model
+    from planner.memory.model import estimate_memory
+
+    request = PlanRequest(model="13b", gpu="A100", gpus=2, zero=3, offload="optimizer+params", seq_len=2048)
+    est = estimate_plan(request)
+    model = load_model("13b")
+    known = estimate_memory(model, load_gpu("A100"), est.plan)
+    assert known.host_ram_fits and known.fits
+    assert known.host_ram_capacity_gib == load_gpu("A100").node.host_ram_gib
+    unknown = estimate_memory(model, _without_host_ram("A100"), est.plan)
+    assert unknown.host_ram_fits is False and not unknown.fits
+    assert unknown.peak_gib == known.peak_gib  # only the host side changed
+    no_offload = estimate_plan(replace(request, zero=3, offload="none", gpus=8))
+    assert estimate_memory(model, _without_host_ram("A100"), no_offload.plan).host_ram_fits is None
+
+
+def test_search_rejects_offload_plans_where_host_ram_is_unknown(monkeypatch):
+    import planner.search.solve as solve_module
+    from planner.search.space import parse_budget
+
+    request = SolveRequest(model="13b", budget="2xA100", seq_len=2048, global_batch=32)
+    with_ram = solve(request)
+    offloads = [i for i in with_ram.feasible if _offload(with_ram, i) != "none"]
+    assert offloads, "2xA100 fits 13B only with offload to its 1152 GiB host"
+
+    def budget_without_ram(text):
+        budget = parse_budget(text)
+        return replace(budget, gpu=replace(budget.gpu, node=replace(budget.gpu.node, host_ram_gib=None)))
+
+    monkeypatch.setattr(solve_module, "parse_budget", budget_without_ram)
+    without = solve(request)
+    assert all(_offload(without, i) == "none" for i in without.feasible)
+    assert without.rejections.over_host_ram >= len(offloads)
+    lines = rejected_lines(without, lambda i: str(i))
+    assert any("offload to host RAM, which A100-80GB has no figure for" in line for line in lines)
+
+
+def _offload(result, index):
+    from planner.search.candidates import CATEGORIES
+
+    return result.candidates.categories[result.candidates.group[index]][CATEGORIES.index("offload")]

@@ -395,7 +395,8 @@ def memory_estimate_at(
     usable = gpu.memory_gib * (1 - safety_margin)
     host = _at(host_gib, index)
     capacity = gpu.node.host_ram_gib
-    host_fits = None if plan.offload == "none" or capacity is None else host <= capacity
+    # Offloaded states must fit the node's host RAM; an unknown RAM cannot be shown to hold them (does not fit).
+    host_fits = None if plan.offload == "none" else capacity is not None and host <= capacity
     phases = {k: _at(v, index) for k, v in arrays.phases_gib.items()}
     stage_peaks = [_at(v, index) for v in arrays.stage_peaks_gib]
     return MemoryEstimate(

@@ -139,7 +139,14 @@ def rejected_lines(result, describe) -> list[str]:
             line += f"; smallest excess {excess:.2f} GiB: {describe(i)}"
         lines.append(line)
     if rej.over_host_ram:
-        lines.append(f"{rej.over_host_ram:,} offload more than the node's host RAM")
+        gpu = result.budget.gpu
+        if gpu.node.host_ram_gib is None:
+            lines.append(
+                f"{rej.over_host_ram:,} offload to host RAM, which {gpu.name} has no figure for "
+                "(add node.host_ram_gib to its catalog entry)"
+            )
+        else:
+            lines.append(f"{rej.over_host_ram:,} offload more than the node's {gpu.node.host_ram_gib:.0f} GiB host RAM")
     if rej.over_limits:
         lines.append(f"{rej.over_limits:,} fit but break the cost or time limit")
     lines.append(f"{len(result.feasible):,} plans fit")

@@ -222,7 +222,9 @@ def solve(request: SolveRequest) -> SolveResult:
     fits_gpu = cands.required_gib <= usable
     host = budget.gpu.node.host_ram_gib
     offloading = np.array([cands.categories[g][CATEGORIES.index("offload")] != "none" for g in cands.group], dtype=bool)
-    fits_host = ~offloading | (cands.host_ram_gib_per_node <= host if host is not None else True)
+    # Host RAM is a hard limit like GPU memory: offloaded states must fit the node's RAM, and a node whose RAM
+    # is not known cannot be shown to hold them, so offload plans on it are rejected (see rejected_lines).
+    fits_host = ~offloading | (cands.host_ram_gib_per_node <= host if host is not None else False)
     fits = fits_gpu & fits_host
     within = None
     if request.tokens is not None and (request.max_cost is not None or request.max_hours is not None):
