@@ -13,9 +13,9 @@ from planner.cli import main
 from planner.estimate import estimate_plan
 from planner.performance import comm
 from planner.plan import PlanRequest
+from planner.report.solve import rejected_lines
 from planner.search.choice import budget_options, choose_hardware
 from planner.search.details import plan_estimates
-from planner.report.solve import rejected_lines
 from planner.search.solve import SolveRequest, non_dominated, solve
 
 NEW_GPUS = ("B200", "GB200", "H20", "L20", "L40", "L4", "RTX-A6000", "RTX-3090", "RTX-5090", "MI300X", "MI325X")

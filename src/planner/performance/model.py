@@ -54,6 +54,25 @@ gradient (3) and divides (2). Elementwise, so memory-bound. Applies to the final
 token) and, with eager attention, to the attention scores (heads x s per token); a FlashAttention kernel
 caps the scores in registers and makes no passes."""
 
+FLASH_SOFTCAP_NOTE = (
+    "attention soft-capping inside FlashAttention is not timed: it adds one tanh per attention score on the "
+    "special-function units (forward, and again in the backward's recompute), about one per 7 x head_dim "
+    "attention FLOPs, at most 5-10% of the attention kernel's time and under 2% of a step up to 8192 tokens on H100"
+)
+"""Why the attention soft-cap (Gemma 2's attn_logit_softcapping) costs no time when a FlashAttention kernel
+applies it (FlashAttention >= 2.6 `softcap`, planner.plan.SOFTCAP_FLASH_VERSIONS). The kernel caps the scores
+in registers: no memory pass, one tanh per score element in the forward and one in the backward, which
+recomputes the scores (Dao-AILab/flash-attention PRs #1025 and #1033: tanh after QK^T, the backward derives
+dtanh from the recomputed capped scores with a multiply-add). Per score the forward does 4 x head_dim matmul
+FLOPs and the backward 10 x head_dim, so tanh runs once per 7 x head_dim attention FLOPs. The special-function
+units are the bottleneck that matters: H100 SXM has 3.9 TFLOP/s of them against 989 of bf16 matmul (Shah et
+al. 2024, FlashAttention-3, Sec. 3), so at FlashAttention-2's 35% of peak on H100 the tanh adds at most
+0.35 x 989 / (3.9 x 7 x 256) = 5% of the attention kernel's time for Gemma 2 9B (head_dim 256) and 10% for
+Gemma 2 27B (head_dim 128), before any overlap with the tensor cores. Attention takes under a quarter of a
+Gemma 2 step on H100 with FlashAttention-2 up to 8192 tokens (this model: 9B 25%, 27B 11% at 8192; half the
+layers are 4096-token sliding windows), so the step changes by under 2%: below the accuracy of the
+flash_attention_speed constants it would add to, so it is stated rather than timed."""
+
 EAGER_ATTENTION_SCORE_PASSES = 10
 """Memory passes over the s x s score matrix without flash attention: forward writes the scores, the
 softmax reads them and writes probabilities, the weighted sum reads them (4); backward reads the
@@ -706,7 +725,8 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         "flops": flops,
         "breakdown_s": breakdown,
         "data_parallel_comm_total_s": dp_total_s,
-        "notes": [MOE_MFU_NOTE] if arch.is_moe else [],
+        "notes": ([MOE_MFU_NOTE] if arch.is_moe else [])
+        + ([FLASH_SOFTCAP_NOTE] if arch.attn_logit_softcap and np.any(plan.flash_attention) else []),
     }
 
 
