@@ -75,6 +75,32 @@ PAIRS = [
         5078.1,
     ),
 ]
+PAIRS.append(
+    # NVIDIA/dgxc-benchmarking llama3.1/README_70b.md @35a9aec (tests/data/external, dgxc_bench-11 and -17):
+    # Llama 3.1 70B on 64 H100, TP 4 x PP 4 (VP 5) x CP 2, NeMo with TP comm overlap (userbuffers), TE delayed fp8.
+    (
+        "dgxc-70b-tp4-delayed",
+        {
+            "model": "llama-3.1-70b",
+            "gpu": "H100-80GB",
+            "gpus": 64,
+            "tp": 4,
+            "pp": 4,
+            "cp": 2,
+            "zero": 1,
+            "global_batch": 128,
+            "seq_len": 8192,
+            "engine": "megatron",
+            "pp_schedule": "interleaved",
+            "virtual_stages": 5,
+            "grad_reduce_bf16": True,
+            "tp_comm_overlap": True,
+        },
+        "delayed",
+        1113.0,
+        1488.1,
+    )
+)
 ROWWISE_GAP = (
     "torchao's rowwise recipe runs a slower rowwise-scaled GEMM than the tensorwise one; the model times "
     "only its extra cast passes (predicted 1.22x against 1.10x measured)"

@@ -212,6 +212,12 @@ def _method_options(solve: bool):
     help="Overlap the distributed optimizer's parameter gather with forward (Megatron ZeRO-1). Default: on.",
 )
 @click.option(
+    "--tp-comm-overlap/--no-tp-comm-overlap",
+    default=False,
+    show_default=True,
+    help="Overlap tensor-parallel collectives with the GEMMs (Megatron/Transformer Engine userbuffers; tp > 1).",
+)
+@click.option(
     "--checkpointing-every",
     type=int,
     default=1,
@@ -364,6 +370,11 @@ def _estimate_defaults(result) -> tuple[str, ...]:
 @click.option("--compile/--no-compile", "compile_", default=None)
 @click.option("--pp-schedule", type=click.Choice(PP_SCHEDULES), default=None, help="Pin the pipeline schedule.")
 @click.option("--fp8-recipe", type=click.Choice(FP8_RECIPES), default=None, help="Pin the fp8 scaling recipe.")
+@click.option(
+    "--tp-comm-overlap/--no-tp-comm-overlap",
+    default=None,
+    help="Pin Megatron's TP communication overlap (default: as the search space says).",
+)
 @click.option(
     "--virtual-stages", type=int, default=None, help="Pin the interleaved schedule's chunks per rank (implies it)."
 )

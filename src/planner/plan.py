@@ -150,6 +150,13 @@ class Plan:
         """Only part of the parameters train (LoRA, QLoRA, freeze)."""
         return self.method != "full"
 
+    tp_comm_overlap: bool = False
+    """Overlap the tensor-parallel all-gathers and reduce-scatters with the GEMMs next to them (Megatron
+    `--tp-comm-overlap`: Transformer Engine's userbuffers split each GEMM into chunks and exchange the next
+    chunk while the current one multiplies; NeMo's `ub_tp_comm_overlap`, Megatron-Bridge's
+    `CommOverlapConfig(tp_comm_overlap=True)`). Megatron only, with tp > 1 and sequence parallelism
+    (megatron/training/arguments.py refuses it without)."""
+
     fp8_recipe: Fp8Recipe = "tensorwise"
     """How fp8 linears are scaled (used only with `precision: fp8`): `tensorwise` (one scale per tensor
     from this step's amax: torchao's default, TransformerEngine's Float8CurrentScaling; under FSDP the
@@ -258,6 +265,8 @@ class PlanRequest:
     """Blocks that train under --method freeze; None: LLaMA-Factory's default, 2."""
     fp8_recipe: str = "tensorwise"
     """Used only with --precision fp8 (see Plan)."""
+    tp_comm_overlap: bool = False
+    """Megatron --tp-comm-overlap (see Plan); needs tp > 1 and sequence parallelism."""
     ep: int = 1
     """Expert-parallel degree (MoE models, Megatron or FSDP/torchtitan; see Plan)."""
     etp: int | None = None
@@ -394,6 +403,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
     if sequence_parallel and engine == "deepspeed":
         raise PlanError("DeepSpeed AutoTP has no sequence parallelism", "drop --sequence-parallel")
     sequence_parallel = sequence_parallel and tp > 1
+    tp_comm_overlap = _tp_comm_overlap(request.tp_comm_overlap, engine, tp, sequence_parallel)
 
     _check_engine(engine, request.zero, tp, pp, cp, checkpointing, offload, precision)
     _check_precision_on_gpu(precision, gpu)
@@ -438,6 +448,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         pp_schedule=pp_schedule,
         virtual_stages=virtual_stages,
         fp8_recipe=_fp8_recipe(request.fp8_recipe, precision, gpu),
+        tp_comm_overlap=tp_comm_overlap,
         **options,
         **method_fields,
         **moe_fields,
@@ -567,6 +578,27 @@ def embedding_and_loss_as_layers(num_layers: int, pp: int, virtual: int) -> bool
 def _virtual_stage_choices(num_layers: int, pp: int) -> str:
     values = [v for v in range(2, num_layers + 3) if interleaved_split_fits(num_layers, pp, v)]
     return ", ".join(map(str, values)) or "none (pp must divide the layers, or the layers + 2)"
+
+
+def _tp_comm_overlap(value: Any, engine: str, tp: int, sequence_parallel: bool) -> bool:
+    """--tp-comm-overlap, where it exists: Megatron with Transformer Engine, tp > 1, sequence parallelism."""
+    if not isinstance(value, bool):
+        raise PlanError(f"tp_comm_overlap must be true or false, got {quoted(value)}", "fix it")
+    if not value:
+        return False
+    if engine != "megatron":
+        raise PlanError(
+            f"--tp-comm-overlap is Megatron's (Transformer Engine userbuffers); --engine {engine} has no such option",
+            "drop --tp-comm-overlap or use --engine megatron",
+        )
+    if tp == 1:
+        raise PlanError("--tp-comm-overlap overlaps tensor-parallel traffic, and --tp 1 has none", "use --tp 2 or more")
+    if not sequence_parallel:
+        raise PlanError(
+            "--tp-comm-overlap needs sequence parallelism (Megatron-LM refuses it without)",
+            "drop --no-sequence-parallel or --tp-comm-overlap",
+        )
+    return True
 
 
 def _optional_bool(value: Any, name: str) -> bool | None:

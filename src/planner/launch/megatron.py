@@ -250,6 +250,8 @@ def _parallel_flags(model: ModelSpec, plan: Plan) -> list[str]:
     flags += ["--context-parallel-size", str(plan.cp)]
     if plan.sequence_parallel:
         flags.append("--sequence-parallel")
+    if plan.tp_comm_overlap:  # make_plan allows it with tp > 1 and sequence parallelism only
+        flags.append("--tp-comm-overlap")
     num_layers = model.architecture.num_layers
     aware = embedding_and_loss_as_layers(num_layers, plan.pp, plan.virtual_stages)
     layout = None if aware else pipeline_layout(num_layers, plan.pp)

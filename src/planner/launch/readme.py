@@ -174,6 +174,7 @@ def estimate_flags(est: Estimate, model_ref: str) -> str:
         f"--offload {p.offload} --engine {p.engine} --loss {p.loss}",
         "--flash-attention" if p.flash_attention else "--no-flash-attention",
         "--sequence-parallel" if p.sequence_parallel else "--no-sequence-parallel",
+        *(["--tp-comm-overlap"] if p.tp_comm_overlap else []),
         "--compile" if p.compile else "--no-compile",
         f"--safety-margin {est.memory.safety_margin}",
     ]

@@ -36,7 +36,7 @@ _COMPARED = ("engine", "gpus", "tp", "pp", "cp", "zero", "micro_batch", "grad_ac
 _COMPARED += ("precision", "offload", "sequence_parallel", "compile", "optimizer", "loss", "flash_attention")
 _COMPARED += ("flash_attention_version", "pp_schedule", "virtual_stages", "grad_reduce_bf16", "overlap_grad_reduce")
 _COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version", "ep", "etp", "moe_capacity_factor")
-_COMPARED += ("moe_dispatcher",)
+_COMPARED += ("moe_dispatcher", "tp_comm_overlap")
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,9 @@ def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str
     engine = CODE_ENGINE[code]
     if engine != plan.engine:
         values.update(overlap_grad_reduce=None, overlap_param_gather=None)
+        if plan.tp_comm_overlap:
+            values["tp_comm_overlap"] = False
+            why.append("TP communication overlap is Megatron's (Transformer Engine userbuffers)")
         if engine == "deepspeed" and plan.grad_reduce_bf16 is False:
             values["grad_reduce_bf16"] = None
     if engine == "megatron" and plan.zero > 1:

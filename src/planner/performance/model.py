@@ -174,6 +174,20 @@ def recomputed_tp_collectives(plan: Plan, arch_layers: int = 1) -> float:
     return 0
 
 
+def exposed_tp_comm_s(tp_comm_s, linear_gemm_s):
+    """Tensor-parallel traffic left on the critical path under Megatron's --tp-comm-overlap.
+
+    Transformer Engine's userbuffers pair every sequence-parallel collective of a block with the GEMM next
+    to it: the all-gather in front of the QKV and FC1 GEMMs and the reduce-scatter after the projection and
+    FC2 GEMMs are split into tp chunks, each chunk's exchange running while the previous chunk multiplies;
+    in backward the mirrored collectives overlap the data-gradient GEMMs, and the all-gather the weight
+    gradient needs is overlapped in bulk (TransformerEngine's userbuffers comm_gemm_overlap; Megatron-LM
+    --tp-comm-overlap and its ub_overlap_ag/ub_overlap_rs/ub_bulk_dgrad/ub_bulk_wgrad defaults). So the
+    traffic hides behind the blocks' linear GEMMs of the same micro-batch and only what exceeds them stays
+    exposed."""
+    return np.maximum(0.0, tp_comm_s - linear_gemm_s)
+
+
 def pointwise_width(hidden_size: int, plan: Plan):
     """The width in the efficiency's pointwise factor. A block's pointwise work (norms, activation, RoPE,
     residual adds) grows as T x h while its matmuls grow as T x h^2, so their ratio falls as 1/h. Tensor
@@ -663,6 +677,9 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     tp_bw = comm.group_bandwidth_gbps(gpu, plan.tp, 1, plan.gpus_per_node)
     collectives = TP_COLLECTIVES_PER_LAYER + recomputed_tp_collectives(plan, arch.num_layers)
     tp_s = layers * collectives * comm.all_gather_s(tokens * arch.hidden_size * a, plan.tp, tp_bw)
+    if plan.tp_comm_overlap:
+        linear_s = tokens / plan.tp * np.where(slowest_is_first, first.matmul_flops, last.matmul_flops)
+        tp_s = exposed_tp_comm_s(tp_s, linear_s / (peak_matmul * linear_eff))
 
     cp_bw = comm.group_bandwidth_gbps(gpu, plan.cp, plan.tp, plan.gpus_per_node)
     kv_bytes = 2 * arch.kv_width * tokens * a / plan.tp

@@ -98,6 +98,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "virtual_stages": p.virtual_stages,
         "method": p.method,
         "fp8_recipe": p.fp8_recipe,
+        "tp_comm_overlap": p.tp_comm_overlap,
         **({"ep": p.ep} if est.model.architecture.is_moe else {}),
         "sequence_parallel": p.sequence_parallel,
         "peak_gib": round(m.peak_gib, 2),

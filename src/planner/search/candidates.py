@@ -37,6 +37,7 @@ CATEGORIES = (
     "virtual_stages",
     "fp8_recipe",
     "ep",
+    "tp_comm_overlap",
 )
 """Categorical dimensions, in the order the CP-SAT model and the reports use."""
 
@@ -139,6 +140,8 @@ def allowed_combinations(
             continue  # 1F1B has one chunk per rank, interleaving at least two
         if chosen["precision"] != "fp8" and chosen["fp8_recipe"] != space.fp8_recipe[0]:
             continue  # the recipe only matters in fp8: one stands for all elsewhere
+        if chosen["tp_comm_overlap"] and chosen["engine"] != "megatron":
+            continue  # Megatron's option (make_plan refuses it elsewhere)
         for flags in itertools.product((False, True), repeat=3):
             degrees = {}
             for name, flag in zip(("tp", "pp", "cp"), flags, strict=True):

@@ -40,6 +40,7 @@ CHOICE_DIMENSIONS = {
     "method": METHODS,
     "fp8_recipe": FP8_RECIPES,
     "ep": None,
+    "tp_comm_overlap": (False, True),
 }
 """Dimensions whose values are chosen per group of plans; None: any whole number (NUMERIC_LIMITS)."""
 OPTIONAL_DIMENSIONS = {
@@ -49,6 +50,7 @@ OPTIONAL_DIMENSIONS = {
     "method": ["full"],
     "fp8_recipe": ["tensorwise"],
     "ep": [1],
+    "tp_comm_overlap": [False],
 }
 """Dimensions a search space file may leave out, and the values they then take."""
 GPU_POLICIES = ("powers_of_two", "whole_nodes")
@@ -128,6 +130,8 @@ class SearchSpace:
     ep: tuple[int, ...] = (1,)
     """Expert-parallel degrees (MoE models; the search keeps the divisors of the expert count, and 1 for a
     dense model)."""
+    tp_comm_overlap: tuple[bool, ...] = (False,)
+    """Megatron's TP communication overlap (userbuffers), tried on Megatron plans with tp > 1."""
     source: str = ""
 
     def pinned(self, **pins: Any) -> "SearchSpace":
