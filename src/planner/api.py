@@ -15,8 +15,7 @@ The README's "Python API" section is run as a doctest by tests/test_api.py.
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from planner.errors import PlannerError
 from planner.estimate import Estimate, estimate_plan
@@ -25,6 +24,9 @@ from planner.memory import DEFAULT_SAFETY_MARGIN
 from planner.plan import PlanRequest
 from planner.search.solve import SolveRequest, SolveResult
 from planner.units import parse_count
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def estimate(
@@ -56,8 +58,10 @@ class Solution:
         return [self.estimates[int(i)] for i in self.result.feasible]
 
     @property
-    def frame(self) -> pd.DataFrame:
-        """One row per ranked plan, the columns of plans.csv."""
+    def frame(self) -> "pd.DataFrame":
+        """One row per ranked plan, the columns of plans.csv (pandas is imported here, not at start-up)."""
+        import pandas as pd
+
         from planner.report.solve import rows
 
         return pd.DataFrame(rows(self.result, self.estimates))

@@ -20,17 +20,22 @@ Constraints:
 
 All solutions are enumerated with one worker and a fixed seed, then ranked outside the solver, so the
 output does not depend on the enumeration order.
+
+The model is written straight into CP-SAT's model proto through `ortools.sat.python.cp_model_helper` (the
+same proto `cp_model.CpModel` builds, variable for variable): `ortools.sat.python.cp_model` imports pandas
+for its DataFrame helpers, about half a second of every `planner solve` that uses none of them.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-from ortools.sat.python import cp_model
+from ortools.sat.python import cp_model_helper as cmh
 
 from planner.search.candidates import CATEGORIES, Candidates
 from planner.search.space import SearchSpace
 
 SEED = 20241128
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -40,14 +45,101 @@ class SolverStats:
     status: str
 
 
-class _Collector(cp_model.CpSolverSolutionCallback):
-    def __init__(self, variables):
+class _Model:
+    """The few CP-SAT model-building calls the search needs, on the raw proto: integer variables over
+    explicit values or a range, products, reified bounds, allowed-assignment tables, a fixed search order."""
+
+    def __init__(self) -> None:
+        self.proto = cmh.CpModelProto()
+
+    def int_var(self, values: list[int], name: str) -> int:
+        """A variable over exactly `values` (sorted, distinct); returns its index."""
+        variable = self.proto.variables.add()
+        variable.name = name
+        domain = []
+        for value in sorted(set(values)):  # as intervals [a, b] of consecutive values
+            if domain and value == domain[-1] + 1:
+                domain[-1] = value
+            else:
+                domain += [value, value]
+        variable.domain.extend(domain)
+        return len(self.proto.variables) - 1
+
+    def range_var(self, low: int, high: int, name: str) -> int:
+        variable = self.proto.variables.add()
+        variable.name = name
+        variable.domain.extend([low, high])
+        return len(self.proto.variables) - 1
+
+    @staticmethod
+    def _expr(expression, variable: int) -> None:
+        expression.vars.append(variable)
+        expression.coeffs.append(1)
+
+    def product(self, target: int | None, factors: list[int], constant: int = 0) -> None:
+        """variable `target` (or `constant` when target is None) = product of the factor variables."""
+        prod = self.proto.constraints.add().int_prod
+        if target is None:
+            prod.target.offset = constant
+        else:
+            self._expr(prod.target, target)
+        for factor in factors:
+            self._expr(prod.exprs.add(), factor)
+
+    def bound_if(self, variable: int, low: int, high: int, literal: int) -> None:
+        """low <= variable <= high whenever `literal` holds (a literal is a boolean's index, or -index-1
+        for its negation)."""
+        constraint = self.proto.constraints.add()
+        constraint.enforcement_literal.append(literal)
+        constraint.linear.vars.append(variable)
+        constraint.linear.coeffs.append(1)
+        constraint.linear.domain.extend([low, high])
+
+    def allowed(self, variables: list[int], rows: np.ndarray) -> None:
+        """The variables' values must equal one row of `rows` (shape: rows x len(variables))."""
+        table = self.proto.constraints.add().table
+        table.values.extend(np.asarray(rows, dtype=np.int64).reshape(-1).tolist())
+        for variable in variables:
+            self._expr(table.exprs.add(), variable)
+
+    def search_order(self, variables: list[int]) -> None:
+        """Branch on the variables in this order, smallest value first."""
+        strategy = self.proto.search_strategy.add()
+        for variable in variables:
+            self._expr(strategy.exprs.add(), variable)
+
+
+class _Collector(cmh.SolutionCallback):
+    def __init__(self, variables: list[int]):
         super().__init__()
         self._variables = variables
         self.rows: list[tuple[int, ...]] = []
 
-    def on_solution_callback(self) -> None:
-        self.rows.append(tuple(self.Value(v) for v in self._variables))
+    def OnSolutionCallback(self) -> None:  # the name OR-Tools calls
+        self.rows.append(tuple(self.SolutionIntegerValue(v) for v in self._variables))
+
+
+def _parameters() -> "cmh.SatParameters":
+    parameters = cmh.SatParameters()
+    parameters.enumerate_all_solutions = True
+    parameters.num_workers = 1
+    parameters.random_seed = SEED
+    # Presolve, probing, in-processing and LP relaxations only slow enumeration down here (every solution is
+    # wanted and there is no objective to bound); the search follows the key variables in order. None of
+    # these settings changes which solutions exist.
+    parameters.cp_model_presolve = False
+    parameters.linearization_level = 0
+    parameters.search_branching = cmh.SatParameters.FIXED_SEARCH
+    parameters.cp_model_probing_level = 0
+    parameters.use_sat_inprocessing = False
+    return parameters
+
+
+def _keys(cands: Candidates) -> np.ndarray:
+    """The values of the key variables (group, tp, pp, cp, micro_batch, dp) of every candidate, one row each."""
+    return np.column_stack(
+        [np.asarray(getattr(cands, name), dtype=np.int64) for name in ("group", "tp", "pp", "cp", "micro_batch", "dp")]
+    ).reshape(-1, 6)
 
 
 def feasible_indices(
@@ -59,67 +151,53 @@ def feasible_indices(
     within_limits: np.ndarray | None = None,
 ) -> tuple[np.ndarray, SolverStats]:
     """Indices (into `cands`) of every plan satisfying all constraints, found by CP-SAT enumeration."""
-    m = cp_model.CpModel()
-    gpus = m.NewIntVarFromDomain(cp_model.Domain.FromValues(list(space.gpus)), "gpus")
+    m = _Model()
+    gpus = m.int_var([int(v) for v in space.gpus], "gpus")
     numeric = {}
     for name in ("tp", "pp", "cp", "micro_batch"):
         values = [int(v) for v in np.unique(getattr(cands, name))] or [1]
-        numeric[name] = m.NewIntVarFromDomain(cp_model.Domain.FromValues(values), name)
-    dp = m.NewIntVar(1, budget_gpus, "dp")
-    grad_accum = m.NewIntVar(1, global_batch, "grad_accum")
-    tp_pp = m.NewIntVar(1, budget_gpus, "tp_pp")
-    model_parallel = m.NewIntVar(1, budget_gpus, "tp_pp_cp")
-    m.AddMultiplicationEquality(tp_pp, [numeric["tp"], numeric["pp"]])
-    m.AddMultiplicationEquality(model_parallel, [tp_pp, numeric["cp"]])
-    m.AddMultiplicationEquality(gpus, [model_parallel, dp])
-    per_step = m.NewIntVar(1, global_batch, "micro_batch_dp")
-    m.AddMultiplicationEquality(per_step, [numeric["micro_batch"], dp])
-    m.AddMultiplicationEquality(global_batch, [per_step, grad_accum])
+        numeric[name] = m.int_var(values, name)
+    dp = m.range_var(1, budget_gpus, "dp")
+    grad_accum = m.range_var(1, global_batch, "grad_accum")
+    tp_pp = m.range_var(1, budget_gpus, "tp_pp")
+    model_parallel = m.range_var(1, budget_gpus, "tp_pp_cp")
+    m.product(tp_pp, [numeric["tp"], numeric["pp"]])
+    m.product(model_parallel, [tp_pp, numeric["cp"]])
+    m.product(gpus, [model_parallel, dp])
+    per_step = m.range_var(1, global_batch, "micro_batch_dp")
+    m.product(per_step, [numeric["micro_batch"], dp])
+    m.product(None, [per_step, grad_accum], constant=global_batch)
 
     # The categorical choices enter as one index over the groups of candidates (each group one combination
     # of engine, ZeRO stage, offload, checkpointing, precision, optimizer, loss, flash attention, compile).
     groups = list(cands.categories)
     groups += sorted({row[: len(CATEGORIES)] for row in cands.allowed} - set(groups), key=str)
-    group = m.NewIntVar(0, max(len(groups) - 1, 0), "categorical_choice")
+    group = m.range_var(0, max(len(groups) - 1, 0), "categorical_choice")
     flags = []
     for name in ("tp", "pp", "cp"):
-        flag = m.NewBoolVar(f"{name}_gt_1")
-        m.Add(numeric[name] >= 2).OnlyEnforceIf(flag)
-        m.Add(numeric[name] <= 1).OnlyEnforceIf(flag.Not())
+        flag = m.range_var(0, 1, f"{name}_gt_1")
+        m.bound_if(numeric[name], 2, INT64_MAX, flag)
+        m.bound_if(numeric[name], INT64_MIN, 1, -flag - 1)
         flags.append(flag)
     position = {values: i for i, values in enumerate(groups)}
     supported = [(position[row[: len(CATEGORIES)]], *(int(f) for f in row[len(CATEGORIES) :])) for row in cands.allowed]
-    m.AddAllowedAssignments([group, *flags], supported)
+    m.allowed([group, *flags], np.array(supported, dtype=np.int64).reshape(-1, 4))
     key_vars = [group, numeric["tp"], numeric["pp"], numeric["cp"], numeric["micro_batch"], dp]
-
-    def key(i: int) -> tuple[int, ...]:
-        """The values of `key_vars` for candidate i."""
-        c = cands
-        return (int(c.group[i]), int(c.tp[i]), int(c.pp[i]), int(c.cp[i]), int(c.micro_batch[i]), int(c.dp[i]))
-
-    def table(mask: np.ndarray) -> list[tuple[int, ...]]:
-        return [key(i) for i in np.flatnonzero(mask)]
 
     # Memory (and limits): the key variables must equal one row of the table of fitting tuples.
     allowed = fits if within_limits is None else fits & within_limits
-    m.AddAllowedAssignments(key_vars, table(allowed))
-    m.AddDecisionStrategy(key_vars, cp_model.CHOOSE_FIRST, cp_model.SELECT_MIN_VALUE)
+    rows = np.flatnonzero(allowed)
+    keys = _keys(cands)[rows]
+    m.allowed(key_vars, keys)
+    m.search_order(key_vars)
 
-    solver = cp_model.CpSolver()
-    solver.parameters.enumerate_all_solutions = True
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = SEED
-    # Presolve, probing, in-processing and LP relaxations only slow enumeration down here (every solution is
-    # wanted and there is no objective to bound); the search follows the key variables in order. None of
-    # these settings changes which solutions exist.
-    solver.parameters.cp_model_presolve = False
-    solver.parameters.linearization_level = 0
-    solver.parameters.search_branching = cp_model.FIXED_SEARCH
-    solver.parameters.cp_model_probing_level = 0
-    solver.parameters.use_sat_inprocessing = False
+    solver = cmh.SolveWrapper()
+    solver.set_parameters(_parameters())
     collector = _Collector(key_vars)
-    status = solver.Solve(m, collector)
+    solver.add_solution_callback(collector)
+    response = solver.solve(m.proto)
+    solver.clear_solution_callback(collector)
 
-    lookup = {key(i): i for i in np.flatnonzero(allowed)}
+    lookup = dict(zip(map(tuple, keys.tolist()), rows.tolist(), strict=True))
     found = np.array(sorted(lookup[row] for row in set(collector.rows)), dtype=np.int64)
-    return found, SolverStats(len(collector.rows), solver.WallTime(), solver.StatusName(status))
+    return found, SolverStats(len(collector.rows), response.wall_time, response.status.name)
