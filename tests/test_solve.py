@@ -132,6 +132,33 @@ def test_cost_objective_orders_by_dollars_per_token():
     assert np.all(np.diff(per_million) >= -1e-12)
 
 
+@pytest.mark.parametrize("objective", ["throughput", "cost"])
+def test_ranking_is_the_lexicographic_order_of_its_keys(objective):
+    """The numpy ranking equals Python's sort of each plan's key tuple: the objective, fewer GPUs, lower peak,
+    then every plan field (booleans and text compared as text, as the ranking documents)."""
+    from planner.search.ranking import PLAN_COLUMNS, sort_keys
+
+    result = solve(SolveRequest(model="7b", budget="16xA100", objective=objective, tokens=1e9))
+    c, price = result.candidates, result.price_per_gpu_hour
+
+    def value(i, name):
+        if name in CATEGORIES:
+            raw = c.categories[c.group[i]][CATEGORIES.index(name)]
+            return str(raw) if isinstance(raw, bool | str) else raw
+        if name == "usd_per_million_tokens":
+            return c.gpus[i] * price / (c.tokens_per_s[i] * 3600 / 1e6)
+        return getattr(c, name)[i]
+
+    keys = sort_keys(objective)
+    assert [k for k, _ in keys][-len(PLAN_COLUMNS) :] == list(PLAN_COLUMNS)
+
+    def key(i):
+        return tuple(value(i, name) if ascending else -value(i, name) for name, ascending in keys)
+
+    assert len(result.feasible) > 100
+    assert [int(i) for i in result.feasible] == sorted((int(i) for i in result.feasible), key=key)
+
+
 def test_pins_restrict_the_space():
     result = solve(SolveRequest(model="13b", budget="16xA100", pins={"zero": 3, "engine": "deepspeed"}))
     assert {result.candidates.categories[g][:2] for g in result.candidates.group[result.feasible]} == {("deepspeed", 3)}

@@ -132,6 +132,7 @@ def allowed_combinations(
         "cp": smallest_above_one(space.cp, lambda c: seq_len % c == 0),
     }
     allowed = []
+    methods = {m: method_fields_for(m, method_settings or {}, arch) for m in space.method}
     for values in itertools.product(*(getattr(space, name) for name in CATEGORIES)):
         chosen = dict(zip(CATEGORIES, values, strict=True))
         if not chosen["flash_attention"] and chosen["flash_attention_version"] != space.flash_attention_version[0]:
@@ -142,7 +143,10 @@ def allowed_combinations(
             continue  # the recipe only matters in fp8: one stands for all elsewhere
         if chosen["tp_comm_overlap"] and chosen["engine"] != "megatron":
             continue  # Megatron's option (make_plan refuses it elsewhere)
+        fields = {**chosen, **methods[chosen["method"]]}
         for flags in itertools.product((False, True), repeat=3):
+            if chosen["pp_schedule"] == "interleaved" and not flags[1]:
+                continue  # interleaving splits pipeline stages: make_plan refuses it at pp 1
             degrees = {}
             for name, flag in zip(("tp", "pp", "cp"), flags, strict=True):
                 if flag and reps[name] is None:
@@ -161,7 +165,7 @@ def allowed_combinations(
                     global_batch=degrees["pp"] * chosen["ep"],
                     seq_len=seq_len,
                     **degrees,
-                    **{**chosen, **method_fields_for(chosen["method"], method_settings or {}, arch)},
+                    **fields,
                 )
                 try:
                     make_plan(request, model, budget.gpu)
