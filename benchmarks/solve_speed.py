@@ -11,11 +11,17 @@ choice `planner solve --model 13b --gpu-types any --max-gpus 64 --tokens 10B` ov
 and keeps those that fit; "CP-SAT" is the search `solve` runs: the same evaluation, then the CP-SAT model
 enumerating every plan that satisfies its constraints (both must find the same plans); "solve" adds the
 ranking; "end-to-end" runs the `planner solve` command (start-up, search, ranking, full estimates of every
-listed plan, the three reports) in a fresh process.
+listed plan, the reports) in a fresh process RUNS times and prints the median wall time and the median CPU
+time (user + system of the child process): on a machine shared with other jobs the wall time measures the
+load as much as the program, the CPU time is what the run costs (and its wall time on an idle core).
+
+    python benchmarks/solve_speed.py [RUNS]     # default 5
 """
 
 import os
 import platform
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,7 +69,28 @@ def _search(request: SolveRequest, with_cp_sat: bool) -> tuple[float, int]:
     return time.perf_counter() - start, int(fits.sum())
 
 
-def end_to_end(request: SolveRequest) -> float:
+RUNS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_runs(args: list[str]) -> tuple[float, float]:
+    """(median wall s, median CPU s) of RUNS fresh `planner solve` processes with these arguments."""
+    wall, cpu = [], []
+    for _ in range(RUNS):
+        with tempfile.TemporaryDirectory() as tmp:
+            start, start_cpu = time.perf_counter(), _children_cpu_s()
+            subprocess.run([*args, "--out", tmp + "/r"], check=True, capture_output=True, env=os.environ.copy())
+            wall.append(time.perf_counter() - start)
+            cpu.append(_children_cpu_s() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def end_to_end(request: SolveRequest) -> tuple[float, float]:
+    """(median wall s, median CPU s) of the `planner solve` command for `request`."""
     args = [
         sys.executable,
         "-m",
@@ -80,31 +107,25 @@ def end_to_end(request: SolveRequest) -> float:
         args += ["--global-batch", str(request.global_batch)]
     if request.space:
         args += ["--space", str(request.space)]
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        subprocess.run([*args, "--out", tmp + "/r"], check=True, capture_output=True, env=os.environ.copy())
-        return time.perf_counter() - start
+    return _timed_runs(args)
 
 
 CHOICE_ARGS = ["--model", "13b", "--gpu-types", "any", "--max-gpus", "64", "--tokens", "10B"]
 
 
-def hardware_choice_end_to_end(*extra: str) -> float:
-    """Seconds of `planner solve --model 13b --gpu-types any --max-gpus 64 --tokens 10B` in a fresh process
-    (with `extra` arguments, e.g. --format json). The hardware choice writes report.md, report.json and
-    plans.csv; no report.html."""
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        args = [sys.executable, "-m", "planner.cli", "solve", *CHOICE_ARGS, *extra, "--out", tmp + "/r"]
-        subprocess.run(args, check=True, capture_output=True, env=os.environ.copy())
-        return time.perf_counter() - start
+def hardware_choice_end_to_end(*extra: str) -> tuple[float, float]:
+    """(median wall s, median CPU s) of `planner solve --model 13b --gpu-types any --max-gpus 64 --tokens 10B`
+    in a fresh process (with `extra` arguments, e.g. --format json). The hardware choice writes report.md,
+    report.json and plans.csv; no report.html."""
+    return _timed_runs([sys.executable, "-m", "planner.cli", "solve", *CHOICE_ARGS, *extra])
 
 
 def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"load average at the start: {os.getloadavg()[0]:.1f}; end to end: median of {RUNS} runs")
     print(
         f"{'case':40s} {'space':>10s} {'valid':>8s} {'fit':>6s} {'numpy s':>8s} {'CP-SAT s':>9s} "
-        f"{'ratio':>6s} {'solve s':>8s} {'end-to-end s':>13s}"
+        f"{'ratio':>6s} {'solve s':>8s} {'e2e wall s':>11s} {'e2e CPU s':>10s}"
     )
     for label, request in CASES:
         _search(request, False)  # warm caches
@@ -114,19 +135,23 @@ def main() -> None:
         start = time.perf_counter()
         result = solve(request)
         solve_s = time.perf_counter() - start
-        e2e = end_to_end(request)
+        wall, cpu = end_to_end(request)
         print(
             f"{label:40s} {result.rejections.space_size:>10,d} {result.rejections.structurally_valid:>8,d} "
             f"{len(result.feasible):>6,d} {base_s:>8.2f} {cp_s:>9.2f} {cp_s / base_s:>6.2f} {solve_s:>8.2f} "
-            f"{e2e:>13.2f}"
+            f"{wall:>11.2f} {cpu:>10.2f}"
         )
     from planner.catalog import list_gpus
 
     priced = sum(1 for gpu in list_gpus() if gpu.price.usd_per_gpu_hour is not None)
-    label = f"(d) 13b, --gpu-types any ({priced} types) --max-gpus 64"
     blank = " " * 62
-    print(f"{label:40s} {blank} {hardware_choice_end_to_end():>13.2f}")
-    print(f"{'(d) the same, --format json':40s} {blank} {hardware_choice_end_to_end('--format', 'json'):>13.2f}")
+    for label, extra in (
+        (f"(d) 13b, --gpu-types any ({priced} types) --max-gpus 64", ()),
+        ("(d) the same, --format json", ("--format", "json")),
+    ):
+        wall, cpu = hardware_choice_end_to_end(*extra)
+        print(f"{label:40s} {blank} {wall:>11.2f} {cpu:>10.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
