@@ -304,3 +304,26 @@ def test_lora_on_a_model_peft_cannot_wrap_is_one_line_exit_2(tmp_path):
     # full fine-tuning and freeze of the same model are still planned
     result = CliRunner().invoke(main, ["estimate", "--model", model, "--gpu", "A100-80GB", "--method", "freeze"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    ("engine", "zero", "fsdp_version", "bf16", "mixed_precision"),
+    [("fsdp", 3, 2, False, "no"), ("fsdp", 2, 1, False, "no"), ("deepspeed", 3, 2, True, None)],
+)
+def test_pure_bf16_lora_launches_what_was_predicted(engine, zero, fsdp_version, bf16, mixed_precision):
+    # The memory model counts bf16 adapters, gradients and optimizer states without autocast under pure-bf16.
+    # Under FSDP/DDP the Trainer's bf16 flag (Accelerate's mixed precision) would upcast the trainable bf16
+    # parameters to fp32, so it stays off; DeepSpeed's bf16 section needs it on and keeps bf16 weights itself.
+    from planner.launch.accelerate import accelerate_fsdp_config
+    from planner.launch.bundle import _peft_comments
+    from planner.launch.trainer import trainer_arguments
+
+    fields = dict(method="lora", engine=engine, zero=zero, fsdp_version=fsdp_version, gpus=2)
+    model, _, plan = plan_for(precision="pure-bf16", **fields)
+    assert trainer_arguments(plan, model)["bf16"] is bf16
+    assert ("autocast_adapter_dtype=False" in " ".join(_peft_comments(plan))) is (engine != "deepspeed")
+    if mixed_precision is not None:
+        assert accelerate_fsdp_config(plan, model)["mixed_precision"] == mixed_precision
+    # bf16 mixed precision keeps autocast (and the fp32 adapters PEFT makes, which that prediction counts)
+    _, _, mixed = plan_for(precision="bf16", **fields)
+    assert trainer_arguments(mixed, model)["bf16"] is True

@@ -26,7 +26,7 @@ from planner.launch.deepspeed import deepspeed_command, deepspeed_config
 from planner.launch.megatron import megatron_arguments
 from planner.launch.shell import expand_defaults, torchrun_args
 from planner.launch.torchtitan import torchtitan_module
-from planner.launch.trainer import trainer_arguments, trainer_flags
+from planner.launch.trainer import trainer_arguments, trainer_bf16, trainer_flags
 from planner.memory.stages import checkpointed_blocks, in_flight_micro_batches
 
 pytestmark = pytest.mark.engines
@@ -242,7 +242,7 @@ def test_training_arguments_accept_args_file_and_flags(tmp_path, monkeypatch, la
     for parsed in (from_file, from_flags):
         assert parsed.per_device_train_batch_size == est.plan.micro_batch
         assert parsed.gradient_accumulation_steps == est.plan.grad_accum
-        assert parsed.bf16 is (est.plan.precision in ("bf16", "pure-bf16"))
+        assert parsed.bf16 is trainer_bf16(est.plan)
     if est.plan.engine == "deepspeed":
         hf_ds = from_file.hf_deepspeed_config
         model = type("Stub", (), {"config": type("Cfg", (), {"hidden_size": est.model.architecture.hidden_size})()})

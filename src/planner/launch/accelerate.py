@@ -16,9 +16,10 @@ from planner.catalog import ModelSpec
 from planner.launch.layout import DEFAULT_MASTER_PORT, hf_fsdp2_settings, node_layout
 from planner.plan import Plan
 
-MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "pure-bf16": "bf16"}
-"""Accelerate's `mixed_precision` per plan precision; for pure-bf16 the script loads the model in bf16, so
-the bf16 policy casts nothing and weights, gradients and optimizer states stay bf16."""
+MIXED_PRECISION = {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "pure-bf16": "no"}
+"""Accelerate's FSDP `mixed_precision` per plan precision. pure-bf16: "no", with the model loaded in bf16 by the
+script, so weights, gradients and optimizer states stay bf16; "bf16" would make Accelerate upcast every
+trainable parameter to fp32 before sharding (see planner.launch.trainer.trainer_bf16)."""
 
 
 def accelerate_deepspeed_config(plan: Plan, ds_config_path: str = "ds_config.json") -> dict[str, Any]:

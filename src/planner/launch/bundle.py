@@ -211,6 +211,9 @@ def _accelerate_script(folder: LaunchFolder, variant: Variant, config_name: str)
 def _peft_comments(plan: Plan) -> list[str]:
     if plan.method in ("lora", "qlora"):
         lines = ["PEFT: the script wraps the model with get_peft_model(model, LoraConfig(**peft_config.json))"]
+        if plan.precision == "pure-bf16" and plan.engine != "deepspeed":
+            # PEFT's default autocast_adapter_dtype=True upcasts bf16 adapters to fp32; the plan counts bf16 ones.
+            lines[0] += " with autocast_adapter_dtype=False (bf16 adapters, as predicted)"
         if plan.method == "qlora":
             lines.append("and loads it with quantization_config=BitsAndBytesConfig(**bnb_config.json).")
         return lines

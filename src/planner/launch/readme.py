@@ -152,6 +152,12 @@ def script_duties(folder) -> list[str]:
                 f"With {who} and the Trainer, load the model in bf16 (`torch_dtype=torch.bfloat16`): the {code} "
                 "variant keeps weights, gradients and optimizer states in bf16."
             )
+            if plan.method in ("lora", "qlora") and plan.engine != "deepspeed":
+                duties.append(
+                    f"With {who}, call `get_peft_model(model, config, autocast_adapter_dtype=False)`: PEFT's "
+                    "default upcasts the adapters to fp32, and the prediction counts bf16 adapters without autocast "
+                    "(the Trainer's bf16 flag is off for this reason)."
+                )
     return duties
 
 

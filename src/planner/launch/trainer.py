@@ -22,6 +22,20 @@ OPTIM = {"adamw": "adamw_torch_fused", "adamw-8bit": "adamw_bnb_8bit", "sgd": "s
 MAX_GRAD_NORM = 1.0
 
 
+def trainer_bf16(plan: Plan) -> bool:
+    """The Trainer's `bf16` flag (autocast mixed precision) for the plan's precision.
+
+    pure-bf16 (the script loads the model in bf16, `torch_dtype=torch.bfloat16`): on only under DeepSpeed, whose
+    bf16 section the flag fills ("auto") and whose engine keeps bf16 weights. Under FSDP or DDP the flag would
+    train something else than what was predicted: it turns on Accelerate's mixed precision, which upcasts every
+    trainable bf16 parameter to an fp32 master copy before sharding (accelerate 1.15 fsdp2_prepare_model and
+    the FSDP1 branch of Accelerator.prepare_model: "FSDP upcast of low precision parameters"), where the plan
+    counts bf16 weights, gradients and optimizer states (and bf16 LoRA adapters) without autocast."""
+    if plan.precision == "pure-bf16":
+        return plan.engine == "deepspeed"
+    return plan.precision == "bf16"
+
+
 def trainer_arguments(plan: Plan, model: ModelSpec, ds_config: str | dict = "ds_config_trainer.json") -> dict[str, Any]:
     """TrainingArguments fields of the plan (the data, learning rate and output settings stay yours). `ds_config`
     is the DeepSpeed config's path or, for an args file that works from any directory, the config itself."""
@@ -35,9 +49,7 @@ def trainer_arguments(plan: Plan, model: ModelSpec, ds_config: str | dict = "ds_
         "output_dir": "output",
         "per_device_train_batch_size": plan.micro_batch,
         "gradient_accumulation_steps": plan.grad_accum,
-        # pure-bf16: the model is loaded in bf16 (the script's torch_dtype) and the flag keeps DeepSpeed's and
-        # FSDP's bf16 settings consistent with it.
-        "bf16": plan.precision in ("bf16", "pure-bf16"),
+        "bf16": trainer_bf16(plan),
         "fp16": plan.precision == "fp16",
         "optim": OPTIM[plan.optimizer],
         "max_grad_norm": MAX_GRAD_NORM,
