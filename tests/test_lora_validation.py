@@ -50,11 +50,14 @@ def test_case_values_match_the_measured_csv(memory, rows):
         assert r.case.request.method == row["method"]
 
 
-def test_rows_come_from_four_sources_and_cover_lora_and_qlora(memory):
+def test_rows_come_from_four_sources_and_cover_lora_and_qlora(memory, rows):
+    # Collected: 48 rows from four sources. Scored: the 37 the plan can state; torchtune's 2024 rows ran with
+    # torch.compile or activation offloading, which PEFT plans cannot state (their reasons are in `skipped`).
+    assert len(rows) == 48 and {row["source_id"] for row in rows.values()} == {"ttlora", "swift", "flagperf", "fms"}
     counts = defaultdict(int)
     for r in memory.results:
         counts[r.case.source_id] += 1
-    assert counts == {"ttlora": 7, "swift": 20, "flagperf": 1, "fms": 16}
+    assert counts == {"swift": 20, "flagperf": 1, "fms": 16}
     assert {r.case.request.method for r in memory.results} == {"lora", "qlora"}
 
 
@@ -68,15 +71,16 @@ def test_unsafe_cases(memory):
 
 
 def test_memory_median_error_regression_bound(memory):
-    """Today: 23.1% over the 37 rows with a measured peak (target 10%: not met). ms-swift is under-predicted
-    (its reserved memory grows with the vocabulary beyond the walk of saved tensors), torchtune over-predicted
-    (compile, activation offloading); fms-acceleration, the cleanest source (allocated peaks, packed 4096-token
-    sequences), is at 6.5%."""
-    assert memory.median_abs_error_pct == pytest.approx(23.13, abs=0.05)
+    """Today: 13.2% over the 30 scored rows with a measured peak (target 10%: not met). ms-swift is under-predicted:
+    its logits path (12 x V bytes per token in Qwen's code) is counted, the rest is not a per-token term (its
+    reserved memory of unpacked, randomly ordered batches; see README). fms-acceleration, the cleanest source
+    (allocated peaks, packed 4096-token sequences), is at 6.5%. torchtune's rows are not scored (compile,
+    activation offloading: `skipped`)."""
+    assert memory.median_abs_error_pct == pytest.approx(13.19, abs=0.05)
     by_source = memory.median_abs_error_pct_by_source()
     assert by_source["swift"] == pytest.approx(23.34, abs=0.05)
-    assert by_source["ttlora"] == pytest.approx(33.56, abs=0.05)
     assert by_source["fms"] == pytest.approx(6.49, abs=0.05)
+    assert by_source["flagperf"] == pytest.approx(7.24, abs=0.05)
 
 
 def test_throughput_within_fifteen_percent():
