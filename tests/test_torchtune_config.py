@@ -1,7 +1,9 @@
 """torchtune LoRA/QLoRA recipe configs (planner.launch.torchtune) against torchtune 0.6.1's own schema.
 
-torchtune is not among the installed packages (its torchdata pin and tokenizer dependencies are heavy), so the
-check is against facts read from its tagged source, tests/data/torchtune_0.6.1.yaml: every top-level key must be
+torchtune is not among the installed packages: 0.6.1, its latest release, installs next to the engines extra but fails
+on import (torchtune.modules.common_utils imports torchao.dtypes.nf4tensor, which the torchao 0.18 pinned for
+torchtitan has moved to torchao.quantization), so the check is against facts read from its tagged source,
+tests/data/torchtune_0.6.1.yaml: every top-level key must be
 one the recipe's shipped config has or the recipe reads with cfg.get, every `_component_` of torchtune must be an
 exported builder whose arguments include the keys given to it, and the checkpointer's model_type must exist.
 Where torchtune is installed, the file is also loaded with its parser and every component resolved.
