@@ -74,14 +74,14 @@ def test_memory_left_out_refits_without_the_source():
 
 
 def test_lora_rows_are_scored_with_their_source_left_out_whole():
-    # torchtune is cited by dense and LoRA cases: leaving it out removes both, and only its LoRA rows are scored.
-    torchtune, fms = "github.com/pytorch/torchtune", "github.com/foundation-model-stack/fms-acceleration"
-    dense = [i for i in loso.memory_items() if loso.memory_source(i[0]) == torchtune]
-    lora = [i for i in loso.memory_items(loso.LORA_MEMORY_CASES) if loso.memory_source(i[0]) in (torchtune, fms)]
-    assert dense and {loso.memory_source(i[0]) for i in lora} == {torchtune, fms}
+    # FlagPerf is cited by dense and LoRA cases: leaving it out removes both, and only its LoRA row is scored.
+    flagperf, fms = "github.com/FlagOpen/FlagPerf", "github.com/foundation-model-stack/fms-acceleration"
+    dense = [i for i in loso.memory_items() if loso.memory_source(i[0]) == flagperf]
+    lora = [i for i in loso.memory_items(loso.LORA_MEMORY_CASES) if loso.memory_source(i[0]) in (flagperf, fms)]
+    assert dense and {loso.memory_source(i[0]) for i in lora} == {flagperf, fms}
     items = dense + lora
     scores = {s.source: s for s in loso.loso_memory(items, scored={i[0].id for i in lora})}
-    own = [i for i in lora if loso.memory_source(i[0]) == torchtune]
-    refit, _ = loso.FIT_MEMORY.fit_resolved([i for i in items if loso.memory_source(i[0]) != torchtune])
-    assert scores[torchtune].rows == len(own) == 7
-    assert scores[torchtune].left_out_pct == pytest.approx(statistics.median(loso._memory_errors(own, refit)))
+    own = [i for i in lora if loso.memory_source(i[0]) == flagperf]
+    refit, _ = loso.FIT_MEMORY.fit_resolved([i for i in items if loso.memory_source(i[0]) != flagperf])
+    assert scores[flagperf].rows == len(own) == 1
+    assert scores[flagperf].left_out_pct == pytest.approx(statistics.median(loso._memory_errors(own, refit)))
