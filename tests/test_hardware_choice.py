@@ -206,7 +206,7 @@ def test_gpu_types_any_searches_every_priced_type():
     options = budget_options(request)
     priced = sorted(g.name for g in list_gpus() if g.price.usd_per_gpu_hour is not None)
     assert sorted(b.split("x", 1)[1] for b, _ in options) == priced
-    assert "H100-96GB" not in priced and "B200" in priced
+    assert "H100-96GB" not in priced and "L20" not in priced and "B200" in priced
     # A GPU type without a network in the catalog is searched within one node.
     assert dict(options)["1xRTX-4090"].startswith("one node")
 
@@ -231,6 +231,14 @@ def test_bad_hardware_choice_input_is_one_line_exit_2(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_every_gpu_has_a_sourced_host_ram_or_says_offload_is_off():
+    for gpu in list_gpus():
+        if gpu.node.host_ram_gib is None:
+            assert "no offload plans" in gpu.notes, gpu.name
+        else:
+            assert gpu.node.host_ram_gib > 0 and gpu.node.example, gpu.name
 
 
 def _without_host_ram(name: str):

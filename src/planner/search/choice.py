@@ -159,7 +159,12 @@ def choose_hardware(request: SolveRequest) -> HardwareChoice:
 def _nothing_fits(result: SolveResult) -> str:
     if not result.rejections.structurally_valid:
         return "no plan of the search space is structurally valid"
-    return f"no plan fits {result.usable_gib:.1f} usable GiB per GPU"
+    line = f"no plan fits {result.usable_gib:.1f} usable GiB per GPU"
+    if result.rejections.over_host_ram:
+        ram = result.budget.gpu.node.host_ram_gib
+        host = f"the node's {ram:.0f} GiB host RAM" if ram is not None else "host RAM, which has no catalog figure"
+        line += f" without offloading more than {host}"
+    return line
 
 
 def _metrics(option: Option, index: int) -> tuple[float, float]:
