@@ -15,7 +15,12 @@ from planner.cli import main
 from planner.errors import PlanError
 from planner.memory import activations as act
 from planner.performance.flops import attention_layer_spans, attention_span, flops_per_token
-from planner.performance.model import SOFTCAP_PASSES, causal_attention_fraction, performance_terms
+from planner.performance.model import (
+    FLASH_SOFTCAP_NOTE,
+    SOFTCAP_PASSES,
+    causal_attention_fraction,
+    performance_terms,
+)
 from planner.plan import PlanRequest, make_plan
 
 CONFIGS = Path(__file__).parent / "data" / "hf_configs"
@@ -240,6 +245,17 @@ def test_eager_attention_softcap_keeps_tanh_output_and_costs_score_passes():
     flash_terms = performance_terms(model, h100, flash)["breakdown_s"]["compute"]
     plain_flash = performance_terms(replace_model(model, attn_logit_softcap=None), h100, flash)
     assert flash_terms == plain_flash["breakdown_s"]["compute"]
+
+
+def test_flash_attention_soft_cap_is_stated_not_timed():
+    """Inside a FlashAttention kernel the cap is one tanh per score on the special-function units, not a
+    memory pass: the step time does not change (above) and the estimate says why."""
+    model, h100 = load_model("gemma-2-9b"), load_gpu("H100")
+    assert FLASH_SOFTCAP_NOTE in performance_terms(model, h100, _plan("gemma-2-9b"))["notes"]
+    eager = _plan("gemma-2-9b", engine="deepspeed", flash_attention=False)
+    assert FLASH_SOFTCAP_NOTE not in performance_terms(model, h100, eager)["notes"]  # timed as memory passes
+    llama = load_model("llama-3-8b")
+    assert FLASH_SOFTCAP_NOTE not in performance_terms(llama, h100, _plan("llama-3-8b"))["notes"]
 
 
 def test_flash_attention_1_cannot_run_a_soft_capped_model():
