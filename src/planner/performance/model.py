@@ -321,7 +321,7 @@ def expert_gemm_bytes(arch: Architecture, plan: Plan, rows) -> float:
     return total
 
 
-def expert_gemm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work, peak_flops, eff):
+def expert_gemm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work, peak_flops, width, peak_ratio):
     """Per micro-batch: the routed experts' grouped GEMMs of a stage on its busiest rank.
 
     Roofline (Williams, Waterman and Patterson, CACM 2009): a GEMM takes the larger of its FLOPs at the
@@ -330,14 +330,22 @@ def expert_gemm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work, peak_flops
     M: below the GPU's ridge point (peak FLOP/s over HBM bandwidth, about 295 for H100 bf16) it is
     memory-bound, streaming the expert's weights for a few tokens. Fine-grained experts (DeepSeek-V3,
     Qwen3-MoE) reach few tokens per expert at small micro-batches or high EP, which is where MoE training
-    loses its efficiency; no fitted per-row factor is used."""
+    loses its efficiency; no fitted per-row factor is used.
+
+    The compute side runs at the efficiency of a GEMM with the expert's M rows (`tokens_per_expert`), not
+    the micro-batch's tokens: a grouped GEMM is one GEMM problem per local expert, each tiled on its own M
+    (its last tile partly empty, its ramp-up and epilogue its own; DeepGEMM issue #211 on per-group
+    M-occupancy), so the token factor of the dense fit applies per expert. gpt-oss-120b at EP 8 and one
+    4k-token sequence: 1,024 rows per expert, 0.5 of the factor's ceiling against 0.8 at 4,096."""
     if not arch.is_moe:
         return 0.0
+    rows = tokens_per_expert(arch, plan)
+    eff = efficiency(gpu, rows, width, plan.compile, peak_ratio)[0]
     compute = plan.tokens_per_micro_batch * routed_load_factor(arch, plan) * work.expert_flops / plan.tp
     compute = compute / (peak_flops * eff)
     passes = 3 + work.expert_recompute_share
     local = arch.num_experts // plan.ep
-    moved = work.moe_layers * local * passes * expert_gemm_bytes(arch, plan, tokens_per_expert(arch, plan))
+    moved = work.moe_layers * local * passes * expert_gemm_bytes(arch, plan, rows)
     memory = moved / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
     return np.maximum(compute, memory)
 
@@ -656,7 +664,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
             logits = work.has_head * tokens * arch.vocab_size / plan.tp
             compute = compute + logits * SOFTCAP_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers)
-        compute = compute + expert_gemm_s(arch, plan, gpu, work, peak_matmul, linear_eff)
+        compute = compute + expert_gemm_s(arch, plan, gpu, work, peak_matmul, width, peak_matmul / peak_high)
         compute = compute + permute_s(arch, plan, gpu, work)
         if not plan.flash_attention:
             scores = work.layers * tokens * arch.num_attention_heads / plan.tp * plan.seq_len
