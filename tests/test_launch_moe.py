@@ -97,6 +97,15 @@ def test_capacity_factor_and_dispatcher_reach_megatron():
     assert "--moe-shared-expert-gate" in args and "--moe-expert-capacity-factor" not in args
 
 
+def test_flex_dispatcher_and_ep_overlap_reach_megatron():
+    args = _megatron("qwen3-30b-a3b", gpus=16, ep=16, micro_batch=1, global_batch=64, moe_dispatcher="flex")
+    assert _after(args, "--moe-token-dispatcher-type") == "flex"
+    assert _after(args, "--moe-flex-dispatcher-backend") == "deepep"
+    assert "--overlap-moe-expert-parallel-comm" not in args
+    args = _megatron("qwen3-30b-a3b", gpus=16, ep=16, micro_batch=1, global_batch=64, moe_ep_overlap=True)
+    assert "--overlap-moe-expert-parallel-comm" in args and "--moe-flex-dispatcher-backend" not in args
+
+
 def test_expert_tensor_parallelism_reaches_megatron_only_when_it_differs_from_tp():
     folded = _megatron("qwen3-235b-a22b", gpus=256, tp=2, pp=8, ep=32, etp=1, micro_batch=1, global_batch=2048)
     assert _after(folded, "--expert-tensor-parallel-size") == "1"

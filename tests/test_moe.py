@@ -169,18 +169,22 @@ def test_routed_load_factor_is_the_balls_into_bins_maximum():
 
 def test_moe_block_saved_tensors():
     """Qwen3-30B-A3B (h 2048, 128 experts of width 768, top-8), bf16, tp 1, EP 1 (load factor 1):
-    router 4 x 128 fp32 probabilities + 8 x (8 + 4) index/weight bytes = 608; per routed copy the permuted
-    input and the expert output (2 x 2 x 2048) and the SwiGLU inner tensors (hf: 4 x 2 x 768; Megatron's
-    fused fc1 output and product: 3 x 2 x 768)."""
+    router 4 x 128 fp32 probabilities + 8 x (8 + 4) index/weight bytes = 608; per routed copy, hf: the permuted
+    input and the expert output (2 x 2 x 2048) and the SwiGLU inner tensors (4 x 2 x 768); Megatron: the
+    permuted input (2 x 2048), the fused fc1 output and the product (3 x 2 x 768) and the copy's fp32
+    probability, which its weighted SwiGLU applies (no expert output kept); under fp8 the two grouped-linear
+    inputs are kept in fp8."""
     arch = load_model("qwen3-30b-a3b").architecture
     megatron = _plan(seq_len=4096)
-    assert act.moe_mlp_bytes(arch, megatron) == 608 + 8 * (8192 + 3 * 2 * 768)
+    assert act.moe_mlp_bytes(arch, megatron) == 608 + 8 * (2 * 2048 + 3 * 2 * 768 + 4)
+    fp8 = _plan(seq_len=4096, precision="fp8")
+    assert act.moe_mlp_bytes(arch, fp8) == 608 + 8 * (2048 + (2 * 2 + 1) * 768 + 4)
     hf = _plan(seq_len=4096, engine="fsdp", zero=3)
     assert act.moe_mlp_bytes(arch, hf) == 608 + 8 * (8192 + 4 * 2 * 768)
     # DeepSeek-V3's shared expert (2048 wide) is a dense MLP on every token
     v3 = load_model("deepseek-v3").architecture
     plan = _plan("deepseek-v3", seq_len=4096, gpus=64)
-    assert act.moe_mlp_bytes(v3, plan) == 4 * 256 + 12 * 8 + 8 * (2 * 2 * 7168 + 3 * 2 * 2048) + 3 * 2 * 2048
+    assert act.moe_mlp_bytes(v3, plan) == 4 * 256 + 12 * 8 + 8 * (2 * 7168 + 3 * 2 * 2048 + 4) + 3 * 2 * 2048
     # a MoE block replaces the dense MLP's tensors by these
     dense = act.layer_activations(arch, megatron)
     moe = act.layer_activations(arch, megatron, moe=True)
@@ -340,7 +344,7 @@ def test_expert_tensor_parallelism_one_keeps_experts_whole_under_tp():
     assert stage.local_expert_params == 8 * 3 * 768 * 2048  # 128 / 16 experts, whole
     assert act.routed_copies_share(plan) == 0.5
     capped = replace(plan, moe_capacity_factor=1.0)
-    assert act.moe_mlp_bytes(arch, capped) == 608 / 2 + 8 * 0.5 * (8192 + 3 * 2 * 768)
+    assert act.moe_mlp_bytes(arch, capped) == 608 / 2 + 8 * 0.5 * (2 * 2048 + 3 * 2 * 768 + 4)
     assert perf.tokens_per_expert(arch, capped) == 4096 * 8 * 0.5 * 16 / 128
     default = _plan(tp=2, ep=8, seq_len=4096)  # etp = tp: EP from dp x cp = 8
     assert (default.expert_tp, default.expert_shard_degree, act.routed_copies_share(default)) == (2, 1, 1.0)
@@ -372,3 +376,61 @@ def test_a_resolved_plan_round_trips_through_its_dict():
         fields = {k: v for k, v in plan.to_dict().items() if k in PlanRequest.__dataclass_fields__}
         again = make_plan(PlanRequest(**{**fields, "model": model, "gpu": "H100"}), load_model(model), load_gpu("H100"))
         assert again == plan
+
+
+def test_flex_dispatcher_sends_each_token_once_per_remote_node():
+    """DeepEP / HybridEP across nodes: Qwen3-30B-A3B at EP 16 spans two 8-GPU nodes; a token's 8 experts (of 128,
+    64 per node) miss the other node with probability C(64, 8) / C(128, 8), so it crosses the network
+    1 - miss times where the all-to-all sends 8 x 8 / 16 = 4 copies. Inside one node nothing changes."""
+    arch = load_model("qwen3-30b-a3b").architecture
+    gpu = load_gpu("H100")
+    plan = _plan(ep=16, seq_len=4096, moe_dispatcher="flex")
+    miss = math.comb(64, 8) / math.comb(128, 8)
+    assert perf.flex_network_share(arch, plan, gpu) == pytest.approx(2 * (1 - miss) / 8, rel=1e-12)
+    assert perf.flex_network_share(arch, _plan(ep=8, gpus=8, seq_len=4096, moe_dispatcher="flex"), gpu) == 1.0
+    send = 1e9
+    network = gpu.node.inter_node_bandwidth_gbps_per_gpu * comm.NETWORK_BUS_EFFICIENCY * 1e9
+    assert perf.flex_all_to_all_s(arch, plan, gpu, send) == pytest.approx(send * (1 - miss) / 8 / network, rel=1e-12)
+    assert comm.all_to_all_s(send, 16, 1, gpu, 8) == pytest.approx(send * 8 / 16 / network, rel=1e-12)
+
+
+def test_ep_overlap_hides_each_exchange_behind_the_other_micro_batchs_chunk():
+    """Combined 1F1B: four equal exchanges, each beside one compute chunk of the other micro-batch (a/3, 2m/3,
+    m/3, 2a/3 of the compute); a chunk longer than its exchange hides it but runs 20/132 slower meanwhile."""
+    plan = _plan(ep=16, seq_len=4096, moe_ep_overlap=True)
+    share = perf.OVERLAPPED_COMM_SM_SHARE
+    # compute 12, half of it in the experts: chunks 2, 4, 2, 4; exchanges of 1 each are hidden
+    assert perf.ep_overlap_exposed_s(plan, 4.0, 12.0, 6.0) == pytest.approx(4 * share)
+    # exchanges of 3 each: exposed 1 + 0 + 1 + 0, plus the SM share of what overlaps (2 + 3 + 2 + 3)
+    assert perf.ep_overlap_exposed_s(plan, 12.0, 12.0, 6.0) == pytest.approx(2 + 10 * share)
+    assert perf.ep_overlap_exposed_s(replace(plan, moe_ep_overlap=False), 12.0, 12.0, 6.0) == 12.0
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"moe_ep_overlap": True, "ep": 1}, "--ep is 1"),
+        ({"moe_ep_overlap": True, "ep": 8, "checkpointing": "full"}, "does not run with full recomputation"),
+        ({"moe_ep_overlap": True, "ep": 8, "pp": 2}, "needs the interleaved schedule"),
+        ({"moe_ep_overlap": True, "ep": 8, "engine": "fsdp", "zero": 3}, "is Megatron's"),
+        ({"moe_dispatcher": "flex", "ep": 8, "engine": "fsdp", "zero": 3}, "the flex token dispatcher is Megatron's"),
+        ({"model": "llama-2-7b", "moe_ep_overlap": True}, "--moe-ep-overlap apply to Mixture-of-Experts"),
+    ],
+)
+def test_flex_and_ep_overlap_are_checked(changes, message):
+    with pytest.raises(PlanError, match=message):
+        _plan(**changes)
+
+
+def test_ep_overlap_speeds_up_a_cross_node_run():
+    """Qwen3-235B-A22B on 256 H100 with EP 32 over four nodes (Megatron-MoE-ModelZoo's layout): the overlap
+    hides most of the exchanges, so the step is shorter, by less than the exchanges' whole time."""
+    model, gpu = load_model("qwen3-235b-a22b"), load_gpu("H100")
+    fields = dict(model="qwen3-235b-a22b", gpu="H100", gpus=256, tp=2, pp=8, ep=32, etp=1, engine="megatron")
+    fields.update(zero=1, seq_len=4096, micro_batch=1, global_batch=2048, pp_schedule="interleaved", virtual_stages=4)
+    plain = make_plan(PlanRequest(**fields, moe_dispatcher="flex"), model, gpu)
+    overlapped = replace(plain, moe_ep_overlap=True)
+    before, after = (perf.estimate_performance(model, gpu, p) for p in (plain, overlapped))
+    assert after.step_time_s < before.step_time_s
+    assert before.step_time_s - after.step_time_s < before.breakdown_s["expert_parallel_comm"]
+    assert sum(after.breakdown_s.values()) == pytest.approx(after.step_time_s, rel=1e-9)

@@ -256,7 +256,12 @@ def _method_options(solve: bool):
     type=click.Choice(MOE_DISPATCHERS),
     default="alltoall",
     show_default=True,
-    help="How routed tokens reach their experts (Megatron --moe-token-dispatcher-type).",
+    help="How routed tokens reach their experts (Megatron --moe-token-dispatcher-type; flex: DeepEP/HybridEP).",
+)
+@click.option(
+    "--moe-ep-overlap/--no-moe-ep-overlap",
+    default=False,
+    help="Hide the EP all-to-all behind an adjacent micro-batch (Megatron --overlap-moe-expert-parallel-comm).",
 )
 @click.option(
     "--safety-margin",

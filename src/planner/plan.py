@@ -25,7 +25,7 @@ FsdpVersion = Literal[1, 2]
 Method = Literal["full", "lora", "qlora", "freeze"]
 LoraTargets = Literal["attention", "all-linear"]
 Fp8Recipe = Literal["tensorwise", "rowwise", "delayed", "mxfp8"]
-MoeDispatcher = Literal["alltoall", "allgather"]
+MoeDispatcher = Literal["alltoall", "allgather", "flex"]
 
 CHECKPOINTING: tuple[str, ...] = get_args(Checkpointing)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -181,7 +181,12 @@ class Plan:
     moe_dispatcher: MoeDispatcher = "alltoall"
     """How routed tokens reach their experts' ranks (Megatron --moe-token-dispatcher-type): `alltoall`
     sends each token to the ranks of its experts; `allgather` gathers every token of the EP x TP group on
-    every rank, which then keeps its experts' share."""
+    every rank, which then keeps its experts' share; `flex` is Megatron's flex dispatcher with DeepEP's
+    kernels (HybridEP on GB200 racks): across nodes a token travels once per destination node and is fanned
+    out to its experts over NVLink there."""
+    moe_ep_overlap: bool = False
+    """Megatron's combined 1F1B (--overlap-moe-expert-parallel-comm): each micro-batch's dispatch and combine
+    run while an adjacent micro-batch computes (forward beside backward), instead of on the critical path."""
 
     @property
     def expert_tp(self) -> int:
@@ -274,6 +279,8 @@ class PlanRequest:
     moe_capacity_factor: float | None = None
     """None: dropless routing (see Plan)."""
     moe_dispatcher: str = "alltoall"
+    moe_ep_overlap: bool = False
+    """Megatron's EP all-to-all overlap (see Plan)."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
@@ -465,15 +472,16 @@ def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, dp: int, cp
     etp = tp if request.etp is None or (request.etp == 0 and not isinstance(request.etp, bool)) else None
     etp = etp or _positive_int(request.etp, "etp", 4096)
     dispatcher = _choice(request.moe_dispatcher, "moe_dispatcher", MOE_DISPATCHERS)
+    overlap = _optional_bool(request.moe_ep_overlap, "moe_ep_overlap") or False
     capacity = request.moe_capacity_factor
     if not arch.is_moe:
-        if ep > 1 or etp != tp or capacity is not None or dispatcher != "alltoall":
+        if ep > 1 or etp != tp or capacity is not None or dispatcher != "alltoall" or overlap:
             raise PlanError(
-                f"{model.name} is a dense model: --ep, --etp, --moe-capacity-factor and --moe-dispatcher apply to "
-                "Mixture-of-Experts models",
+                f"{model.name} is a dense model: --ep, --etp, --moe-capacity-factor, --moe-dispatcher and "
+                "--moe-ep-overlap apply to Mixture-of-Experts models",
                 "drop them or pick a MoE model",
             )
-        return {"ep": 1, "etp": 0, "moe_capacity_factor": None, "moe_dispatcher": "alltoall"}
+        return {"ep": 1, "etp": 0, "moe_capacity_factor": None, "moe_dispatcher": "alltoall", "moe_ep_overlap": False}
     if ep > 1 and engine not in EXPERT_PARALLEL_ENGINES:
         raise PlanError(
             f"--engine {engine} has no expert parallelism: every rank of its ZeRO group holds all experts",
@@ -509,9 +517,33 @@ def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, dp: int, cp
                 "use --engine megatron or leave --moe-capacity-factor out",
             )
         capacity = float(capacity)
-    if dispatcher == "allgather" and engine != "megatron":
-        raise PlanError("the allgather token dispatcher is Megatron's", "use --moe-dispatcher alltoall")
-    return {"ep": ep, "etp": 0 if etp == tp else etp, "moe_capacity_factor": capacity, "moe_dispatcher": dispatcher}
+    if dispatcher in ("allgather", "flex") and engine != "megatron":
+        raise PlanError(f"the {dispatcher} token dispatcher is Megatron's", "use --moe-dispatcher alltoall")
+    if overlap:
+        _check_ep_overlap(request, engine, ep)
+    return {
+        "ep": ep,
+        "etp": 0 if etp == tp else etp,
+        "moe_capacity_factor": capacity,
+        "moe_dispatcher": dispatcher,
+        "moe_ep_overlap": overlap,
+    }
+
+
+def _check_ep_overlap(request: PlanRequest, engine: str, ep: int) -> None:
+    """Megatron's combined 1F1B schedule runs with EP > 1, without full recomputation, and under pipelining only
+    with virtual stages (Megatron-Core docs, 'Combined 1F1B: Expert-Parallel All-to-All Overlap')."""
+    if engine != "megatron":
+        raise PlanError("the EP all-to-all overlap (combined 1F1B) is Megatron's", "drop --moe-ep-overlap")
+    if ep == 1:
+        raise PlanError("--moe-ep-overlap hides expert-parallel exchanges, and --ep is 1", "raise --ep or drop it")
+    if request.checkpointing == "full":
+        raise PlanError("Megatron's EP all-to-all overlap does not run with full recomputation", "drop one of them")
+    if request.pp != 1 and request.pp_schedule != "interleaved":
+        raise PlanError(
+            "Megatron's EP all-to-all overlap under pipelining needs the interleaved schedule",
+            "add --pp-schedule interleaved --virtual-stages N, or drop --moe-ep-overlap",
+        )
 
 
 def _fp8_recipe(recipe: Any, precision: str, gpu: GpuSpec) -> str:

@@ -30,6 +30,10 @@ MEGATRON_MOE_PLANS = {
     "qwen3-235b-tp2-ep32-etp1": ("qwen3-235b-a22b", dict(gpus=256, tp=2, pp=8, ep=32, etp=1, global_batch=2048)),
     "gpt-oss-120b-ep8": ("gpt-oss-120b", dict(gpus=64, pp=4, ep=8, global_batch=1280)),
     "olmoe-ep8": ("olmoe-1b-7b", dict(gpus=8, ep=8, global_batch=64)),
+    "qwen3-30b-flex-ep16-overlap": (
+        "qwen3-30b-a3b",
+        dict(gpus=16, ep=16, global_batch=64, moe_dispatcher="flex", moe_ep_overlap=True),
+    ),
 }
 
 FIELD_OF_FLAG = {
@@ -47,6 +51,7 @@ FIELD_OF_FLAG = {
     "--expert-model-parallel-size": ("expert_model_parallel_size", int),
     "--moe-token-dispatcher-type": ("moe_token_dispatcher_type", str),
     "--moe-expert-capacity-factor": ("moe_expert_capacity_factor", float),
+    "--moe-flex-dispatcher-backend": ("moe_flex_dispatcher_backend", str),
     "--q-lora-rank": ("q_lora_rank", int),
     "--kv-lora-rank": ("kv_lora_rank", int),
     "--qk-head-dim": ("qk_head_dim", int),
@@ -69,6 +74,7 @@ SWITCHES = {
     "--sequence-parallel": "sequence_parallel",
     "--swiglu": "gated_linear_unit",
     "--multi-latent-attention": "multi_latent_attention",
+    "--overlap-moe-expert-parallel-comm": "overlap_moe_expert_parallel_comm",
 }
 
 
@@ -103,6 +109,7 @@ def test_megatron_core_accepts_the_moe_config(label):
     assert (config.expert_tensor_parallel_size or config.tensor_model_parallel_size) == plan.expert_tp
     assert config.moe_token_dispatcher_type == plan.moe_dispatcher
     assert config.moe_expert_capacity_factor == plan.moe_capacity_factor
+    assert config.overlap_moe_expert_parallel_comm == plan.moe_ep_overlap
     if isinstance(config.moe_layer_freq, list):
         assert len(config.moe_layer_freq) == m.architecture.num_layers
 

@@ -147,6 +147,10 @@ def _moe_flags(model: ModelSpec, plan: Plan) -> list[str]:
     if plan.etp:  # experts split over fewer ranks than the dense layers (Megatron's default is tp)
         flags += ["--expert-tensor-parallel-size", str(plan.etp)]
     flags += ["--moe-token-dispatcher-type", plan.moe_dispatcher]
+    if plan.moe_dispatcher == "flex":
+        flags += ["--moe-flex-dispatcher-backend", "deepep"]
+    if plan.moe_ep_overlap:
+        flags.append("--overlap-moe-expert-parallel-comm")
     if plan.moe_capacity_factor is not None:
         flags += ["--moe-expert-capacity-factor", _number(plan.moe_capacity_factor)]
     return flags

@@ -36,7 +36,7 @@ _COMPARED = ("engine", "gpus", "tp", "pp", "cp", "zero", "micro_batch", "grad_ac
 _COMPARED += ("precision", "offload", "sequence_parallel", "compile", "optimizer", "loss", "flash_attention")
 _COMPARED += ("flash_attention_version", "pp_schedule", "virtual_stages", "grad_reduce_bf16", "overlap_grad_reduce")
 _COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version", "ep", "etp", "moe_capacity_factor")
-_COMPARED += ("moe_dispatcher", "tp_comm_overlap")
+_COMPARED += ("moe_dispatcher", "tp_comm_overlap", "moe_ep_overlap")
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def translated_request(plan: Plan, model: ModelSpec, code: str) -> tuple[PlanReq
             values["compile"] = False
             why.append("Megatron runs TransformerEngine kernels, not torch.compile")
     if code in ("deepspeed", "fsdp-hf") and (plan.ep > 1 or plan.etp or plan.moe_capacity_factor is not None):
-        values.update(ep=1, etp=None, moe_capacity_factor=None, moe_dispatcher="alltoall")
+        values.update(ep=1, etp=None, moe_capacity_factor=None, moe_dispatcher="alltoall", moe_ep_overlap=False)
         why.append(
             "Hugging Face MoE models under DeepSpeed or FSDP have no expert parallelism and route dropless: every "
             "rank of the ZeRO group holds all experts"
@@ -143,6 +143,9 @@ def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str
             values["grad_reduce_bf16"] = None
     if engine == "megatron" and plan.zero > 1:
         values["overlap_param_gather"] = None
+    if engine != "megatron" and (plan.moe_dispatcher != "alltoall" or plan.moe_ep_overlap):
+        values.update(moe_dispatcher="alltoall", moe_ep_overlap=False)
+        why.append("DeepEP's flex dispatcher and the EP all-to-all overlap are Megatron's")
     if engine != "fsdp" or code == "fsdp":
         if plan.fsdp_version != 2:
             why.append("torchtitan runs FSDP2" if code == "fsdp" else "")

@@ -314,13 +314,25 @@ def moe_mlp_bytes(arch: Architecture, plan: Plan) -> float:
       weight). The expert input is the tokens of the rank's expert-TP group (`routed_copies_share`), scaled
       by the busiest rank's load (`routed_load_factor`);
     * shared experts: a dense MLP of their width on every token.
+    Megatron-Core multiplies the routing probabilities inside the experts' activation (TEGroupedMLP's
+    weighted SwiGLU, 'memory efficient token permutation by moving the probs multiplication from
+    unpermutation to activation function of GroupedMLP', megatron/core/transformer/moe/README.md @d98e8a6),
+    so the combine keeps no expert output; the activation keeps each copy's fp32 probability instead. Its
+    grouped linears save their inputs as TransformerEngine's linears do (fp8 under fp8:
+    `te_linear_input_bytes`): per copy the permuted input, the fc1 output (2 f_e, compute dtype) and the fc2
+    input (f_e).
     Source: the walk of transformers' MoE blocks (Qwen3MoeSparseMoeBlock, DeepseekV3MoE) and Megatron-Core's
     MoELayer (router, token dispatcher permute/unpermute, TEGroupedMLP)."""
     a, tp, h = compute_bytes(plan), plan.tp, arch.hidden_size
     k, sp = arch.experts_per_token, sequence_shards(plan)
     router = (ROUTER_PROBS_BYTES * arch.num_experts + (TOPK_INDEX_BYTES + TOPK_WEIGHT_BYTES) * k) / sp
     tensors = _mlp_tensor_count(arch, plan)
-    per_copy = 2 * a * h + tensors * a * arch.moe_ffn_hidden_size / plan.expert_tp
+    width = arch.moe_ffn_hidden_size / plan.expert_tp
+    if implementation_family(plan) == "megatron":
+        linear_input = te_linear_input_bytes(plan)
+        per_copy = linear_input * h + ((tensors - 1) * a + linear_input) * width + ROUTER_PROBS_BYTES
+    else:
+        per_copy = 2 * a * h + tensors * a * width
     routed = k * routed_copies_share(plan) * routed_load_factor(arch, plan) * per_copy
     shared = tensors * a * arch.shared_expert_ffn_hidden_size / tp
     return router + routed + shared

@@ -390,9 +390,11 @@ def expert_parallel_comm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work):
     factor's share more) to the ranks of their experts; the EP group's ranks sit etp apart (Megatron-Core's
     expert rank order tp-ep-dp: the expert-TP ranks are adjacent, then EP), so it stays on NVLink while
     ep x etp fits the node (comm.all_to_all_s). allgather: the EP group's tokens are gathered on every rank
-    and the outputs reduce-scattered back (ring all-gather of T x ep tokens). Neither overlaps with compute
-    in the default Megatron and torchtitan schedules (EP-overlap schedules such as DualPipe are not
-    modelled)."""
+    and the outputs reduce-scattered back (ring all-gather of T x ep tokens). flex (DeepEP / HybridEP): as
+    alltoall inside the NVLink domain, but across domains each token crosses the network once per node
+    that holds any of its experts (`flex_network_share`). None overlaps with compute in the default
+    Megatron and torchtitan schedules; Megatron's combined 1F1B (`moe_ep_overlap`) is applied by the caller
+    (`ep_overlap_exposed_s`)."""
     if not arch.is_moe:
         return 0.0
     a, h = compute_bytes(plan), arch.hidden_size
@@ -402,7 +404,77 @@ def expert_parallel_comm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work):
         bw = comm.group_bandwidth_gbps(gpu, plan.ep, plan.expert_tp, plan.gpus_per_node)
         return exchanges * comm.all_gather_s(tokens * h * a * plan.ep, plan.ep, bw)
     send = tokens * arch.experts_per_token * routed_copies_share(plan) * h * a * routed_load_factor(arch, plan)
+    if plan.moe_dispatcher == "flex":
+        return exchanges * flex_all_to_all_s(arch, plan, gpu, send)
     return exchanges * comm.all_to_all_s(send, plan.ep, plan.expert_tp, gpu, plan.gpus_per_node)
+
+
+def ep_domain_split(plan: Plan, gpu: GpuSpec):
+    """(EP ranks per NVLink domain, NVLink domains the EP group spans): its ranks sit etp apart, so a domain
+    of D GPUs holds D / etp of them (at most ep)."""
+    domain = gpu.nvlink_domain(plan.gpus_per_node)
+    local = np.maximum(1, np.minimum(plan.ep, domain // plan.expert_tp))
+    return local, plan.ep / local
+
+
+def flex_network_share(arch: Architecture, plan: Plan, gpu: GpuSpec):
+    """Network bytes of DeepEP's / HybridEP's dispatch over those of a plain all-to-all, for a group spanning
+    n NVLink domains: DeepEP's internode kernels send a token once over RDMA to each node that holds one or
+    more of its k experts and forward it to them over NVLink there (deepseek-ai/DeepEP README, 'Normal
+    kernels'; DeepSeek-V3 report, arXiv 2412.19437, Sec. 3.2.2), where NCCL's all-to-all sends each of the
+    k copies. With the experts spread evenly and a balanced router picking k distinct experts at random, a
+    given node of E / n experts is missed with probability C(E - E/n, k) / C(E, k), so a token reaches
+    (n - 1)(1 - miss) other nodes where the all-to-all sends k (n - 1) / n copies: a share n (1 - miss) / k
+    (0.25 for Qwen3's 128 experts top-8 over two nodes, 0.45 over four). 1 inside one domain."""
+    _, nodes = ep_domain_split(plan, gpu)
+    experts, k = arch.num_experts, arch.experts_per_token
+    picks = np.arange(k)
+    outside = experts - experts / np.asarray(nodes, dtype=float)[..., None]
+    miss = np.prod(np.clip(outside - picks, 0.0, None) / (experts - picks), axis=-1)
+    return np.where(nodes > 1, np.minimum(1.0, nodes * (1 - miss) / k), 1.0)
+
+
+def flex_all_to_all_s(arch: Architecture, plan: Plan, gpu: GpuSpec, send):
+    """One flex (DeepEP / HybridEP) exchange of `send` bytes per rank: the copies for experts in the rank's
+    NVLink domain over NVLink (an all-to-all among the domain's EP ranks), the deduplicated remainder over
+    the network (`flex_network_share` of what comm.all_to_all_s sends there); the slower sets the time."""
+    local, _ = ep_domain_split(plan, gpu)
+    inside = comm.all_to_all_s(send * local / plan.ep, local, plan.expert_tp, gpu, plan.gpus_per_node)
+    across = comm.all_to_all_s(
+        send * flex_network_share(arch, plan, gpu), plan.ep, plan.expert_tp, gpu, plan.gpus_per_node
+    )
+    return np.maximum(inside, across)
+
+
+OVERLAPPED_COMM_SM_SHARE = 20 / 132
+"""Share of the SMs the token exchanges occupy while they run beside compute: DeepEP's kernels take 20 SMs
+by default (Megatron-Core transformer_config.py, moe_deepep_num_sms 'historical default 20'), of H100's
+132; NCCL's all-to-all runs one block per channel on a similar number. Compute overlapped with an exchange
+runs on the remaining SMs, so it is slowed by this share of the overlap."""
+
+
+def ep_overlap_exposed_s(plan: Plan, ep_s, compute_s, expert_s):
+    """Per micro-batch, the expert-parallel exchanges' cost on the critical path. Without overlap: all of them.
+
+    Megatron's combined 1F1B (--overlap-moe-expert-parallel-comm; Megatron-Core combined_1f1b.py and the
+    'Combined 1F1B: Expert-Parallel All-to-All Overlap' guide) runs one micro-batch's forward beside another's
+    backward, layer by layer, each exchange of one beside a compute chunk of the other: the backward's combine
+    beside the forward's attention, the forward's dispatch beside the backward's experts, the backward's
+    dispatch beside the forward's experts, the forward's combine beside the backward's attention. With the
+    four exchanges equal (ep_s / 4 each) and the forward a third of the compute (attention part a, experts
+    part m = expert_s / compute_s), the chunks are a/3, 2m/3, m/3 and 2a/3 of compute_s; each pair takes the
+    longer of the two plus the SM share the exchange takes from the compute it overlaps
+    (OVERLAPPED_COMM_SM_SHARE), and what exceeds the compute alone is the exposed cost."""
+    if not plan.moe_ep_overlap:
+        return ep_s
+    expert_share = np.clip(expert_s / np.maximum(compute_s, 1e-30), 0.0, 1.0)
+    attention_share = 1.0 - expert_share
+    exchange = ep_s / 4
+    total = 0.0
+    for share in (attention_share / 3, 2 * expert_share / 3, expert_share / 3, 2 * attention_share / 3):
+        chunk = share * compute_s
+        total = total + np.maximum(exchange, chunk) + OVERLAPPED_COMM_SM_SHARE * np.minimum(exchange, chunk)
+    return total - compute_s
 
 
 @dataclass(frozen=True)
@@ -672,6 +744,10 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
             compute = compute + scores * passes * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         return compute
 
+    def expert_compute_s(work: _StageWork):
+        experts = expert_gemm_s(arch, plan, gpu, work, peak_matmul, width, peak_matmul / peak_high)
+        return experts + permute_s(arch, plan, gpu, work)
+
     causal = causal_attention_fraction(arch, plan)
     first, last = (_stage_work(flops, plan, arch, s, causal) for s in (0, plan.pp - 1))
     first_s, last_s = stage_compute(first), stage_compute(last)
@@ -702,12 +778,18 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     p2p_s = pipeline_sends_per_micro_batch(plan) * tokens * arch.hidden_size * a / split / (pp_bw * 1e9)
 
     micro_batch_s = compute_s + tp_s + cp_s + p2p_s
+    unpaired_ep_s = 0.0
     if arch.is_moe:
-        ep_s = np.where(
+        all_ep_s = np.where(
             slowest_is_first,
             expert_parallel_comm_s(arch, plan, gpu, first),
             expert_parallel_comm_s(arch, plan, gpu, last),
         )
+        expert_s = np.where(slowest_is_first, expert_compute_s(first), expert_compute_s(last))
+        ep_s = ep_overlap_exposed_s(plan, all_ep_s, compute_s, expert_s)
+        # The combined schedule's first forward and last backward have no partner: one micro-batch's
+        # exchanges stay exposed per step.
+        unpaired_ep_s = all_ep_s - ep_s
         micro_batch_s = micro_batch_s + ep_s
     stages = first_and_last_stage(arch, plan)
     params = np.maximum(*(s.params for s in stages))
@@ -729,13 +811,14 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         "tensor_parallel_comm": plan.grad_accum * tp_s,
         "context_parallel_comm": plan.grad_accum * cp_s,
         "pipeline_p2p": plan.grad_accum * p2p_s,
-        **({"expert_parallel_comm": plan.grad_accum * ep_s} if arch.is_moe else {}),
+        **({"expert_parallel_comm": plan.grad_accum * ep_s + unpaired_ep_s} if arch.is_moe else {}),
         "pipeline_bubble": pipeline_bubble_slots(plan) * micro_batch_s,
         "data_parallel_comm": dp_exposed_s,
         "optimizer_step": optimizer_s,
         "offload": offload_s,
     }
     step = micro_batch_s * (plan.grad_accum + pipeline_bubble_slots(plan)) + dp_exposed_s + optimizer_s + offload_s
+    step = step + unpaired_ep_s
     tokens_per_s = plan.global_batch * plan.seq_len / step
     per_gpu = tokens_per_s / plan.gpus
     return {
