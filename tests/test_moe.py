@@ -434,3 +434,14 @@ def test_ep_overlap_speeds_up_a_cross_node_run():
     assert after.step_time_s < before.step_time_s
     assert before.step_time_s - after.step_time_s < before.breakdown_s["expert_parallel_comm"]
     assert sum(after.breakdown_s.values()) == pytest.approx(after.step_time_s, rel=1e-9)
+
+
+def test_uneven_pipeline_degrees_are_searched_only_where_no_even_one_exists():
+    """DeepSeek-V3's 61 blocks divide by no pp above one: the search then tries every degree of the space with
+    two or more blocks per stage (the earliest stages one block heavier); Qwen3-30B-A3B's 48 keep the divisors."""
+    from planner.search.candidates import searched_pipeline_degrees
+
+    assert searched_pipeline_degrees(61, [1, 2, 4, 8]) == [1, 2, 4, 8]
+    assert searched_pipeline_degrees(61, [1, 2, 4, 8, 32, 64]) == [1, 2, 4, 8]
+    assert searched_pipeline_degrees(48, [1, 2, 4, 8, 32]) == [1, 2, 4, 8]
+    assert searched_pipeline_degrees(94, [1, 2, 4, 8]) == [1, 2]

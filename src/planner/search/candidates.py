@@ -2,7 +2,8 @@
 
 Numeric structure (checked here with numpy, and again as CP-SAT constraints): dp = gpus / (tp pp cp) is a
 whole number, the global batch splits into micro-batch x grad_accum x dp, tp divides the attention and
-key/value heads and stays within a node, pp divides the layers, cp divides the sequence. Which categorical
+key/value heads and stays within a node, pp divides the layers (where none above one does: searched_pipeline_degrees),
+cp divides the sequence. Which categorical
 choices an engine supports (ZeRO stage, offload, checkpointing, precision, flash attention, compile, and
 whether tp/pp/cp may exceed 1) is asked of `planner.plan.make_plan` itself, so the search and `estimate`
 share one set of rules.
@@ -82,6 +83,18 @@ def tp_limit(budget: Budget) -> int:
     return int(budget.gpu.nvlink_domain(budget.gpus_per_node))
 
 
+def searched_pipeline_degrees(num_layers: int, pps) -> list[int]:
+    """The space's pipeline degrees the search tries: those that divide the blocks; where none above one does
+    (DeepSeek-V3's 61 blocks), every degree leaving two or more blocks per stage, split unevenly with the
+    earliest stages one block heavier (planner.memory.stages.layers_on_stage; Megatron's
+    --pipeline-model-parallel-layout in the launch). Uneven degrees are left out where an even one exists,
+    which keeps the search as large as it was for every model that has one."""
+    even = [p for p in pps if num_layers % p == 0]
+    if any(p > 1 for p in even):
+        return even
+    return [p for p in pps if num_layers // p >= 2]
+
+
 def numeric_grid(model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: int, global_batch: int) -> dict:
     """Every (gpus, tp, pp, cp, micro_batch) combination with whole dp and grad_accum (numpy arrays)."""
     arch = model.architecture
@@ -90,7 +103,7 @@ def numeric_grid(model: ModelSpec, budget: Budget, space: SearchSpace, seq_len: 
         for t in space.tp
         if arch.num_attention_heads % t == 0 and arch.num_kv_heads % t == 0 and t <= tp_limit(budget)
     ]
-    pps = [p for p in space.pp if arch.num_layers % p == 0]
+    pps = searched_pipeline_degrees(arch.num_layers, space.pp)
     cps = [c for c in space.cp if seq_len % c == 0]
     grid = np.array(list(itertools.product(space.gpus, tps, pps, cps, space.micro_batch)), dtype=np.int64)
     if grid.size == 0:
@@ -128,7 +141,7 @@ def allowed_combinations(
             space.tp,
             lambda t: arch.num_attention_heads % t == 0 and arch.num_kv_heads % t == 0 and t <= tp_limit(budget),
         ),
-        "pp": smallest_above_one(space.pp, lambda p: arch.num_layers % p == 0),
+        "pp": smallest_above_one(searched_pipeline_degrees(arch.num_layers, space.pp), lambda p: True),
         "cp": smallest_above_one(space.cp, lambda c: seq_len % c == 0),
     }
     allowed = []

@@ -6,7 +6,8 @@ checkpointing, precision, optimizer, loss, flash attention, compile) and three b
 
 Constraints:
 * dp * tp * pp * cp = GPUs (used <= budget) and micro_batch * grad_accum * dp = global batch
-  (multiplication equalities); tp divides the heads and stays inside a node, pp divides the layers, cp
+  (multiplication equalities); tp divides the heads and stays inside a node, pp divides the layers (or, where
+  no degree above one does, leaves two or more blocks per stage: candidates.searched_pipeline_degrees), cp
   divides the sequence (domains);
 * engine support: the (categorical values, tp>1, pp>1, cp>1) tuple is one `planner.plan.make_plan`
   accepts (allowed-assignments table);
