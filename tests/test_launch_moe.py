@@ -196,3 +196,27 @@ def test_engines_without_expert_parallelism_hold_every_expert(moe_folder):
     assert moe_folder.variants["fsdp"].origin == "plan"
     assert {"torchtitan_plan.py", "megatron_args.txt", "ds_config.json"} <= set(moe_folder.files)
     assert "--expert-model-parallel-size 8" in moe_folder.files["megatron_args.txt"]
+
+
+def test_recompute_modules_reach_megatron():
+    args = _megatron(
+        "deepseek-v3",
+        gpus=1024,
+        tp=2,
+        pp=16,
+        ep=32,
+        micro_batch=1,
+        global_batch=8192,
+        recompute_modules="mla_up_proj,layernorm",
+        checkpointing="selective",
+    )
+    start = args.index("--recompute-granularity")
+    assert args[start : start + 6] == [
+        "--recompute-granularity",
+        "selective",
+        "--recompute-modules",
+        "core_attn",
+        "layernorm",
+        "mla_up_proj",
+    ]
+    assert {a for a in args if a.startswith("--")} <= MEGATRON_FLAGS

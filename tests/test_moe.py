@@ -445,3 +445,39 @@ def test_uneven_pipeline_degrees_are_searched_only_where_no_even_one_exists():
     assert searched_pipeline_degrees(61, [1, 2, 4, 8, 32, 64]) == [1, 2, 4, 8]
     assert searched_pipeline_degrees(48, [1, 2, 4, 8, 32]) == [1, 2, 4, 8]
     assert searched_pipeline_degrees(94, [1, 2, 4, 8]) == [1, 2]
+
+
+def test_megatron_recompute_modules_free_their_outputs():
+    """Megatron's output-discarding recompute modules, per token of a Qwen3-235B-A22B MoE block (h 4096, top-8
+    of 128 experts 1536 wide), bf16, tp 2 with sequence parallelism, etp 1, EP 8 over tp x dp: layernorm frees the
+    two norms' outputs (2 x 2 x 4096 / 2), moe_act each routed copy's fc2 input (2 x 1536 per copy, 8 x 1/2 x
+    load copies); DeepSeek-V3's mla_up_proj frees the up-projected q, k, v."""
+    arch = load_model("qwen3-235b-a22b").architecture
+    base = dict(gpus=256, tp=2, pp=8, ep=8, etp=1, seq_len=4096, micro_batch=1, global_batch=2048)
+    plain = _plan("qwen3-235b-a22b", **base)
+    modules = replace(plain, recompute_modules=("layernorm", "moe_act"))
+    copies = 8 * 0.5 * act.routed_load_factor(arch, plain)
+    freed = 2 * 2 * 4096 / 2 + copies * 2 * 1536
+    assert act.recompute_module_bytes(arch, modules, moe=True) == pytest.approx(freed, rel=1e-12)
+    assert act.saved_bytes_per_layer(arch, plain, moe=True) - act.saved_bytes_per_layer(
+        arch, modules, moe=True
+    ) == pytest.approx(freed, rel=1e-12)
+    assert act.recompute_module_bytes(arch, plain, moe=True) == 0.0
+    v3 = load_model("deepseek-v3").architecture
+    mla = _plan("deepseek-v3", gpus=64, seq_len=4096, recompute_modules="mla_up_proj")
+    assert act.recompute_module_bytes(v3, mla, moe=True) == act._mla_attention_bytes(v3, mla)[1]
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"recompute_modules": "norm"}, "unknown recompute module"),
+        ({"recompute_modules": ["moe_act"], "checkpointing": "full"}, "full already recomputes"),
+        ({"recompute_modules": "moe_act", "engine": "fsdp", "zero": 3}, "Megatron's fine-grained"),
+        ({"recompute_modules": "mla_up_proj"}, "applies to latent-attention models"),
+        ({"model": "llama-2-7b", "recompute_modules": "moe_act"}, "applies to Mixture-of-Experts"),
+    ],
+)
+def test_recompute_modules_are_checked(changes, message):
+    with pytest.raises(PlanError, match=message):
+        _plan(**changes)

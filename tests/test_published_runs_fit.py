@@ -41,17 +41,12 @@ STILL_REJECTED = {
     "vectorlm-584": "Llama-3-8B on one GPU at 16K tokens per micro-batch: the fp32 loss over 128K vocabulary",
     "vectorlm-585": "Llama-3-8B on one GPU at 16K tokens per micro-batch: the fp32 loss over 128K vocabulary",
     "vectorlm-586": "Llama-3-8B on one GPU at 16K tokens per micro-batch: the fp32 loss over 128K vocabulary",
-    # Mixture-of-Experts runs (issue 14). Most ran Megatron without full recompute but with its partial recompute
-    # modules (layernorm, moe_act, mla_up_proj: mapped to checkpointing none, so their savings are not counted);
-    # the routed copies' saved tensors (top-k x the tokens, each h and f_e wide) dominate the activations.
+    # Mixture-of-Experts runs (issue 14): the routed copies' saved tensors (top-k x the tokens, h and f_e wide)
+    # dominate the activations of these no-recompute runs.
     "mbridge_moe-3": "Qwen3-30B-A3B H100 PP2 x VP24, 2 x 4k tokens, no recompute: needs 82.6 of 75.7 GiB",
     "mbridge_moe-4": "Qwen3-30B-A3B H100 PP2 x VP24, 2 x 4k tokens, no recompute: needs 82.4 of 75.7 GiB",
-    "mbridge_moe-9": "gpt-oss-120b H100 PP4 mbs 4 (recompute layernorm/moe_act not modelled): 4 in flight x 16k tokens",
-    "mbridge_moe-13": "gpt-oss-120b B200 mbs 4 (recompute layernorm/moe_act not modelled): 16k tokens x 36 blocks",
-    "moe_modelzoo-1": "Qwen3-235B H100 PP8 x VP4 (recompute layernorm/moe_act not modelled): needs 76.4 of 75.7 GiB",
-    "moe_modelzoo-2": "Qwen3-235B H100 PP8 x VP4 (recompute layernorm/moe_act not modelled): needs 76.4 of 75.7 GiB",
-    "moe_modelzoo-4": "Qwen3-235B H100 PP32 x VP3 (recompute layernorm/moe_act not modelled): first-stage activations",
-    "dgxc_moe-1": "DeepSeek-V3 H100 PP8 (recompute mla_up_proj not modelled): 8 micro-batches in flight, no recompute",
+    "mbridge_moe-9": "gpt-oss-120b H100 PP4 mbs 4: 4 in flight x 16k tokens of 36 / 4 blocks (needs 99.6 GiB)",
+    "mbridge_moe-13": "gpt-oss-120b B200 mbs 4: 16k tokens x 36 blocks + fp32 logits of a 201k vocabulary",
     "automodel_moe-1": "Qwen3-30B-A3B FSDP2, 8 GPUs: 57 GiB of states + fp32 logits of 16k tokens (TE loss unmodelled)",
     "titan_issue_moe-2": "DeepSeek-V2-Lite FSDP2 EP8, 16k tokens: op-level AC keeps less of the routed copies",
 }

@@ -277,4 +277,5 @@ def moe_plan_text(plan) -> str:
     """The expert layout of a plan in words: `ep 8 (expert dp 2), dropless, alltoall`."""
     routing = "dropless" if plan.moe_capacity_factor is None else f"capacity factor {plan.moe_capacity_factor:g}"
     etp = f", etp {plan.etp}" if plan.etp else ""
-    return f"ep {plan.ep}{etp} (expert dp {plan.expert_shard_degree}), {routing}, {plan.moe_dispatcher}"
+    overlap = ", EP all-to-all overlapped (combined 1F1B)" if plan.moe_ep_overlap else ""
+    return f"ep {plan.ep}{etp} (expert dp {plan.expert_shard_degree}), {routing}, {plan.moe_dispatcher}{overlap}"

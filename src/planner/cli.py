@@ -259,6 +259,11 @@ def _method_options(solve: bool):
     help="How routed tokens reach their experts (Megatron --moe-token-dispatcher-type; flex: DeepEP/HybridEP).",
 )
 @click.option(
+    "--recompute-modules",
+    default="",
+    help="Megatron's fine-grained recomputation, comma-separated: layernorm, moe_act, mla_up_proj.",
+)
+@click.option(
     "--moe-ep-overlap/--no-moe-ep-overlap",
     default=False,
     help="Hide the EP all-to-all behind an adjacent micro-batch (Megatron --overlap-moe-expert-parallel-comm).",

@@ -42,6 +42,9 @@ DEFAULT_TRAINABLE_LAYERS = 2
 """LLaMA-Factory's `freeze_trainable_layers` default (hparams/finetuning_args.py): the last 2 blocks."""
 FP8_RECIPES: tuple[str, ...] = get_args(Fp8Recipe)
 MOE_DISPATCHERS: tuple[str, ...] = get_args(MoeDispatcher)
+RECOMPUTE_MODULES = ("layernorm", "moe_act", "mla_up_proj")
+"""Megatron's output-discarding recompute modules the memory model states (--recompute-modules): the two
+block norms' outputs, the routed experts' activation output, MLA's up-projected query/key/value."""
 
 EXPERT_PARALLEL_ENGINES = ("megatron", "fsdp")
 """Engines that run expert parallelism: Megatron-Core (--expert-model-parallel-size) and torchtitan on FSDP2
@@ -187,6 +190,10 @@ class Plan:
     moe_ep_overlap: bool = False
     """Megatron's combined 1F1B (--overlap-moe-expert-parallel-comm): each micro-batch's dispatch and combine
     run while an adjacent micro-batch computes (forward beside backward), instead of on the critical path."""
+    recompute_modules: tuple[str, ...] = ()
+    """Megatron's fine-grained recomputation (--recompute-granularity selective --recompute-modules) of
+    RECOMPUTE_MODULES, beside `checkpointing` none or selective (whose core attention Megatron lists as
+    core_attn): their outputs are discarded after use in forward and recomputed in backward."""
 
     @property
     def expert_tp(self) -> int:
@@ -281,6 +288,8 @@ class PlanRequest:
     moe_dispatcher: str = "alltoall"
     moe_ep_overlap: bool = False
     """Megatron's EP all-to-all overlap (see Plan)."""
+    recompute_modules: tuple[str, ...] | list[str] | str = ()
+    """Megatron --recompute-modules from RECOMPUTE_MODULES (a list or comma-separated; see Plan)."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
@@ -422,6 +431,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
             "use --checkpointing-every 1 or --pp-schedule 1f1b",
         )
     moe_fields = _moe_fields(request, model, engine, dp, cp, tp)
+    moe_fields["recompute_modules"] = _recompute_modules(request, arch, engine, checkpointing)
     method_fields = _method_fields(request, arch)
     check_peft_target(method_fields["method"], model)
     if arch.is_moe and method_fields["method"] != "full":
@@ -528,6 +538,30 @@ def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, dp: int, cp
         "moe_dispatcher": dispatcher,
         "moe_ep_overlap": overlap,
     }
+
+
+def _recompute_modules(request: PlanRequest, arch, engine: str, checkpointing: str) -> tuple[str, ...]:
+    """Megatron's recompute modules, checked: known names, Megatron only, not under full recomputation (which
+    recomputes whole blocks), and each applying to the model (moe_act: routed experts; mla_up_proj: MLA)."""
+    raw = request.recompute_modules
+    names = [n.strip() for n in raw.split(",") if n.strip()] if isinstance(raw, str) else list(raw or ())
+    if not names:
+        return ()
+    unknown = [n for n in names if n not in RECOMPUTE_MODULES]
+    if unknown or not all(isinstance(n, str) for n in names):
+        raise PlanError(
+            f"unknown recompute module(s) {', '.join(map(quoted, unknown))}",
+            f"use some of {', '.join(RECOMPUTE_MODULES)}",
+        )
+    if engine != "megatron":
+        raise PlanError("--recompute-modules is Megatron's fine-grained recomputation", "drop it or use Megatron")
+    if checkpointing == "full":
+        raise PlanError("--recompute-modules with full checkpointing: full already recomputes every block", "drop one")
+    if "moe_act" in names and not arch.is_moe:
+        raise PlanError("the moe_act recompute module applies to Mixture-of-Experts models", "drop moe_act")
+    if "mla_up_proj" in names and not arch.is_mla:
+        raise PlanError("the mla_up_proj recompute module applies to latent-attention models", "drop mla_up_proj")
+    return tuple(m for m in RECOMPUTE_MODULES if m in names)
 
 
 def _check_ep_overlap(request: PlanRequest, engine: str, ep: int) -> None:

@@ -292,7 +292,11 @@ def pipeline_layout(num_layers: int, pp: int) -> str | None:
 def _memory_flags(model: ModelSpec, plan: Plan) -> list[str]:
     flags: list[str] = []
     checkpointed_blocks = layers_on_stage(model.architecture.num_layers, plan.pp, 0) // plan.checkpointing_every
-    if plan.checkpointing == "selective":
+    if plan.recompute_modules:
+        # Fine-grained recomputation; Megatron's selective mode is its core_attn module.
+        core = ["core_attn"] if plan.checkpointing == "selective" else []
+        flags += ["--recompute-granularity", "selective", "--recompute-modules", *core, *plan.recompute_modules]
+    elif plan.checkpointing == "selective":
         flags += ["--recompute-granularity", "selective"]
     elif plan.checkpointing == "full" and plan.checkpointing_every == 1:
         # Every block keeps only its input and recomputes in backward (uniform, one block per group).

@@ -36,7 +36,7 @@ _COMPARED = ("engine", "gpus", "tp", "pp", "cp", "zero", "micro_batch", "grad_ac
 _COMPARED += ("precision", "offload", "sequence_parallel", "compile", "optimizer", "loss", "flash_attention")
 _COMPARED += ("flash_attention_version", "pp_schedule", "virtual_stages", "grad_reduce_bf16", "overlap_grad_reduce")
 _COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version", "ep", "etp", "moe_capacity_factor")
-_COMPARED += ("moe_dispatcher", "tp_comm_overlap", "moe_ep_overlap")
+_COMPARED += ("moe_dispatcher", "tp_comm_overlap", "moe_ep_overlap", "recompute_modules")
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,9 @@ def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str
     if engine != "megatron" and (plan.moe_dispatcher != "alltoall" or plan.moe_ep_overlap):
         values.update(moe_dispatcher="alltoall", moe_ep_overlap=False)
         why.append("DeepEP's flex dispatcher and the EP all-to-all overlap are Megatron's")
+    if engine != "megatron" and plan.recompute_modules:
+        values["recompute_modules"] = ()
+        why.append("Megatron's recompute modules have no counterpart there")
     if engine != "fsdp" or code == "fsdp":
         if plan.fsdp_version != 2:
             why.append("torchtitan runs FSDP2" if code == "fsdp" else "")

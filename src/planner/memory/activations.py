@@ -558,12 +558,39 @@ def _lse(arch: Architecture, plan: Plan) -> float:
 
 def saved_bytes_per_layer(arch: Architecture, plan: Plan, moe: bool = False) -> float:
     """Per-token bytes one block keeps between its forward and its backward, per checkpointing mode
-    (`moe`: a MoE block of a MoE model)."""
+    (`moe`: a MoE block of a MoE model), less what Megatron's recompute modules discard."""
     if plan.checkpointing == "full":
         return checkpoint_input_bytes(arch, plan)
     if plan.checkpointing == "selective":
-        return selective_saved_bytes(arch, plan, moe)
-    return layer_activations(arch, plan, moe).total
+        return selective_saved_bytes(arch, plan, moe) - recompute_module_bytes(arch, plan, moe)
+    return layer_activations(arch, plan, moe).total - recompute_module_bytes(arch, plan, moe)
+
+
+def recompute_module_bytes(arch: Architecture, plan: Plan, moe: bool = False) -> float:
+    """Per-token bytes of a block that Megatron's output-discarding recompute modules free (--recompute-modules;
+    megatron/core/transformer/moe/README.md @d98e8a6, 'Fine-grained Recomputation'): the output of a module is
+    released once its consumers ran and recomputed from the module's input (kept anyway) before their
+    backward.
+    * layernorm: the two norms' normalised outputs, which the following linears keep (the norms' inputs
+      are the residual stream, kept anyway);
+    * moe_act: each routed copy's activation output, the fc2 input (`moe_mlp_bytes`);
+    * mla_up_proj: the up-projected query, key and value MLA's attention keeps (`_mla_attention_bytes`); the
+      compressed latents stay.
+    The recomputation itself (norms, an activation, two up-projections) is a few % of a block's FLOPs and
+    is not timed."""
+    modules = plan.recompute_modules
+    if not modules:
+        return 0.0
+    h, linear_input = arch.hidden_size, te_linear_input_bytes(plan)
+    freed = 0.0
+    if "layernorm" in modules:
+        freed += 2 * linear_input * h / sequence_shards(plan)
+    if "moe_act" in modules and moe:
+        copies = arch.experts_per_token * routed_copies_share(plan) * routed_load_factor(arch, plan)
+        freed = freed + copies * linear_input * arch.moe_ffn_hidden_size / plan.expert_tp
+    if "mla_up_proj" in modules and arch.is_mla:
+        freed += _mla_attention_bytes(arch, plan)[1]
+    return freed
 
 
 def _largest_block(arch: Architecture, plan: Plan, per_block) -> float:

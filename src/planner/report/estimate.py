@@ -77,7 +77,9 @@ def _plan_lines(estimate: Estimate) -> list[str]:
         + (f"; interleaved schedule, {p.virtual_stages} chunks per stage" if p.pp_schedule == "interleaved" else ""),
         f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum} x dp {p.dp} = global batch {p.global_batch}"
         f" sequences of {p.seq_len} tokens",
-        f"checkpointing {p.checkpointing}, precision {p.precision}"
+        f"checkpointing {p.checkpointing}"
+        + (f" + recompute {', '.join(p.recompute_modules)}" if p.recompute_modules else "")
+        + f", precision {p.precision}"
         + (f" ({p.fp8_recipe} scaling)" if p.precision == "fp8" else "")
         + f", optimizer {p.optimizer}, offload {p.offload}",
         f"flash attention {f'on (FlashAttention-{p.flash_attention_version})' if p.flash_attention else 'off'}, "
