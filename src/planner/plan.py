@@ -223,6 +223,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        out["recompute_modules"] = list(self.recompute_modules)  # as JSON reads it back
         out["nodes"] = self.nodes
         return out
 
