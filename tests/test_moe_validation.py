@@ -3,6 +3,7 @@ case (or a pending one, with the condition it waits for), case values match the 
 and not in ../shared/data, and the models score them at the stated tolerances."""
 
 import csv
+import statistics
 from pathlib import Path
 
 import pytest
@@ -111,11 +112,14 @@ def test_every_scored_case_predicts(throughput_data, throughput):
 
 
 def test_throughput_regression_bound(throughput):
-    """Issue 14's target is a median |error| <= 15%: NOT met. Today 24.4% over 38 cases (27.0% over 28 before the
-    grouped GEMMs ran at the efficiency of their rows per expert and the interleaved Qwen3-235B-A22B runs were
-    scored), kept as a bound that may only get better, and the Megatron-Bridge tables ranked as measured
-    (Spearman 0.96 over 25 layouts). The largest misses are runs the tables themselves show to be
-    software-limited: the 25.11/26.02 releases' dropless Qwen3-30B-A3B rows at half the speed of the same layouts
-    in 25.09 and 26.02.01, and the first GB200 DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU)."""
-    assert throughput.median_abs_error_pct <= 24.5
+    """Issue 14's target is a median |error| <= 15%: met on the Hopper rows (10.3% over 18), NOT overall: 23.1% over
+    38 cases (27.0% over 28 before the grouped GEMMs ran at the efficiency of their rows per expert, the DeepEP and
+    EP-overlap runs were stated as such and the interleaved Qwen3-235B-A22B runs were scored), kept as bounds that
+    may only get better, and the Megatron-Bridge tables ranked as measured (Spearman 0.96 over 25 layouts). The
+    largest misses are runs the tables themselves show to be software-limited: the 25.11/26.02 releases' dropless
+    Qwen3-30B-A3B rows at half the speed of the same layouts in 25.09 and 26.02.01, and the first GB200
+    DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU)."""
+    assert throughput.median_abs_error_pct <= 23.2
     assert throughput.source_figures()["mbridge_moe"]["spearman"] >= 0.95
+    hopper = [abs(r.error_pct) for r in throughput.results if r.case.resolve()[1].architecture == "hopper"]
+    assert len(hopper) == 18 and statistics.median(hopper) <= 10.4
