@@ -23,10 +23,6 @@ STILL_REJECTED = {
     "mosaic_llmfoundry-179": "needs 38.3 of 38.0 usable GiB (40 GB card)",
     "flagperf-415": "needs 38.0 of 38.0 usable GiB (40 GB card)",
     "flagperf-425": "needs 76.9 of 76.0 usable GiB",
-    # 405B TP8 PP8 CP2 V8 on 512 H100 (DP 4): the memory model puts 16 blocks on the first stage where the
-    # embedding/loss-aware split the run used holds 15 and the embedding (one block's activations, ~2 GiB).
-    "dgxc_bench-135": "needs 76.2 of 75.7 usable GiB (405B, DP 4; first stage one block heavier than the run's)",
-    "dgxc_bench-141": "needs 77.7 of 75.7 usable GiB (405B fp8, DP 4; first stage one block heavier than the run's)",
     # Meta's 405B layout: 16 in-flight micro-batches of 8 blocks on the first stage without recomputation; what
     # Meta's schedule keeps live is not published in enough detail to model (the case notes say so).
     "meta_llama3-367": "405B TP8 PP16: first-stage activations",

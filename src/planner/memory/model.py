@@ -19,6 +19,7 @@ card that cannot hold the whole cache, the cache fills what is left (nvidia-smi 
 """
 
 from dataclasses import dataclass, field, replace
+from functools import reduce
 
 import numpy as np
 
@@ -32,7 +33,13 @@ from planner.memory.buffers import (
 )
 from planner.memory.calibration import TEXTBOOK, activation_calibration
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads, nccl_communicators
-from planner.memory.stages import StageShard, checkpointed_blocks, first_and_last_stage
+from planner.memory.stages import (
+    StageShard,
+    checkpointed_blocks,
+    first_and_last_stage,
+    interior_stage_counts,
+    second_stage,
+)
 from planner.memory.states import (
     StateTerm,
     deepspeed_step_cap_bytes,
@@ -104,8 +111,8 @@ class MemoryEstimate:
     phases_gib: dict[str, float]
     """phase -> allocated GiB on the peak stage."""
     stage_peaks_gib: list[float]
-    """allocated GiB at the peak phase of the first and the last pipeline stage (one value without
-    pipelining): the only stages that can be the most loaded (see planner.memory.stages)."""
+    """allocated GiB at the peak phase of the first, [the second,] and the last pipeline stage (one value
+    without pipelining): the only stages that can be the most loaded (see planner.memory.stages)."""
     host_ram_gib_per_node: float
     """Host memory the offloaded states need on one node (0 without offload)."""
     host_ram_capacity_gib: float | None
@@ -266,8 +273,9 @@ class MemoryArrays:
     """term -> GiB at the peak stage and phase (every key of TERMS)."""
     phases_gib: dict[str, object]
     """phase -> allocated GiB on the peak stage (NaN where the phase does not exist there)."""
-    stage_peaks_gib: tuple[object, object]
-    """allocated GiB at the peak phase of the first and of the last stage."""
+    stage_peaks_gib: tuple[object, ...]
+    """allocated GiB at the peak phase of each evaluated stage (`evaluated_stages`: first, [second,] last);
+    NaN where a plan does not count the second stage."""
     activations_source: str = TEXTBOOK
     """Where the per-layer activation constant comes from: a trace of the real code, or the walk."""
     required_gib: object = 0.0
@@ -306,18 +314,28 @@ def runtime_view(
     return fragmentation, nccl, reserved, reserved + overheads.cuda_context_gib + nccl
 
 
+def evaluated_stages(arch, plan: Plan) -> list[tuple[StageShard, object]]:
+    """(stage, whether it counts) for every stage that can hold the most memory: the first, the second where
+    the embedding- and loss-aware interleaved split makes it the fullest (planner.memory.stages), the last."""
+    first, last = first_and_last_stage(arch, plan)
+    second = second_stage(arch, plan)
+    if second is None:
+        return [(first, True), (last, True)]
+    return [(first, True), (second, interior_stage_counts(arch, plan)), (last, True)]
+
+
 def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS) -> MemoryArrays:
     """Evaluate every phase on the first and the last stage and pick the largest (ties: earlier stage, then
     earlier phase). Works on scalar and on array-valued plans alike."""
     arch = model.architecture
-    first, last = first_and_last_stage(arch, plan)
+    stages = evaluated_stages(arch, plan)
     calibration = activation_calibration(model, plan)
     no_recompute = activation_calibration(model, replace(plan, checkpointing="none")).ratio
     slots = []  # (stage index, phase index, terms, valid)
-    for stage in (first, last):
+    for stage, counts in stages:
         stage_terms = stage_phases(model, plan, stage, calibration.ratio, no_recompute)
         for index, (phase, terms) in enumerate(stage_terms.items()):
-            valid = stage.is_last if phase == "loss" else True
+            valid = stage.is_last & counts if phase == "loss" else counts
             slots.append((stage.stage, index, terms, valid))
     totals = np.stack(
         [np.where(valid, _total(terms), -np.inf) * np.ones_like(plan.gpus, dtype=float) for _, _, terms, valid in slots]
@@ -332,7 +350,7 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
 
     breakdown = {term: pick([terms.get(term, 0.0) for _, _, terms, _ in slots]) / GIB for term in TERMS}
     allocated_gib = allocated / GIB
-    stream_blocks_gib = np.maximum(*(fsdp1_stream_blocks_bytes(s, plan) for s in (first, last))) / GIB
+    stream_blocks_gib = reduce(np.maximum, (fsdp1_stream_blocks_bytes(s, plan) for s, _ in stages)) / GIB
     fragmentation_gib, nccl_gib, reserved_gib, peak_gib = runtime_view(
         allocated_gib, plan, overheads, stream_blocks_gib
     )
@@ -342,11 +360,14 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
     breakdown["nccl_communicators"] = nccl_gib * np.ones_like(allocated)
     required_gib = required_memory_gib(allocated_gib, plan, overheads)
     stage_index = pick([stage for stage, _, _, _ in slots])
-    peak_on_last = choice >= len(PHASES)
+    peak_slot = choice // len(PHASES)  # which evaluated stage holds the peak
+    by_stage = totals.reshape(len(stages), len(PHASES), *totals.shape[1:])
     phases = {}
     for index, phase in enumerate(PHASES):
-        phases[phase] = np.where(peak_on_last, totals[len(PHASES) + index], totals[index]) / GIB
-        phases[phase] = np.where(np.isfinite(phases[phase]), phases[phase], np.nan)
+        on_peak_stage = np.take_along_axis(by_stage[:, index], peak_slot[None], axis=0)[0]
+        phases[phase] = np.where(np.isfinite(on_peak_stage), on_peak_stage / GIB, np.nan)
+    stage_peaks = by_stage.max(axis=1) / GIB
+    stage_peaks = np.where(np.isfinite(stage_peaks), stage_peaks, np.nan)
     return MemoryArrays(
         allocated_gib=allocated_gib,
         reserved_gib=reserved_gib,
@@ -355,7 +376,7 @@ def memory_arrays(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = DE
         peak_phase=choice % len(PHASES),
         breakdown_gib=breakdown,
         phases_gib=phases,
-        stage_peaks_gib=(totals[: len(PHASES)].max(axis=0) / GIB, totals[len(PHASES) :].max(axis=0) / GIB),
+        stage_peaks_gib=tuple(stage_peaks),
         activations_source=calibration.label,
         required_gib=required_gib,
     )
@@ -369,8 +390,8 @@ def peak_memory_gib(model: ModelSpec, plan: Plan, overheads: RuntimeOverheads = 
 
 def host_ram_gib_per_node(model: ModelSpec, plan: Plan):
     """Host memory the offloaded states of one node's GPUs need (0 without offload)."""
-    stages = first_and_last_stage(model.architecture, plan)
-    per_gpu = np.maximum(*(_host_offload_bytes(model, plan, s) for s in stages))
+    stages = [stage for stage, _ in evaluated_stages(model.architecture, plan)]
+    per_gpu = reduce(np.maximum, (_host_offload_bytes(model, plan, s) for s in stages))
     return per_gpu * plan.gpus_per_node / GIB
 
 
@@ -399,6 +420,7 @@ def memory_estimate_at(
     host_fits = None if plan.offload == "none" else capacity is not None and host <= capacity
     phases = {k: _at(v, index) for k, v in arrays.phases_gib.items()}
     stage_peaks = [_at(v, index) for v in arrays.stage_peaks_gib]
+    stage_peaks = [v for v in stage_peaks if not np.isnan(v)]
     return MemoryEstimate(
         peak_gib=peak,
         allocated_peak_gib=_at(arrays.allocated_gib, index),

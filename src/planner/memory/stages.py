@@ -4,16 +4,19 @@ Pipeline stage `i` of `pp` holds `L/pp` blocks; the first also holds the input e
 final norm and LM head (and, with tied embeddings under pipelining, its own copy of the embedding, as
 Megatron-LM does). Matrices are split `tp` ways, norms are replicated (Megatron's layout).
 
-Only the first and the last stage can be the most loaded one: the first holds the most in-flight
-micro-batches under 1F1B (pp of them), the most blocks (uneven splits put the extra ones first) and the
-embedding; the last holds the LM head and the logits. Every interior stage holds no more blocks than the
-first, fewer in-flight micro-batches and neither embedding nor head, so it never needs more memory than
-the first. Both stages are evaluated and the larger is reported.
+Under an even (or front-loaded) split only the first and the last stage can be the most loaded one: the
+first holds the most in-flight micro-batches under 1F1B (pp of them), the most blocks (uneven splits put the
+extra ones first) and the embedding; the last holds the LM head and the logits. Every interior stage holds
+no more blocks than the first, fewer in-flight micro-batches and neither embedding nor head. The interleaved
+split that counts the embedding and the loss as one layer each (`planner.plan.embedding_and_loss_as_layers`)
+takes one block off the first and the last rank, so there the second stage (rank 1, the most blocks and the
+most in-flight micro-batches after rank 0) is evaluated too. The largest is reported.
 
 The numeric plan fields (pp, grad_accum, ...) may be numpy arrays: the search evaluates many plans at once
 with these same functions.
 """
 
+import functools
 from dataclasses import dataclass, replace
 from functools import reduce
 
@@ -133,14 +136,117 @@ def in_flight_micro_batches(plan: Plan, stage):
     return np.minimum(chunks / v, plan.grad_accum)
 
 
+def embedding_and_loss_split(num_layers: int, plan: Plan):
+    """Whether the plan's interleaved split counts the embedding and the loss as one layer each (the blocks
+    alone do not split into pp x V equal chunks, the blocks + 2 do; planner.plan.embedding_and_loss_as_layers,
+    which the Megatron and torchtitan writers follow). Arrays allowed."""
+    if plan.pp_schedule != "interleaved":
+        return np.zeros_like(plan.pp, dtype=bool)
+    chunks = plan.pp * plan.virtual_stages
+    return (plan.virtual_stages > 1) & (num_layers % chunks != 0) & ((num_layers + 2) % chunks == 0)
+
+
+def interleaved_live_block_micro_batches(
+    pp: int, virtual: int, micro_batches: int, rank: int, blocks_per_chunk: int, light_chunk: int
+) -> int:
+    """Largest number of (block, micro-batch) activation sets pipeline rank `rank` holds at once under
+    Megatron-Core's interleaved 1F1B, when each of its `virtual` model chunks holds `blocks_per_chunk` blocks
+    except `light_chunk` (-1: none), which holds one fewer (the first chunk of rank 0, which also holds the
+    embedding, and the last chunk of the last rank, which also holds the output layer and the loss).
+
+    The forward order is Megatron's schedule table (core/pipeline_parallel/schedules.py, get_schedule_table:
+    groups of microbatch_group_size_per_vp_stage micro-batches, default pp, each run through chunk 0, then
+    chunk 1, ...); the backward order is the same with the chunks reversed. get_pp_rank_microbatches runs
+    2 (pp - rank - 1) + (V - 1) x group warm-up forwards, then alternates one forward and one backward. The
+    Llama 3 paper (arXiv 2407.21783, Sec. 3.3.2) describes the same tunable group size N; Megatron accepts
+    pp <= N <= M, and the memory is least at N = pp, the value taken here."""
+    group = pp
+    order = []
+    for start in range(0, micro_batches, group):
+        size = min(group, micro_batches - start)
+        order += [chunk for chunk in range(virtual) for _ in range(size)]
+
+    def blocks(chunk: int) -> int:
+        return blocks_per_chunk - (chunk == light_chunk)
+
+    forward = [blocks(chunk) for chunk in order]
+    backward = [blocks(virtual - 1 - chunk) for chunk in order]
+    warm_up = min(2 * (pp - rank - 1) + (virtual - 1) * group, len(order))
+    live = peak = sum(forward[:warm_up])
+    for step in range(len(order) - warm_up):
+        live += forward[warm_up + step]
+        peak = max(peak, live)
+        live -= backward[step]
+    return peak
+
+
+_cached_live_blocks = functools.lru_cache(maxsize=4096)(interleaved_live_block_micro_batches)
+
+
+def _live_block_micro_batches(where, pp, virtual: int, micro_batches, rank, blocks_per_chunk, light_chunk: int):
+    """`interleaved_live_block_micro_batches` over array-valued plan fields, walked once per distinct
+    (pp, micro-batches) pair (the rank and the chunk size follow from pp) and only where `where` holds
+    (elsewhere 0)."""
+    where, pp, micro_batches, rank, blocks_per_chunk = np.broadcast_arrays(
+        where, pp, micro_batches, rank, blocks_per_chunk
+    )
+    out = np.zeros(where.shape, dtype=float)
+    chosen = np.flatnonzero(where)
+    if chosen.size == 0:
+        return out
+    key = pp.ravel()[chosen].astype(np.int64) * (1 << 32) + micro_batches.ravel()[chosen].astype(np.int64)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    rows = chosen[first]
+    values = np.array(
+        [
+            _cached_live_blocks(
+                int(pp.flat[i]),
+                virtual,
+                int(micro_batches.flat[i]),
+                int(rank.flat[i]),
+                int(blocks_per_chunk.flat[i]),
+                light_chunk,
+            )
+            for i in rows
+        ],
+        dtype=float,
+    )
+    out.flat[chosen] = values[inverse.ravel()]
+    return out
+
+
 def _largest(tensors, tp):
     return reduce(np.maximum, (numel([t], tp) for t in tensors))
 
 
-def _shard(arch: Architecture, plan: Plan, last: bool) -> StageShard:
+def _blocks_and_in_flight(arch: Architecture, plan: Plan, position: str, stage):
+    """(blocks on the stage, micro-batches' worth of them live at once) for the first, second (`interior`)
+    or last stage: the front-loaded split (`layers_on_stage`, `in_flight_micro_batches`), or the embedding-
+    and loss-aware interleaved split, where every chunk holds b = (L + 2) / (pp V) blocks except the first
+    chunk of rank 0 and the last chunk of the last rank, which hold b - 1
+    (`interleaved_live_block_micro_batches`)."""
+    blocks = layers_on_stage(arch.num_layers, plan.pp, stage)
+    in_flight = in_flight_micro_batches(plan, stage)
+    aware = embedding_and_loss_split(arch.num_layers, plan)
+    if not np.any(aware):
+        return blocks, in_flight
+    v = plan.virtual_stages
+    per_chunk = np.maximum((arch.num_layers + 2) // (plan.pp * v), 1)
+    light = {"first": 0, "interior": -1, "last": v - 1}[position]
+    aware_blocks = v * per_chunk - (light >= 0)
+    live = _live_block_micro_batches(aware, plan.pp, v, plan.grad_accum, stage, per_chunk, light)
+    return np.where(aware, aware_blocks, blocks), np.where(aware, live / aware_blocks, in_flight)
+
+
+def _shard(arch: Architecture, plan: Plan, position: str) -> StageShard:
     pp, tp = plan.pp, plan.tp
     single = pp == 1
-    stage, is_first, is_last = (pp - 1, single, True) if last else (0, True, single)
+    last = position == "last"
+    stage, is_first, is_last = {
+        "first": (0, True, single),
+        "interior": (np.minimum(1, pp - 1), False, False),
+        "last": (pp - 1, single, True),
+    }[position]
     layer_t, embedding_t = layer_tensors(arch), embedding_tensors(arch)
     # With pipelining and tied embeddings the last stage keeps its own copy of the embedding as LM head.
     shared, separate = head_tensors(arch), head_tensors(arch, separate_copy_of_tied=True)
@@ -149,15 +255,18 @@ def _shard(arch: Architecture, plan: Plan, last: bool) -> StageShard:
     largest = np.maximum(
         _largest(layer_t, tp), np.maximum(_largest(embedding_t, tp) * is_first, largest_head * is_last)
     )
-    num_layers = layers_on_stage(arch.num_layers, pp, stage)
+    num_layers, in_flight = _blocks_and_in_flight(arch, plan, position, stage)
     if arch.is_moe:
-        # Blocks [0, n) on the first stage, [L - n, L) on the last; the dense first layers sit on the first.
+        # Blocks [0, n) on the first stage, [L - n, L) on the last, [n, n + m) on the second; the dense first
+        # layers sit on the first.
         total = arch.num_layers
-        moe = (
-            moe_layer_count(arch, num_layers)
-            if not last
-            else moe_layer_count(arch, total) - moe_layer_count(arch, total - num_layers)
-        )
+        if position == "first":
+            moe = moe_layer_count(arch, num_layers)
+        elif last:
+            moe = moe_layer_count(arch, total) - moe_layer_count(arch, total - num_layers)
+        else:
+            before = _blocks_and_in_flight(arch, plan, "first", 0)[0]
+            moe = moe_layer_count(arch, before + num_layers) - moe_layer_count(arch, before)
         local_experts, etp = arch.num_experts // plan.ep, plan.expert_tp
         fused_expert = local_experts * sum(
             t.numel for t in expert_tensors(arch) if t.is_matrix and "down" not in t.name
@@ -180,7 +289,7 @@ def _shard(arch: Architecture, plan: Plan, last: bool) -> StageShard:
         embedding_params=numel(embedding_t, tp) * is_first,
         head_params=head * is_last,
         largest_tensor_params=largest,
-        in_flight_micro_batches=in_flight_micro_batches(plan, stage),
+        in_flight_micro_batches=in_flight,
         **moe_fields,
     )
     return _with_method(arch, plan, shard)
@@ -214,5 +323,19 @@ def _with_method(arch: Architecture, plan: Plan, shard: StageShard) -> StageShar
 
 
 def first_and_last_stage(arch: Architecture, plan: Plan) -> tuple[StageShard, StageShard]:
-    """The two stages that can hold the most memory (they coincide without pipelining)."""
-    return _shard(arch, plan, last=False), _shard(arch, plan, last=True)
+    """The first and the last stage (they coincide without pipelining)."""
+    return _shard(arch, plan, "first"), _shard(arch, plan, "last")
+
+
+def second_stage(arch: Architecture, plan: Plan) -> StageShard | None:
+    """Rank 1, which can hold the most memory under the embedding- and loss-aware interleaved split (see the
+    module notes); None when no plan of `plan` uses that split."""
+    if not np.any(embedding_and_loss_split(arch.num_layers, plan)):
+        return None
+    return _shard(arch, plan, "interior")
+
+
+def interior_stage_counts(arch: Architecture, plan: Plan):
+    """Where the second stage is a stage of its own that can outweigh the first and the last: the aware
+    split with more than two stages. Arrays allowed."""
+    return embedding_and_loss_split(arch.num_layers, plan) & (plan.pp > 2)
