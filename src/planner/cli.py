@@ -26,17 +26,11 @@ from planner.plan import (
     PRECISIONS,
 )
 from planner.report.estimate import render_json, render_table
-from planner.report.validation import (
-    render_throughput_json,
-    render_throughput_table,
-    render_validation_json,
-    render_validation_table,
-)
 from planner.search.solve import OBJECTIVES, SolveRequest
 from planner.units import parse_count
-from planner.validate.cases import pending_fields
-from planner.validate.memory import load_memory_cases, validate_memory
-from planner.validate.throughput import load_throughput_cases, validate_throughput
+
+# The validate commands import their renderers and validators themselves, so that `planner solve` does not
+# load the validation machinery at start-up.
 
 
 def _fail(message: str, exit_code: int) -> NoReturn:
@@ -560,6 +554,9 @@ def validate() -> None:
 @_FORMAT
 def validate_memory_cmd(cases: tuple[Path, ...], fmt: str) -> None:
     """Predicted vs measured peak memory for every case in the CASES files (YAML, or calibrate measure CSVs)."""
+    from planner.report.validation import render_validation_json, render_validation_table
+    from planner.validate.memory import load_memory_cases, validate_memory
+
     with progress.display(progress.wanted(fmt)):
         summary = validate_memory([c for path in cases for c in load_memory_cases(path)])
     click.echo(render_validation_json(summary) if fmt == "json" else render_validation_table(summary), nl=False)
@@ -573,6 +570,9 @@ def validate_memory_cmd(cases: tuple[Path, ...], fmt: str) -> None:
 def validate_throughput_cmd(cases: tuple[Path, ...], fmt: str) -> None:
     """Predicted vs measured tokens/s per GPU for every case in the CASES files (YAML, or calibrate measure CSVs),
     e.g. tests/data/throughput_cases.yaml tests/data/external/throughput_cases.yaml."""
+    from planner.report.validation import render_throughput_json, render_throughput_table
+    from planner.validate.throughput import load_throughput_cases, validate_throughput
+
     with progress.display(progress.wanted(fmt)):
         summary = validate_throughput([c for path in cases for c in load_throughput_cases(path)])
     click.echo(render_throughput_json(summary) if fmt == "json" else render_throughput_table(summary), nl=False)
@@ -582,6 +582,8 @@ def validate_throughput_cmd(cases: tuple[Path, ...], fmt: str) -> None:
 
 def _echo_pending(paths: tuple[Path, ...]) -> None:
     """One line per cases file with pending cases: how many, and the plan fields or conditions they wait for."""
+    from planner.validate.cases import pending_fields
+
     for path in paths:
         if path.suffix not in (".yaml", ".yml"):
             continue
