@@ -48,6 +48,9 @@ def test_estimate_json_schema():
         assert key in memory
     assert memory["fits"] is True
     assert sum(memory["breakdown_gib"].values()) == pytest.approx(memory["peak_gib"], abs=0.01)
+    # headroom has one meaning everywhere: the fit limit less what the plan needs (not capacity - peak)
+    assert memory["headroom_gib"] == pytest.approx(memory["usable_gib"] - memory["required_gib"], abs=0.0015)
+    assert memory["headroom_gib"] != pytest.approx(memory["capacity_gib"] - memory["peak_gib"], abs=0.1)
 
 
 def test_estimate_table_golden():

@@ -127,7 +127,10 @@ class MemoryEstimate:
 
     @property
     def headroom_gib(self) -> float:
-        return self.capacity_gib - self.peak_gib
+        """The fit limit (usable capacity) less what the plan needs to run (required_gib): the margin the fit
+        criterion leaves, negative when the plan does not fit. The one definition of headroom: the tables,
+        plans.csv and report.json all show it (the nvidia-smi view is peak_gib against capacity_gib)."""
+        return self.usable_gib - self.required_gib
 
     def to_dict(self) -> dict:
         return {

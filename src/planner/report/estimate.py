@@ -126,7 +126,7 @@ def render_table(estimate: Estimate, width: int = 100, defaults: tuple[str, ...]
     table.add_row("needed to run (cache it cannot release only)", f"{memory.required_gib:.2f}")
     table.add_row("capacity", f"{memory.capacity_gib:.2f}")
     table.add_row(f"usable (keeping {memory.safety_margin:.0%} free)", f"{memory.usable_gib:.2f}")
-    table.add_row("headroom (capacity - peak)", f"{memory.headroom_gib:.2f}")
+    table.add_row("headroom (usable - needed to run)", f"{memory.headroom_gib:.2f}")
     console.print(table)
     phases = " | ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in memory.phases_gib.items())
     console.print(f"allocated GiB by phase: {phases}")

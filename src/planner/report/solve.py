@@ -104,7 +104,7 @@ def _row(rank: int, pareto: bool, est: Estimate) -> dict:
         "peak_gib": round(m.peak_gib, 2),
         "required_gib": round(m.required_gib, 2),
         # to the fit limit from what the plan needs (the fit criterion), so a plan that fits never shows it negative
-        "headroom_gib": round(m.usable_gib - m.required_gib, 2),
+        "headroom_gib": round(m.headroom_gib, 2),
         "tokens_per_s": round(perf.tokens_per_s, 1),
         "tokens_per_s_per_gpu": round(perf.tokens_per_s_per_gpu, 1),
         "mfu": round(perf.mfu, 4),
