@@ -1,9 +1,11 @@
 """FLOPs, communication and cost terms, each checked against a hand derivation or a published figure."""
 
+from pathlib import Path
+
 import pytest
 from tests.conftest import plan_for
 
-from planner.catalog import load_gpu
+from planner.catalog import load_gpu, load_model
 from planner.errors import PlanError
 from planner.performance import comm
 from planner.performance.cost import estimate_cost
@@ -15,6 +17,7 @@ from planner.performance.model import (
     matmul_dtype,
     pointwise_width,
     recomputed_tp_collectives,
+    replicated_pointwise_share,
 )
 from planner.plan import PlanRequest, resolve
 
@@ -82,15 +85,22 @@ def test_efficiency_saturates_with_tokens_and_width():
     assert small < large < params.max
 
 
-def test_pointwise_width_is_split_only_with_sequence_parallelism():
-    # Sequence parallelism splits the norm/residual regions over the TP ranks like the matmuls, so their
-    # ratio is that of the full width; without it each rank repeats them and the ratio is that of h / tp.
-    _, _, with_sp = plan_for(model="llama-2-70b", gpus=8, tp=8, engine="megatron")
+def test_pointwise_width_repeats_only_the_replicated_regions_without_sequence_parallelism():
+    # Llama-2-70B (h 8192, f 28672, q 8192, kv 1024, SwiGLU, RoPE): norms and residual adds 2 x 2h + 2 x 3h
+    # = 81,920 elements per token on the full width; SwiGLU 3f = 86,016 and RoPE 2 (q + kv) = 18,432 on the
+    # split widths: share 81,920 / 186,368 = 40/91. Sequence parallelism splits everything (width h);
+    # without it each of the 8 ranks repeats the 40/91: width 8192 / (40/91 x 8 + 51/91) = 8192 x 91/371.
+    model, _, with_sp = plan_for(model="llama-2-70b", gpus=8, tp=8, engine="megatron")
     _, _, without_sp = plan_for(model="llama-2-70b", gpus=8, tp=8, engine="megatron", sequence_parallel=False)
     _, _, autotp = plan_for(model="llama-2-70b", gpus=8, tp=8, engine="deepspeed")
+    arch = model.architecture
     assert with_sp.sequence_parallel and not autotp.sequence_parallel
-    assert pointwise_width(8192, with_sp) == 8192
-    assert pointwise_width(8192, without_sp) == pointwise_width(8192, autotp) == 1024
+    assert replicated_pointwise_share(arch) == pytest.approx(40 / 91, rel=1e-12)
+    assert pointwise_width(arch, with_sp) == 8192
+    assert pointwise_width(arch, without_sp) == pointwise_width(arch, autotp) == pytest.approx(8192 * 91 / 371)
+    # GPT-2-style Megatron GPT (GeLU on f = 4h, learned positions, hidden dropout): 4h + 6h + h of 11h + 8h
+    gpt = load_model(str(Path(__file__).parent / "data" / "models" / "gpt-megatron-18.4b.yaml")).architecture
+    assert replicated_pointwise_share(gpt) == pytest.approx(11 / 19, rel=1e-12)
 
 
 def test_causal_flash_attention_executes_the_lower_triangle():

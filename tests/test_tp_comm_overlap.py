@@ -49,7 +49,7 @@ def _linear_gemm_s(model, gpu, plan) -> float:
     """The blocks' linear GEMMs of one step on the single pipeline stage, as the compute time counts them."""
     flops = flops_per_token(model.architecture, plan)
     tokens = plan.tokens_per_micro_batch
-    eff = efficiency(gpu, tokens, pointwise_width(model.architecture.hidden_size, plan))[0]
+    eff = efficiency(gpu, tokens, pointwise_width(model.architecture, plan))[0]
     per_mb = tokens / plan.tp * (flops.block_matmuls + flops.recompute_matmuls) / (gpu.peak_tflops("bf16") * 1e12 * eff)
     return plan.grad_accum * per_mb
 

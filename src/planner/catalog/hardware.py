@@ -81,8 +81,9 @@ class PriceSpec:
 class ComputeEfficiency:
     """Achieved fraction of the dense peak for a training step's matmuls:
     max * T / (T + half_tokens) * w / (w + half_width), with T the tokens one GPU processes per
-    micro-batch and w the hidden size whose pointwise work one GPU does (the full hidden size with
-    sequence parallelism, the TP shard's without; planner.performance.model.pointwise_width)."""
+    micro-batch and w the hidden size whose pointwise work one GPU does per matmul FLOP (the full hidden size
+    with sequence parallelism; without it smaller, as each TP rank repeats the norm and residual regions;
+    planner.performance.model.pointwise_width)."""
 
     max: float
     """The fraction large GEMMs reach, including the step's non-matmul kernels."""

@@ -188,15 +188,36 @@ def exposed_tp_comm_s(tp_comm_s, linear_gemm_s):
     return np.maximum(0.0, tp_comm_s - linear_gemm_s)
 
 
-def pointwise_width(hidden_size: int, plan: Plan):
+def replicated_pointwise_share(arch: Architecture) -> float:
+    """Share of a block's pointwise memory traffic that tensor parallelism does not split, counted in
+    elements read and written per token: the regions on the full hidden width h, i.e. the two norms (read h,
+    write h each), the two residual adds (read 2h, write h each) and, with hidden dropout, the two dropouts'
+    one-byte masks (h / 2 two-byte elements each), all in forward (backward moves about twice as much in the
+    same proportions). The rest works on the
+    TP-split widths and shrinks with the GEMMs: the MLP activation (gated: read 2f, write f; otherwise read
+    f, write f) and rotary embeddings on the query and key heads (read and write q + kv). Korthikanti et al.
+    2022, Sec. 4.2.2: the layer norms and the dropouts after attention and MLP are replicated across the
+    tensor-parallel group, while the GeLU works on the f/tp slice of the column-parallel GEMM's output."""
+    h, f = arch.hidden_size, arch.ffn_hidden_size
+    replicated = 2 * (2 * h) + 2 * (3 * h) + (h if arch.hidden_dropout else 0)
+    activation = 3 * f if arch.mlp == "swiglu" else 2 * f
+    rotary = 2 * (arch.q_width + arch.kv_width) if arch.position_embedding == "rope" else 0
+    return replicated / (replicated + activation + rotary)
+
+
+def pointwise_width(arch: Architecture, plan: Plan):
     """The width in the efficiency's pointwise factor. A block's pointwise work (norms, activation, RoPE,
     residual adds) grows as T x h while its matmuls grow as T x h^2, so their ratio falls as 1/h. Tensor
-    parallelism splits the matmuls over tp GPUs; with sequence parallelism it splits the pointwise regions
-    too (Korthikanti et al. 2022, Sec. 4.2.2) and the ratio stays that of the full width h, without it
-    every TP rank repeats the norm/dropout/residual regions on the whole sequence and the ratio is that of
-    h / tp. (Using h / tp for all TP plans put every sequence-parallel TP-8 case of tests/data 10-35% too
-    slow: flagperf Megatron, Llama 3 405B, Korthikanti's selective-recompute rows.)"""
-    return np.where(plan.sequence_parallel, hidden_size, hidden_size / plan.tp)
+    parallelism splits the matmuls over tp GPUs, and with them the activation and RoPE regions, which work
+    on the split outputs; sequence parallelism splits the norm/dropout/residual regions too (Korthikanti et
+    al. 2022, Sec. 4.2.2), and the ratio stays that of the full width h. Without it every TP rank repeats
+    those regions on the whole sequence: with r = replicated_pointwise_share, the pointwise work per matmul
+    FLOP grows by r x tp + (1 - r) and the width is h over that. (h / tp for every TP plan put the
+    sequence-parallel TP-8 cases of tests/data 10-35% too slow; h / tp for the plans without sequence
+    parallelism, as if all their pointwise work were repeated, put Megatron's 2021 TP 8 runs 23-32% too
+    slow, where the GeLU on the split width is most of that work.)"""
+    share = replicated_pointwise_share(arch)
+    return np.where(plan.sequence_parallel, arch.hidden_size, arch.hidden_size / (share * plan.tp + 1 - share))
 
 
 def efficiency(
@@ -712,7 +733,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     arch = model.architecture
     flops = flops_per_token(arch, plan)
     tokens = plan.tokens_per_micro_batch
-    width = pointwise_width(arch.hidden_size, plan)
+    width = pointwise_width(arch, plan)
     eff, eff_params = efficiency(gpu, tokens, width, plan.compile)
     peak_matmul = _peak_tflops(gpu, matmul_dtype(plan)) * 1e12
     peak_high = _peak_tflops(gpu, "tf32" if plan.precision == "fp32" else "bf16") * 1e12
