@@ -11,18 +11,16 @@ from typing import Any
 from planner.errors import PlannerError
 from planner.launch.layout import DEFAULT_MASTER_PORT, node_layout
 from planner.memory.buffers import (
+    DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS,
     DEEPSPEED_MAX_LIVE_PARAMETERS,
     DEEPSPEED_MAX_REUSE_DISTANCE,
+    DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD,
     DEEPSPEED_REDUCE_BUCKET_ELEMENTS,
 )
 from planner.plan import Plan
 
-DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS = 500_000_000
-"""`allgather_bucket_size` default (runtime/zero/config.py, ZeRO-1/2)."""
 DEEPSPEED_PREFETCH_BUCKET_ELEMENTS = 50_000_000
 """`stage3_prefetch_bucket_size` default (runtime/zero/config.py)."""
-DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD = 100_000
-"""`stage3_param_persistence_threshold` default: smaller parameters stay gathered (norm weights)."""
 GRADIENT_CLIPPING = 1.0
 """Global-norm clipping of the Llama, Mistral and Qwen recipes; costs one reduction per step."""
 

@@ -15,6 +15,14 @@ DEEPSPEED_REDUCE_BUCKET_ELEMENTS = 500_000_000
 in the model dtype. ZeRO-1/2 allocate it at the first gradient hook of each backward (two when
 overlap_comm, which defaults to off below stage 3); ZeRO-3 keeps one for the whole run."""
 
+DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS = 500_000_000
+"""`allgather_bucket_size` default (runtime/zero/config.py, ZeRO-1/2): the updated partitions are gathered
+in buckets of this many elements."""
+
+DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD = 100_000
+"""`stage3_param_persistence_threshold` default: ZeRO-3 keeps parameters smaller than this gathered (norm
+weights, small biases); larger ones are fetched module by module."""
+
 DEEPSPEED_MAX_LIVE_PARAMETERS = 1_000_000_000
 """`stage3_max_live_parameters` default: gathered parameters ZeRO-3 keeps alive at most."""
 

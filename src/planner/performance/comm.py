@@ -11,7 +11,18 @@ bandwidth, capped by what NVLink delivers inside the node (8 x 200 Gb/s HDR lets
 
 Ring algorithms (NCCL; nccl-tests PERFORMANCE.md): all-reduce moves 2(n-1)/n of the buffer per GPU,
 all-gather and reduce-scatter (n-1)/n of the full buffer; the time is that volume over the bus bandwidth.
+
+Latency (alpha-beta): every collective also pays NCCL's latency, which grows with the ranks it passes
+through. The constants and formulas are NCCL's own tuning model (src/graph/tuning.cc, which NCCL uses to
+pick an algorithm), for the Simple protocol that bulk buffers (gradient buckets, parameter gathers) use:
+a ring pays a base latency plus one hop per step, NVLink hops cheaper than network hops (the group is
+hierarchical: (members per node - 1) NVLink hops between two network hops); a tree all-reduce pays
+log2(nodes) network hops up and down plus the chain inside each node. NCCL picks the faster of the two
+for an all-reduce (ring only for all-gather, reduce-scatter and broadcast), so a collective costs
+`messages` x latency + bytes / bandwidth for the engine's buckets or per-module fetches.
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +39,27 @@ NETWORK_BUS_EFFICIENCY = 0.90
 
 PCIE_BUS_EFFICIENCY = 0.80
 """Achievable share of a PCIe x16 link's unidirectional bandwidth for peer and host transfers."""
+
+NCCL_BASE_LATENCY_US = 8.4
+"""NCCL's base latency of a ring or tree collective with the Simple protocol (baseLatencies in
+src/graph/tuning.cc, NVIDIA/nccl @5067397c: 8.4 us for Tree and Ring, Simple)."""
+
+NCCL_RING_HOP_LATENCY_US = {"nvlink": 3.4, "pcie": 5.7, "network": 14.0}
+"""Latency of one ring step, Simple protocol (hwLatencies in tuning.cc @5067397c: NVLINK 3.4, PCI 5.7, NET 14
+us for Ring/Simple)."""
+
+NCCL_TREE_HOP_LATENCY_US = {"nvlink": 4.0, "pcie": 4.0, "network": 14.0}
+"""Latency of one tree hop, Simple protocol (hwLatencies in tuning.cc @5067397c: NVLINK 4.0, PCI 4.0, NET 14
+us for Tree/Simple)."""
+
+NCCL_RING_ALLREDUCE_PLATEAU = {"volta": 1.9, "other": 1.4}
+"""Factor on the latency of a multi-node ring all-reduce of a bulk buffer ("plateau effect of ring" in
+ncclTopoGetAlgoTime, tuning.cc @5067397c: 1.9 below compute capability 8.0, 1.4 from Ampere on)."""
+
+NCCL_TREE_BANDWIDTH_SHARE = 0.92 * 0.5
+"""A tree all-reduce's algorithm bandwidth over the ring's bus bandwidth: NCCL rates the tree's bus bandwidth
+at 0.92 of the graph's and converts it to algorithm bandwidth with a factor 0.5 (tuning.cc @5067397c), i.e.
+each byte of the buffer crosses the busiest link about twice."""
 
 
 def intra_node_bandwidth_gbps(gpu: GpuSpec) -> float:
@@ -67,14 +99,67 @@ def group_bandwidth_gbps(gpu: GpuSpec, size, stride, gpus_per_node):
     return np.where(size > 1, bandwidth, np.inf)
 
 
-def all_reduce_s(buffer_bytes, size, bandwidth_gbps):
-    return 2 * (size - 1) / size * buffer_bytes / (bandwidth_gbps * 1e9)
+@dataclass(frozen=True)
+class GroupLatency:
+    """NCCL's latency (s) of one collective over a process group, per algorithm (arrays allowed); zero for a
+    group of one rank."""
+
+    ring_gather_s: object
+    """Ring all-gather, reduce-scatter (n - 1 steps)."""
+    ring_all_reduce_s: object
+    """Ring all-reduce (2 (n - 1) steps, with the multi-node plateau factor)."""
+    tree_all_reduce_s: object
+    """Tree all-reduce (chain in the node, binary tree across nodes, up and down)."""
 
 
-def all_gather_s(full_buffer_bytes, size, bandwidth_gbps):
-    """All-gather (or reduce-scatter) of a buffer whose unsharded size is `full_buffer_bytes`; zero for a
-    group of one."""
-    return (size - 1) / size * full_buffer_bytes / (bandwidth_gbps * 1e9)
+NO_LATENCY = GroupLatency(0.0, 0.0, 0.0)
+
+
+def _hop_kind(gpu: GpuSpec) -> str:
+    return "nvlink" if gpu.nvlink_bandwidth_gbps > 0 else "pcie"
+
+
+def group_latency(gpu: GpuSpec, size, stride, gpus_per_node) -> GroupLatency:
+    """NCCL's Simple-protocol latency of a collective over `size` ranks spaced `stride` apart (tuning.cc
+    @5067397c, ncclTopoTuneModel): the group has k = min(size, NVLink domain / stride) members per node on
+    N = ceil(size / k) nodes. Ring all-gather / reduce-scatter: base + (size - N) NVLink hops + (N - 1)
+    network hops; ring all-reduce twice the hops, times the plateau factor across nodes; tree all-reduce:
+    base + 2 ((k - 1) NVLink hops + log2(N) network hops). A group inside one NVLink domain pays NVLink (or
+    PCIe) hops only."""
+    size = np.asarray(size)
+    domain = gpu.nvlink_domain(gpus_per_node)
+    per_node = np.maximum(1, np.minimum(size, domain // stride))
+    nodes = -(-size // per_node)
+    kind = _hop_kind(gpu)
+    ring_local, ring_net = NCCL_RING_HOP_LATENCY_US[kind], NCCL_RING_HOP_LATENCY_US["network"]
+    tree_local, tree_net = NCCL_TREE_HOP_LATENCY_US[kind], NCCL_TREE_HOP_LATENCY_US["network"]
+    gather_hops = (size - nodes) * ring_local + (nodes - 1) * ring_net
+    plateau = NCCL_RING_ALLREDUCE_PLATEAU["volta" if gpu.architecture == "volta" else "other"]
+    ring_reduce = (NCCL_BASE_LATENCY_US + 2 * gather_hops) * np.where(nodes > 1, plateau, 1.0)
+    log_nodes = np.floor(np.log2(np.maximum(nodes, 1)))
+    tree_reduce = NCCL_BASE_LATENCY_US + 2 * ((per_node - 1) * tree_local + log_nodes * tree_net)
+    alone = size <= 1
+    return GroupLatency(
+        np.where(alone, 0.0, (NCCL_BASE_LATENCY_US + gather_hops) * 1e-6),
+        np.where(alone, 0.0, ring_reduce * 1e-6),
+        np.where(alone, 0.0, tree_reduce * 1e-6),
+    )
+
+
+def all_reduce_s(buffer_bytes, size, bandwidth_gbps, messages=1, latency: GroupLatency = NO_LATENCY):
+    """All-reduce of `buffer_bytes` sent as `messages` equal collectives (the engine's buckets): each costs
+    the faster of NCCL's ring (latency + 2(n-1)/n of its bytes over the bus bandwidth) and tree (latency +
+    its bytes over NCCL_TREE_BANDWIDTH_SHARE of the bus bandwidth). Without latency the ring's bandwidth
+    term alone (the tree never wins then)."""
+    ring = latency.ring_all_reduce_s * messages + 2 * (size - 1) / size * buffer_bytes / (bandwidth_gbps * 1e9)
+    tree = latency.tree_all_reduce_s * messages + buffer_bytes / (NCCL_TREE_BANDWIDTH_SHARE * bandwidth_gbps * 1e9)
+    return np.minimum(ring, tree)
+
+
+def all_gather_s(full_buffer_bytes, size, bandwidth_gbps, messages=1, latency: GroupLatency = NO_LATENCY):
+    """All-gather (or reduce-scatter) of a buffer whose unsharded size is `full_buffer_bytes`, sent as
+    `messages` ring collectives each paying NCCL's latency; zero for a group of one."""
+    return latency.ring_gather_s * messages + (size - 1) / size * full_buffer_bytes / (bandwidth_gbps * 1e9)
 
 
 reduce_scatter_s = all_gather_s

@@ -28,12 +28,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from planner.architecture import expert_tensors, layer_tensors, moe_layers
+from planner.architecture import dense_layers, expert_tensors, layer_tensors, moe_layer_tensors, moe_layers
 from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
 from planner.catalog.models import Architecture, moe_layer_count
 from planner.memory.activations import compute_bytes, routed_copies_share, routed_load_factor
-from planner.memory.buffers import compute_param_bytes, deepspeed_overlap_comm, gradient_reduce_bytes
+from planner.memory.buffers import (
+    DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS,
+    DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD,
+    DEEPSPEED_REDUCE_BUCKET_ELEMENTS,
+    compute_param_bytes,
+    deepspeed_overlap_comm,
+    gradient_reduce_bytes,
+)
 from planner.memory.quantization import NF4_BITS, NF4_BLOCKSIZE
 from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
 from planner.memory.states import optimizer_bytes_per_param, state_layout, trained_term
@@ -579,7 +586,67 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, arch: Architecture, stage, cau
     )
 
 
-def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None, gather_bytes=None):
+MEGATRON_BUCKET_PARAMS_FLOOR = 40_000_000
+MEGATRON_BUCKET_PARAMS_PER_RANK = 1_000_000
+"""Megatron-Core's default gradient/parameter bucket: max(40M, 1M x data-parallel size) parameters
+(DistributedDataParallelConfig.bucket_size: "larger DP sizes need larger buckets to ensure collectives do not
+become latency-bound")."""
+
+DDP_BUCKET_BYTES = 25 * 2**20
+"""PyTorch DistributedDataParallel's bucket_cap_mb default (25 MiB of gradients per all-reduce)."""
+
+
+@dataclass(frozen=True)
+class DataParallelMessages:
+    """How many collectives carry each data-parallel transfer (arrays allowed): each pays NCCL's latency."""
+
+    reduction: object
+    """Per gradient reduction (all-reduce or reduce-scatter)."""
+    gather: object
+    """Per parameter gather (one forward or backward pass under ZeRO-3/FSDP, one step below)."""
+
+
+def zero3_fetches_per_layer(arch: Architecture) -> float:
+    """Modules DeepSpeed ZeRO-3 fetches (one all-gather each) for one block, averaged over the blocks: its
+    linear layers (PartitionedParameterCoordinator.fetch_sub_module gathers a module's parameters when the
+    module runs); norms and small biases stay gathered (stage3_param_persistence_threshold). A MoE block
+    fetches its routed experts one module each."""
+
+    def fetched(tensors) -> int:
+        return sum(t.is_matrix and t.numel >= DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD for t in tensors)
+
+    dense = fetched(layer_tensors(arch))
+    if not arch.is_moe:
+        return float(dense)
+    moe = fetched(moe_layer_tensors(arch)) + arch.num_experts * fetched(expert_tensors(arch))
+    return (dense_layers(arch) * dense + moe_layers(arch) * moe) / arch.num_layers
+
+
+def data_parallel_messages(arch: Architecture, plan: Plan, params, layers) -> DataParallelMessages:
+    """Collectives per data-parallel transfer of `params` parameters for a stage of `layers` blocks, as the
+    engines cut them:
+    * Megatron: buckets of max(40M, 1M x dp) parameters (MEGATRON_BUCKET_PARAMS_*), for the gradient reduce
+      and the distributed optimizer's parameter gather alike;
+    * DeepSpeed: reduce_bucket_size and allgather_bucket_size (5e8 elements) below ZeRO-3; under ZeRO-3 one
+      gather per fetched module (zero3_fetches_per_layer) plus the embedding and the LM head;
+    * FSDP: one all-gather and one reduce-scatter per wrapped block plus the root (embeddings, final norm,
+      head); DDP (FSDP engine without sharding): buckets of 25 MiB of gradients."""
+    if plan.engine == "megatron":
+        bucket = np.maximum(MEGATRON_BUCKET_PARAMS_FLOOR, MEGATRON_BUCKET_PARAMS_PER_RANK * plan.shard_degree)
+        count = np.ceil(params / bucket)
+        return DataParallelMessages(count, count)
+    if plan.engine == "deepspeed":
+        reduction = np.ceil(params / DEEPSPEED_REDUCE_BUCKET_ELEMENTS)
+        if plan.zero == 3:
+            return DataParallelMessages(reduction, layers * zero3_fetches_per_layer(arch) + 2)
+        return DataParallelMessages(reduction, np.ceil(params / DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS))
+    if plan.zero == 0:
+        count = np.ceil(params * 4 / DDP_BUCKET_BYTES)
+        return DataParallelMessages(count, count)
+    return DataParallelMessages(layers + 1, layers + 1)
+
+
+def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None, gather_bytes=None, messages=None):
     """(per-step exposed data-parallel communication, per-step total) for the plan's engine and ZeRO stage.
 
     Volumes: DeepSpeed reduces and gathers bf16 (ZeRO-1/2: reduce-scatter + all-gather per step, ZeRO-2
@@ -591,22 +658,32 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     configs enable them) hides the step's reduction behind the last micro-batch's backward and the
     gather behind the next step's first forward. A group of one rank moves nothing.
     PEFT plans reduce (and, below ZeRO-3, re-gather) only the `trainable` parameters; ZeRO-3/FULL_SHARD
-    still gather every frozen weight for forward and backward."""
+    still gather every frozen weight for forward and backward.
+    Each transfer is cut into the engine's collectives (`messages`, data_parallel_messages), each paying
+    NCCL's latency over the group (comm.group_latency); None: bandwidth only."""
     trainable = params if trainable is None else trainable
     n = plan.shard_degree
     bw = comm.group_bandwidth_gbps(gpu, n, plan.tp, plan.gpus_per_node)
     c = compute_param_bytes(plan)
     ga = plan.grad_accum
+    if messages is None:
+        latency, messages = comm.NO_LATENCY, DataParallelMessages(1, 1)
+    else:
+        latency = comm.group_latency(gpu, n, plan.tp, plan.gpus_per_node)
 
-    def ag(bytes_per_param, count=trainable):
-        return comm.all_gather_s(count * bytes_per_param, n, bw)
+    def ag(bytes_per_param, count=trainable, collectives=messages.reduction):
+        return comm.all_gather_s(count * bytes_per_param, n, bw, collectives, latency)
 
     def ar(bytes_per_param):
-        return comm.all_reduce_s(trainable * bytes_per_param, n, bw)
+        return comm.all_reduce_s(trainable * bytes_per_param, n, bw, messages.reduction, latency)
+
+    def gather(bytes_per_param, count=trainable):
+        """Parameter gathers of the updated (trained) parameters."""
+        return ag(bytes_per_param, count, messages.gather)
 
     def gather_all(bytes_per_param):
         """ZeRO-3/FULL_SHARD parameter gathers: every parameter, trained or frozen."""
-        return ag(bytes_per_param, params)
+        return gather(bytes_per_param, params)
 
     def hidden_behind(comm_s, window_s):
         return np.maximum(0.0, comm_s - window_s)
@@ -621,8 +698,8 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
             # overlap_comm reduces each bucket while backward goes on; ZeRO-2 reduces every micro-batch.
             per_reduction = hidden_behind(ag(c), bwd_s) if overlap else ag(c)
             reductions = per_reduction * (ga if plan.zero == 2 else 1)
-            total = ag(c) * (ga if plan.zero == 2 else 1) + ag(c)
-            return reductions + ag(c), total
+            total = ag(c) * (ga if plan.zero == 2 else 1) + gather(c)
+            return reductions + gather(c), total
         total = ga * (2 * gather_all(c) + ag(c))
         if not overlap:
             return total, total
@@ -651,10 +728,10 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     if plan.zero == 0:
         total = ar(reduce_bytes)
         return (hidden_behind(total, bwd_s) if overlap_reduce else total), total
-    reduce, gather = ag(reduce_bytes), ag(c)
+    reduce, params_gather = ag(reduce_bytes), gather(c)
     exposed_reduce = hidden_behind(reduce, bwd_s) if overlap_reduce else reduce
-    exposed_gather = hidden_behind(gather, fwd_s) if overlap_gather else gather
-    return exposed_reduce + exposed_gather, reduce + gather
+    exposed_gather = hidden_behind(params_gather, fwd_s) if overlap_gather else params_gather
+    return exposed_reduce + exposed_gather, reduce + params_gather
 
 
 def expert_group_equivalent(params, experts, plan: Plan):
@@ -823,8 +900,9 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         experts = np.maximum(*(s.expert_params for s in stages))
         params, trainable = (expert_group_equivalent(p, experts, plan) for p in (params, trainable))
         local_trainable = expert_shard_equivalent(local_trainable, experts, plan)
+    messages = data_parallel_messages(arch, plan, trainable, layers)
     dp_exposed_s, dp_total_s = _dp_exposed_s(
-        plan, gpu, params, forward_s, backward_s, trainable, gathered_param_bytes(arch, plan)
+        plan, gpu, params, forward_s, backward_s, trainable, gathered_param_bytes(arch, plan), messages
     )
     optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, local_trainable)
     breakdown = {
