@@ -6,7 +6,7 @@ from tests.conftest import plan_for
 
 from planner.catalog import load_gpu
 from planner.performance import comm
-from planner.performance.model import data_parallel_messages, zero3_fetches_per_layer
+from planner.performance.model import _dp_exposed_s, data_parallel_messages, zero3_fetches_per_layer
 
 
 def test_ring_and_tree_latency_of_a_two_node_group():
@@ -90,3 +90,21 @@ def test_fsdp_collectives_per_block_and_ddp_buckets():
     _, _, ddp = plan_for(engine="fsdp", gpus=8, zero=0)
     # fp32 gradients in 25 MiB buckets: ceil(1e8 x 4 / 26214400) = 16
     assert data_parallel_messages(arch, ddp, 1e8, 32).reduction == 16
+
+
+def test_overlap_still_exposes_the_last_bucket_and_the_first_gather():
+    # Megatron, distributed optimizer, both overlaps on, compute windows far longer than the communication:
+    # what stays exposed is one reduce-scatter bucket (fp32 main grads) and one all-gather bucket (bf16).
+    model, gpu, plan = plan_for(engine="megatron", gpus=64, zero=1)
+    params = 7e9
+    messages = data_parallel_messages(model.architecture, plan, params, 32)
+    assert messages.reduction == 110  # max(40M, 64M) = 64M parameters per bucket: ceil(109.4)
+    exposed, total = _dp_exposed_s(plan, gpu, params, 1e6, 1e6, messages=messages)
+    bandwidth = comm.group_bandwidth_gbps(gpu, 64, 1, 8)
+    latency = comm.group_latency(gpu, 64, 1, 8)
+    reduce = comm.all_gather_s(params * 4, 64, bandwidth, 110, latency)
+    gather = comm.all_gather_s(params * 2, 64, bandwidth, 110, latency)
+    assert total == pytest.approx(reduce + gather)
+    assert exposed == pytest.approx(reduce / 110 + gather / 110)
+    # Without message counts (bandwidth only) a long enough window hides everything, as before.
+    assert _dp_exposed_s(plan, gpu, params, 1e6, 1e6)[0] == 0

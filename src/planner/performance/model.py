@@ -660,16 +660,26 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     PEFT plans reduce (and, below ZeRO-3, re-gather) only the `trainable` parameters; ZeRO-3/FULL_SHARD
     still gather every frozen weight for forward and backward.
     Each transfer is cut into the engine's collectives (`messages`, data_parallel_messages), each paying
-    NCCL's latency over the group (comm.group_latency); None: bandwidth only."""
+    NCCL's latency over the group (comm.group_latency), and overlap hides all but one of them: the last
+    gradient bucket is reduced after the backward has ended, the first parameters are gathered before the
+    forward can start (Megatron's finish_grad_sync / first-bucket param gather, FSDP's root unshard and last
+    reduce-scatter, DeepSpeed's first module fetch). None: bandwidth only, everything hideable."""
     trainable = params if trainable is None else trainable
     n = plan.shard_degree
     bw = comm.group_bandwidth_gbps(gpu, n, plan.tp, plan.gpus_per_node)
     c = compute_param_bytes(plan)
     ga = plan.grad_accum
+    pipelined_overlap = messages is not None
     if messages is None:
         latency, messages = comm.NO_LATENCY, DataParallelMessages(1, 1)
     else:
         latency = comm.group_latency(gpu, n, plan.tp, plan.gpus_per_node)
+
+    def last_of(comm_s, collectives):
+        """The one collective of a transfer that no compute can hide: the last gradient bucket is reduced
+        after the backward that fills it has ended, the first parameters gathered before the forward that
+        needs them can start (zero without a message count)."""
+        return comm_s / collectives if pipelined_overlap else 0.0
 
     def ag(bytes_per_param, count=trainable, collectives=messages.reduction):
         return comm.all_gather_s(count * bytes_per_param, n, bw, collectives, latency)
@@ -685,8 +695,8 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
         """ZeRO-3/FULL_SHARD parameter gathers: every parameter, trained or frozen."""
         return gather(bytes_per_param, params)
 
-    def hidden_behind(comm_s, window_s):
-        return np.maximum(0.0, comm_s - window_s)
+    def hidden_behind(comm_s, window_s, exposed_at_least_s=0.0):
+        return np.maximum(exposed_at_least_s, comm_s - window_s)
 
     reduce_bytes = gradient_reduce_bytes(plan)
     if plan.engine == "deepspeed":
@@ -696,27 +706,33 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
             return total, total
         if plan.zero in (1, 2):
             # overlap_comm reduces each bucket while backward goes on; ZeRO-2 reduces every micro-batch.
-            per_reduction = hidden_behind(ag(c), bwd_s) if overlap else ag(c)
+            per_reduction = hidden_behind(ag(c), bwd_s, last_of(ag(c), messages.reduction)) if overlap else ag(c)
             reductions = per_reduction * (ga if plan.zero == 2 else 1)
             total = ag(c) * (ga if plan.zero == 2 else 1) + gather(c)
             return reductions + gather(c), total
         total = ga * (2 * gather_all(c) + ag(c))
         if not overlap:
             return total, total
-        per_mb_exposed = hidden_behind(gather_all(c), fwd_s) + hidden_behind(gather_all(c) + ag(c), bwd_s)
+        per_mb_exposed = hidden_behind(gather_all(c), fwd_s, last_of(gather_all(c), messages.gather)) + hidden_behind(
+            gather_all(c) + ag(c), bwd_s, last_of(ag(c), messages.reduction)
+        )
         return ga * per_mb_exposed, total
     if plan.engine == "fsdp":
         if plan.zero == 0:
             grad_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8", "fp32") else c
             total = ar(grad_bytes)
-            return hidden_behind(total, bwd_s), total
+            return hidden_behind(total, bwd_s, last_of(total, messages.reduction)), total
         gathers_per_mb = 2 if plan.zero == 3 else 1
         g = c if gather_bytes is None else gather_bytes
         forward = gather_all(g)
         backward = gather_all(g) * (gathers_per_mb - 1) + ag(reduce_bytes)
-        per_step = ga * (hidden_behind(forward, fwd_s) + hidden_behind(backward, bwd_s))
+        first_gather = last_of(forward, messages.gather)
+        last_reduce = last_of(ag(reduce_bytes), messages.reduction)
+        per_step = ga * (hidden_behind(forward, fwd_s, first_gather) + hidden_behind(backward, bwd_s, last_reduce))
         # Pipelining keeps parameters unsharded and skips gradient sync until the last micro-batch.
-        pipelined = hidden_behind(gather_all(g), fwd_s) + hidden_behind(ag(reduce_bytes), bwd_s)
+        pipelined = hidden_behind(gather_all(g), fwd_s, first_gather) + hidden_behind(
+            ag(reduce_bytes), bwd_s, last_reduce
+        )
         pipelined_total = gather_all(g) + ag(reduce_bytes)
         return (
             np.where(plan.pp > 1, pipelined, per_step),
@@ -727,10 +743,14 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     overlap_gather = plan.overlap_param_gather is not False
     if plan.zero == 0:
         total = ar(reduce_bytes)
-        return (hidden_behind(total, bwd_s) if overlap_reduce else total), total
+        return (hidden_behind(total, bwd_s, last_of(total, messages.reduction)) if overlap_reduce else total), total
     reduce, params_gather = ag(reduce_bytes), gather(c)
-    exposed_reduce = hidden_behind(reduce, bwd_s) if overlap_reduce else reduce
-    exposed_gather = hidden_behind(params_gather, fwd_s) if overlap_gather else params_gather
+    exposed_reduce = hidden_behind(reduce, bwd_s, last_of(reduce, messages.reduction)) if overlap_reduce else reduce
+    exposed_gather = (
+        hidden_behind(params_gather, fwd_s, last_of(params_gather, messages.gather))
+        if overlap_gather
+        else params_gather
+    )
     return exposed_reduce + exposed_gather, reduce + params_gather
 
 
