@@ -141,15 +141,16 @@ def test_estimate_names_the_defaults_where_solve_differs():
     assert "--seq-len 2048 (solve: 4096)" in bare and "--engine deepspeed (solve searches the engines)" in bare
 
 
-def test_estimate_shows_fully_hidden_data_parallel_traffic_as_hidden():
-    """The 13b/16xA100 top plan (2-node FSDP, ZeRO-2, tp 2) hides its data-parallel traffic behind compute:
-    the speed table keeps the line, marked hidden, with the traffic's own time."""
+def test_estimate_shows_only_the_exposed_part_of_overlapped_data_parallel_traffic():
+    """The 13b/16xA100 top plan (2-node FSDP, ZeRO-2, tp 2) hides its data-parallel traffic behind compute
+    except what overlap cannot hide (each micro-batch's first gather, the step's last reduce-scatter): the
+    speed table shows that part, a small share of the step, and the JSON keeps the traffic's own time."""
     args = ["estimate", "--model", "13b", "--gpus", "16", "--engine", "fsdp", "--zero", "2", "--tp", "2"]
     args += ["--micro-batch", "2", "--global-batch", "256", "--seq-len", "4096"]
     result = run(args)
     assert result.exit_code == 0, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("data-parallel communication")]
-    assert "hidden behind compute" in line and line.split()[-2:] == ["hidden", "0%"]
+    assert line.startswith("data-parallel communication (not hidden)") and line.split()[-1] == "1%"
     data = json.loads(run([*args, "--format", "json"]).output)
     perf = data["performance"]
-    assert perf["breakdown_s"]["data_parallel_comm"] == 0 < perf["data_parallel_comm_total_s"]
+    assert 0 < perf["breakdown_s"]["data_parallel_comm"] < perf["data_parallel_comm_total_s"] / 10

@@ -108,3 +108,19 @@ def test_overlap_still_exposes_the_last_bucket_and_the_first_gather():
     assert exposed == pytest.approx(reduce / 110 + gather / 110)
     # Without message counts (bandwidth only) a long enough window hides everything, as before.
     assert _dp_exposed_s(plan, gpu, params, 1e6, 1e6)[0] == 0
+
+
+def test_fsdp_waits_for_each_micro_batch_first_gather_and_the_step_last_reduce_scatter():
+    # FSDP ZeRO-3, 4 micro-batches, windows long enough to hide the rest: each micro-batch waits for its first
+    # unit's all-gather (parameters were resharded after the previous backward); one micro-batch's last
+    # reduce-scatter overlaps the next forward, so only the step's final one is exposed.
+    model, gpu, plan = plan_for(engine="fsdp", gpus=16, zero=3, micro_batch=1, global_batch=64)
+    assert plan.grad_accum == 4
+    params = 6.74e9
+    messages = data_parallel_messages(model.architecture, plan, params, 32)
+    exposed, _ = _dp_exposed_s(plan, gpu, params, 1e6, 1e6, messages=messages)
+    bandwidth = comm.group_bandwidth_gbps(gpu, 16, 1, 8)
+    latency = comm.group_latency(gpu, 16, 1, 8)
+    gather = comm.all_gather_s(params * 2, 16, bandwidth, 33, latency)  # bf16, 32 blocks + the root
+    reduce = comm.all_gather_s(params * 4, 16, bandwidth, 33, latency)  # fp32 reduce-scatter
+    assert exposed == pytest.approx(4 * gather / 33 + reduce / 33)

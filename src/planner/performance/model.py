@@ -622,6 +622,11 @@ def zero3_fetches_per_layer(arch: Architecture) -> float:
     return (dense_layers(arch) * dense + moe_layers(arch) * moe) / arch.num_layers
 
 
+def _buckets(amount, bucket):
+    """Buckets of size `bucket` that hold `amount` (at least one: a transfer is one collective or more)."""
+    return np.maximum(1.0, np.ceil(amount / bucket))
+
+
 def data_parallel_messages(arch: Architecture, plan: Plan, params, layers) -> DataParallelMessages:
     """Collectives per data-parallel transfer of `params` parameters for a stage of `layers` blocks, as the
     engines cut them:
@@ -633,15 +638,15 @@ def data_parallel_messages(arch: Architecture, plan: Plan, params, layers) -> Da
       head); DDP (FSDP engine without sharding): buckets of 25 MiB of gradients."""
     if plan.engine == "megatron":
         bucket = np.maximum(MEGATRON_BUCKET_PARAMS_FLOOR, MEGATRON_BUCKET_PARAMS_PER_RANK * plan.shard_degree)
-        count = np.ceil(params / bucket)
+        count = _buckets(params, bucket)
         return DataParallelMessages(count, count)
     if plan.engine == "deepspeed":
-        reduction = np.ceil(params / DEEPSPEED_REDUCE_BUCKET_ELEMENTS)
+        reduction = _buckets(params, DEEPSPEED_REDUCE_BUCKET_ELEMENTS)
         if plan.zero == 3:
             return DataParallelMessages(reduction, layers * zero3_fetches_per_layer(arch) + 2)
-        return DataParallelMessages(reduction, np.ceil(params / DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS))
+        return DataParallelMessages(reduction, _buckets(params, DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS))
     if plan.zero == 0:
-        count = np.ceil(params * 4 / DDP_BUCKET_BYTES)
+        count = _buckets(params * 4, DDP_BUCKET_BYTES)
         return DataParallelMessages(count, count)
     return DataParallelMessages(layers + 1, layers + 1)
 
@@ -728,7 +733,10 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
         backward = gather_all(g) * (gathers_per_mb - 1) + ag(reduce_bytes)
         first_gather = last_of(forward, messages.gather)
         last_reduce = last_of(ag(reduce_bytes), messages.reduction)
-        per_step = ga * (hidden_behind(forward, fwd_s, first_gather) + hidden_behind(backward, bwd_s, last_reduce))
+        # Every micro-batch waits for its first gather (parameters were resharded after the last backward); the
+        # last reduce-scatter of one micro-batch overlaps the next one's forward, only the step's final one waits.
+        per_step = ga * hidden_behind(forward, fwd_s, first_gather) + (ga - 1) * hidden_behind(backward, bwd_s)
+        per_step = per_step + hidden_behind(backward, bwd_s, last_reduce)
         # Pipelining keeps parameters unsharded and skips gradient sync until the last micro-batch.
         pipelined = hidden_behind(gather_all(g), fwd_s, first_gather) + hidden_behind(
             ag(reduce_bytes), bwd_s, last_reduce
