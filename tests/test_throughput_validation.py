@@ -20,8 +20,6 @@ CASES = ROOT / "tests" / "data" / "throughput_cases.yaml"
 CSV = ROOT / "tests" / "data" / "throughput_measured.csv"
 
 KNOWN_RANKING_GAPS = {
-    "internlm_train_perf": "throughput falls with scale (4062 -> 2271 tokens/s/GPU from 8 to 1024 GPUs) from network "
-    "effects the ring-bandwidth model does not see; predictions are flat across GPU counts",
     "vectorlm": "its single-GPU runs are 10% faster than its 2- and 4-GPU FSDP runs (which the model matches within "
     "2%) for reasons no modelled term explains (communication is below 1% of the step there)",
     "torchtune": "torch.compile gains 27% on its 3B A100 run (7,075 -> 8,998 tokens/s) where the model, calibrated on "
