@@ -848,7 +848,12 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     peak_head = peak_high if plan.precision == "fp8" else peak_matmul
     a = compute_bytes(plan)
 
-    def stage_compute(work: _StageWork):
+    def expert_parts_s(work: _StageWork):
+        """(expert grouped GEMMs, token permutation) of a stage, kept apart so each is added in turn."""
+        experts = expert_gemm_s(arch, plan, gpu, work, peak_matmul, width, peak_matmul / peak_high)
+        return experts, permute_s(arch, plan, gpu, work)
+
+    def stage_compute(work: _StageWork, expert_parts):
         compute = (
             tokens
             / plan.tp
@@ -862,21 +867,18 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
             logits = work.has_head * tokens * arch.vocab_size / plan.tp
             compute = compute + logits * SOFTCAP_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers)
-        compute = compute + expert_gemm_s(arch, plan, gpu, work, peak_matmul, width, peak_matmul / peak_high)
-        compute = compute + permute_s(arch, plan, gpu, work)
+        compute = compute + expert_parts[0]
+        compute = compute + expert_parts[1]
         if not plan.flash_attention:
             scores = work.layers * tokens * arch.num_attention_heads / plan.tp * plan.seq_len
             passes = EAGER_ATTENTION_SCORE_PASSES + (SOFTCAP_PASSES if arch.attn_logit_softcap else 0)
             compute = compute + scores * passes * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         return compute
 
-    def expert_compute_s(work: _StageWork):
-        experts = expert_gemm_s(arch, plan, gpu, work, peak_matmul, width, peak_matmul / peak_high)
-        return experts + permute_s(arch, plan, gpu, work)
-
     causal = causal_attention_fraction(arch, plan)
     first, last = (_stage_work(flops, plan, arch, s, causal) for s in (0, plan.pp - 1))
-    first_s, last_s = stage_compute(first), stage_compute(last)
+    first_experts, last_experts = expert_parts_s(first), expert_parts_s(last)
+    first_s, last_s = stage_compute(first, first_experts), stage_compute(last, last_experts)
     slowest_is_first = first_s >= last_s
     compute_s = np.where(slowest_is_first, first_s, last_s)
     layers = np.where(slowest_is_first, first.layers, last.layers)
@@ -911,7 +913,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
             expert_parallel_comm_s(arch, plan, gpu, first),
             expert_parallel_comm_s(arch, plan, gpu, last),
         )
-        expert_s = np.where(slowest_is_first, expert_compute_s(first), expert_compute_s(last))
+        expert_s = np.where(slowest_is_first, sum(first_experts), sum(last_experts))
         ep_s = ep_overlap_exposed_s(plan, all_ep_s, compute_s, expert_s)
         # The combined schedule's first forward and last backward have no partner: one micro-batch's
         # exchanges stay exposed per step.
