@@ -66,31 +66,12 @@ def test_runs_near_the_cap(case_id, fits):
 def test_llm_foundry_runs_fit_with_the_loss_kernel_they_ran():
     # MPT-350m, micro-batch 18 x 2048 tokens on 64 A100-40GB without checkpointing ran (llm-foundry benchmark
     # table); with the eager fp32 loss (12 V bytes per token) it would need more than the card.
-    model, gpu, plan = plan_for(
-        str(DATA / "models" / "llmfoundry-mpt-350m-s2048.yaml"),
-        "A100-40GB",
-        gpus=64,
-        engine="fsdp",
-        zero=3,
-        fsdp_version=1,
-        micro_batch=18,
-        global_batch=1152,
-        seq_len=2048,
-        checkpointing="none",
-        loss="flash-ce",
-    )
+    run = dict(gpus=64, engine="fsdp", zero=3, fsdp_version=1, micro_batch=18, global_batch=1152, seq_len=2048)
+    mpt = str(DATA / "models" / "llmfoundry-mpt-350m-s2048.yaml")
+    model, gpu, plan = plan_for(mpt, "A100-40GB", checkpointing="none", loss="flash-ce", **run)
     assert evaluate(model, gpu, plan).memory.fits
-    eager = plan_for(
-        str(DATA / "models" / "llmfoundry-mpt-350m-s2048.yaml"),
-        "A100-40GB",
-        gpus=64,
-        engine="fsdp",
-        zero=3,
-        micro_batch=18,
-        global_batch=1152,
-        seq_len=2048,
-        checkpointing="none",
-    )
+    # The same run with the eager loss: only the loss differs.
+    eager = plan_for(mpt, "A100-40GB", checkpointing="none", **run)
     assert not evaluate(*eager).memory.fits
 
 
