@@ -63,23 +63,26 @@ def test_rows_come_from_four_sources_and_cover_lora_and_qlora(memory, rows):
 
 def test_unsafe_cases(memory):
     """One unsafe case today: fms-16, Llama-2-70B QLoRA on 2 GPUs under FSDP1 with 4 x 4096 tokens, measured out
-    of memory, predicted 51 GiB. Its 2-sequence sibling fms-14 is under-predicted by 19.5% (43.5 GiB allocated
-    measured): what FSDP + QLoRA adds per token there is not found yet. Every other OOM row is predicted OOM."""
+    of memory, predicted 51 GiB. Its 2-sequence sibling fms-14 is under-predicted by 18.4% (43.5 GiB allocated
+    measured; what it holds after training, 17.94 GiB, is predicted at 17.93 with bitsandbytes' replicated
+    quantization constants): what FSDP1 + QLoRA adds at the peak there is not found yet. Every other OOM row is
+    predicted OOM."""
     assert [r.case.id for r in memory.results if r.unsafe] == ["fms-16"]
     ooms = [r for r in memory.results if r.case.measured.outcome == "oom"]
     assert len(ooms) == 7 and sum(not r.memory.fits for r in ooms) == 6
 
 
 def test_memory_median_error_regression_bound(memory):
-    """Today: 13.2% over the 30 scored rows with a measured peak (target 10%: not met). ms-swift is under-predicted:
-    its logits path (12 x V bytes per token in Qwen's code) is counted, the rest is not a per-token term (its
-    reserved memory of unpacked, randomly ordered batches; see README). fms-acceleration, the cleanest source
-    (allocated peaks, packed 4096-token sequences), is at 6.5%. torchtune's rows are not scored (compile,
+    """Today: 13.5% over the 30 scored rows with a measured peak (target 10%: not met). ms-swift is under-predicted:
+    its logits path (12 x V bytes per token in Qwen's code, 14 x V in ChatGLM3's, `--loss shifted`) is counted,
+    the rest is not a per-token term (its reserved memory of unpacked, randomly ordered batches; see README).
+    fms-acceleration, the cleanest source (allocated peaks, packed 4096-token sequences), is at 4.2% with the
+    shifted fp32 copy of transformers 4.48.1's loss (6.5% without). torchtune's rows are not scored (compile,
     activation offloading: `skipped`)."""
-    assert memory.median_abs_error_pct == pytest.approx(13.19, abs=0.05)
+    assert memory.median_abs_error_pct == pytest.approx(13.49, abs=0.05)
     by_source = memory.median_abs_error_pct_by_source()
     assert by_source["swift"] == pytest.approx(23.34, abs=0.05)
-    assert by_source["fms"] == pytest.approx(6.49, abs=0.05)
+    assert by_source["fms"] == pytest.approx(4.15, abs=0.05)
     assert by_source["flagperf"] == pytest.approx(7.24, abs=0.05)
 
 

@@ -115,11 +115,26 @@ def test_compiled_block_keeps_matmul_outputs_only():
         ("fused", "deepspeed", (2 + 6) * 4096),
         # flash-attn's CrossEntropyLoss: bf16 logits + their bf16 gradient, fp32 lse and loss per row
         ("flash-ce", "deepspeed", 2 * 2 * 32000 + 4 + 4),
+        # transformers <= 4.48: bf16 logits + fp32 upcast + its shifted fp32 copy + log-softmax output
+        ("shifted", "deepspeed", 2 * 32000 + 3 * 4 * 32000),
     ],
 )
 def test_logits_and_loss_per_token(loss, engine, per_token):
     model, _, plan = plan_for(loss=loss, engine=engine, zero=1 if engine == "megatron" else 0)
     assert act.logits_bytes(model.architecture, plan) == per_token
+
+
+def test_shifted_copy_in_fp32_training_leaves_the_backward_peak():
+    # In fp32 the upcast is the logits themselves: logits + shifted copy + log-softmax output = the backward's 12 x V.
+    model, _, plan = plan_for(loss="shifted", engine="fsdp", precision="fp32")
+    assert act.logits_bytes(model.architecture, plan) == 12 * 32000
+
+
+def test_shifted_loss_is_hugging_face_code_only():
+    from planner.errors import PlanError
+
+    with pytest.raises(PlanError, match="shifted"):
+        plan_for(loss="shifted", engine="megatron", zero=1)
 
 
 def test_vocab_parallel_loss_divides_by_tp():

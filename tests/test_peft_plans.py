@@ -93,6 +93,29 @@ def test_qlora_states():
     assert m.breakdown_gib["dequantized_weight_buffer"] * 2**30 == pytest.approx(45_088_768 * (2 + 4 / 64))
 
 
+def test_bitsandbytes_constants_stay_whole_on_every_rank():
+    # FSDP1 and ZeRO-3 shard parameters; bitsandbytes' quant_state is not one, so each rank keeps all of it.
+    # torchao's NF4Tensor (FSDP2) shards its scales with the packed data.
+    whole = _states(engine="fsdp", method="qlora")["quantization_constants"]
+    for kwargs in ({"engine": "fsdp", "fsdp_version": 1}, {"engine": "deepspeed"}):
+        s = _states(method="qlora", gpus=8, zero=3, **kwargs)
+        assert s["quantization_constants"] == pytest.approx(whole), kwargs
+        assert s["quantized_weights"] == 32 * BLOCK_LINEARS / 2 / 8
+    assert _states(engine="fsdp", method="qlora", gpus=8, zero=3)["quantization_constants"] == pytest.approx(whole / 8)
+
+
+def test_fsdp1_stream_blocks_of_a_qlora_unit_are_its_packed_storage():
+    from planner.memory.buffers import fsdp1_stream_blocks_bytes
+
+    adapters = LORA_R16_ALL // 32
+    model, _, plan = plan_for(engine="fsdp", method="qlora", gpus=8, zero=3, fsdp_version=1)
+    stage = first_and_last_stage(model.architecture, plan)[0]
+    block = 2 * (BLOCK - BLOCK_LINEARS + adapters) + BLOCK_LINEARS / 2  # packed NF4, constants not gathered
+    head = 2 * (32000 * 4096 + 4096)  # the root unit (final norm + LM head) is larger
+    assert block < head
+    assert fsdp1_stream_blocks_bytes(stage, plan) == pytest.approx(2 * head + 4 * adapters * (1 + 1 / 8))
+
+
 def test_deepspeed_lora_and_freeze_states():
     # DeepSpeed casts the module to bf16 and keeps an fp32 master of what trains; ZeRO-3 shards the frozen base.
     s = _states(engine="deepspeed", method="lora", gpus=8, zero=3)

@@ -18,7 +18,7 @@ Precision = Literal["bf16", "fp16", "fp32", "pure-bf16", "fp8"]
 Optimizer = Literal["adamw", "adamw-8bit", "sgd", "adafactor"]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 Engine = Literal["deepspeed", "fsdp", "megatron"]
-Loss = Literal["standard", "chunked", "fused", "flash-ce"]
+Loss = Literal["standard", "chunked", "fused", "flash-ce", "shifted"]
 FlashAttentionVersion = Literal[1, 2, 3]
 PipelineSchedule = Literal["1f1b", "interleaved"]
 FsdpVersion = Literal[1, 2]
@@ -100,8 +100,10 @@ class Plan:
     """Attention kernel that does not store the s x s score matrix (FlashAttention / SDPA flash)."""
     loss: Loss
     """`standard` cross-entropy over materialised logits, `chunked` (torchtune-style 8 chunks),
-    `fused` (linear + cross-entropy fused, e.g. Liger; logits never materialised) or `flash-ce` (a fused
-    cross-entropy kernel over the materialised logits: flash-attn's CrossEntropyLoss, llm-foundry's default)."""
+    `fused` (linear + cross-entropy fused, e.g. Liger; logits never materialised), `flash-ce` (a fused
+    cross-entropy kernel over the materialised logits: flash-attn's CrossEntropyLoss, llm-foundry's default) or
+    `shifted` (`standard` as Hugging Face code wrote it before transformers 4.49: the fp32 logits are copied once
+    more, shifted by one token, before the cross-entropy; see planner.memory.activations.logits_bytes)."""
     sequence_parallel: bool = False
     """Shard the norm/dropout regions over the TP ranks (Korthikanti et al. 2022); only with tp > 1."""
     compile: bool = False
@@ -365,6 +367,11 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
             raise PlanError(f"{flag} must be true or false, got {getattr(request, flag)!r}", "fix it")
     if request.compile and engine == "megatron":
         raise PlanError("Megatron-LM runs TransformerEngine kernels, not torch.compile", "drop --compile")
+    if loss == "shifted" and engine == "megatron":
+        raise PlanError(
+            "--loss shifted is Hugging Face model code's loss; Megatron-LM's makes no shifted copy",
+            "use --loss standard",
+        )
     if precision == "fp8" and engine == "deepspeed":
         raise PlanError(
             "FP8 training is modelled for Megatron (TransformerEngine) and FSDP (torchao float8)",

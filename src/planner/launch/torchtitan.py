@@ -75,7 +75,7 @@ def _check(model: ModelSpec, plan: Plan) -> None:
         )
     if plan.optimizer != "adamw":
         raise PlannerError(f"torchtitan's recipes train with AdamW, not {plan.optimizer}", "use --optimizer adamw")
-    if plan.loss in ("fused", "flash-ce"):
+    if plan.loss in ("fused", "flash-ce", "shifted"):
         raise PlannerError(f"torchtitan has no {plan.loss} cross-entropy", "use --loss standard or chunked")
     if plan.fsdp_version != 2:
         raise PlannerError("torchtitan runs FSDP2", "use --fsdp-version 2 for the torchtitan config")

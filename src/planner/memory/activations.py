@@ -661,7 +661,17 @@ def logits_bytes(arch: Architecture, plan: Plan) -> float:
       `loss_fn: fused_crossentropy`) reads the compute-dtype logits and works in fp32 inside the kernel: it
       saves the logits, an fp32 log-sum-exp and the labels, returns an fp32 loss per token, and its backward
       writes the logits' gradient into a new tensor of the logits' dtype (`inplace_backward` off, the
-      default): a*V + a*V + 4 + 4 bytes per token at the backward."""
+      default): a*V + a*V + 4 + 4 bytes per token at the backward.
+    shifted: Hugging Face's loss before transformers 4.49 upcasts the logits to fp32 and then copies them shifted by one
+      token (`logits[..., :-1, :].contiguous()`) before the cross-entropy: a*V + 4*V + 4*V + 4*V at log-softmax in
+      forward (14*V in bf16; the upcast is the logits themselves in fp32 training, 12*V). transformers 4.46-4.48's
+      ForCausalLMLoss (loss/loss_utils.py; PR #35646, opened three days after 4.48.0, pads and shifts the labels
+      instead, leaving one fp32 copy), the inline losses of the older modelling code (LlamaForCausalLM up to 4.45 casts
+      with `logits.float()` first) and ChatGLM3's own code (`lm_logits.to(torch.float32)`, then the shifted copy) do it.
+      The backward is that of `standard` (12*V): the copy is a slice of the upcast, whose gradient is one more fp32
+      tensor only after log-softmax's own are freed. Measured: fms-acceleration's one-GPU LoRA runs of Mistral-7B
+      (transformers 4.48.1) sit 2*V bytes per token above `standard` (0.95 and 1.8 GiB at 16,384 and 32,768 tokens;
+      refs/a100_80gb.csv rows 34 and 36)."""
     a = compute_bytes(plan)
     if plan.loss == "fused":
         return (a + 6) * arch.hidden_size
@@ -672,5 +682,7 @@ def logits_bytes(arch: Architecture, plan: Plan) -> float:
     if plan.loss == "chunked":
         return a * vocab + softcap + 12 * vocab / CHUNKED_LOSS_CHUNKS
     forward = a * vocab + 8 * vocab
+    if plan.loss == "shifted":
+        forward = a * vocab + (4 * vocab if a < 4 else 0.0) + 8 * vocab
     backward = 12 * vocab if implementation_family(plan) != "megatron" else 0.0
     return np.maximum(forward, backward) + softcap

@@ -151,6 +151,18 @@ def fsdp1_stream_blocks_bytes(stage: StageShard, plan: Plan):
     than FSDP1), so the term is 0 there, and for the other engines."""
     if plan.engine != "fsdp" or plan.zero < 2 or plan.fsdp_version != 1:
         return 0.0 * stage.largest_unit_params
+    if plan.method in ("lora", "qlora"):
+        # The frozen base is gathered as stored (`gathered_unit_bytes`: QLoRA's packed 4-bit weights, not bf16);
+        # gradients exist only for the adapters, which the Trainer wraps as units of their own (PEFT's
+        # fsdp_auto_wrap_policy, applied by the Hugging Face Trainer to every PeftModel under FSDP), so a frozen
+        # unit reduces nothing.
+        block, _, adapters = gathered_unit_bytes(stage, plan)
+        unit_bytes = np.maximum(
+            block, compute_param_bytes(plan) * np.maximum(stage.embedding_params, stage.head_params)
+        )
+        return FSDP1_MAX_INFLIGHT_ALL_GATHERS * unit_bytes + gradient_reduce_bytes(plan) * adapters * (
+            1 + 1 / plan.shard_degree
+        )
     unit = stage.largest_unit_params
     gathered = FSDP1_MAX_INFLIGHT_ALL_GATHERS * compute_param_bytes(plan) * unit
     return gathered + gradient_reduce_bytes(plan) * unit * (1 + 1 / plan.shard_degree)

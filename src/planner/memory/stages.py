@@ -33,7 +33,7 @@ from planner.architecture import (
     quantized_params_per_layer,
 )
 from planner.catalog.models import Architecture, moe_layer_count
-from planner.memory.quantization import nf4_storage_bytes_per_param
+from planner.memory.quantization import nf4_gathered_bytes_per_param
 from planner.plan import Plan
 
 
@@ -66,7 +66,8 @@ class StageShard:
     largest_quantized_params: object = 0
     """The biggest NF4 weight: QLoRA dequantizes one weight at a time to bf16."""
     quantized_bytes_per_param: float = 0.0
-    """Bytes one NF4 weight is stored in, quantization constants included (0 without QLoRA)."""
+    """Bytes of one NF4 weight in a sharded unit's all-gather: the packed weight, and its quantization constants
+    where they shard with it (`nf4_gathered_bytes_per_param`; 0 without QLoRA)."""
     trained_layers: object = None
     """Blocks whose activations backward needs (all of them, except under freeze)."""
     moe_layers: object = 0
@@ -317,7 +318,7 @@ def _with_method(arch: Architecture, plan: Plan, shard: StageShard) -> StageShar
         frozen_params=shard.params - quantized,
         quantized_params=quantized,
         largest_quantized_params=largest,
-        quantized_bytes_per_param=nf4_storage_bytes_per_param(arch),
+        quantized_bytes_per_param=nf4_gathered_bytes_per_param(arch, plan),
         trained_layers=shard.num_layers,
     )
 

@@ -30,6 +30,7 @@ from planner.memory.buffers import gradient_reduce_bytes
 from planner.memory.quantization import (
     NF4_BITS,
     NF4_BLOCKSIZE,
+    constants_shard_with_weights,
     quantization_constant_bytes_per_param,
 )
 from planner.plan import Plan
@@ -123,7 +124,8 @@ def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
       the whole module to bf16 and keeps an fp32 master of what trains, the DeepSpeed rows. Only
       parameters with requires_grad get gradients, DDP buckets and optimizer states.
     * frozen weights stay in the compute dtype (2 bytes in bf16), sharded only under ZeRO-3/FULL_SHARD.
-    * QLoRA: block linears in NF4 (0.5 bytes) plus their double-quantized constants."""
+    * QLoRA: block linears in NF4 (0.5 bytes) plus their double-quantized constants, which bitsandbytes keeps
+      outside the sharded parameter (`constants_shard_with_weights`)."""
     terms = _engine_layout(arch, plan)
     if not plan.peft:
         return terms
@@ -138,7 +140,7 @@ def state_layout(arch: Architecture, plan: Plan) -> list[StateTerm]:
             StateTerm(
                 "quantization_constants",
                 quantization_constant_bytes_per_param(arch),
-                sharded=sharded,
+                sharded=sharded and constants_shard_with_weights(plan),
                 group="quantized",
             ),
         ]
