@@ -1,0 +1,39 @@
+"""The dense Blackwell rows (tests/data/blackwell): Megatron-Bridge's B200/GB200 Llama runs, scored with the Hopper
+fit that hardware/b200.yaml and gb200.yaml borrow, at the stated tolerance."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.validate.throughput import load_throughput_cases, validate_throughput
+
+CASES = Path(__file__).resolve().parent / "data" / "blackwell" / "throughput_cases.yaml"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return yaml.safe_load(CASES.read_text())
+
+
+@pytest.fixture(scope="module")
+def summary():
+    return validate_throughput(load_throughput_cases(CASES))
+
+
+def test_every_case_is_a_cited_blackwell_run(data):
+    assert len(data["cases"]) == 13
+    for case_id, case in data["cases"].items():
+        assert case["gpu"] in ("B200", "GB200"), case_id
+        assert "@4ab94dfad36641cabdeb96452b21bf676aac4772" in case["source"], case_id
+        assert "Release" in case["notes"] and case["measured"]["tokens_per_s_per_gpu"] > 0, case_id
+
+
+def test_blackwell_throughput_bound(summary):
+    """Median |error| 16.8% over the 13 runs, every run but one under-predicted: the borrowed Hopper constants are,
+    if anything, pessimistic for dense Blackwell runs (the MoE rows of ../moe on Blackwell are mostly
+    over-predicted, so their misses are not the borrowed GEMM efficiency). Kept as a bound that may only improve,
+    with the ranking of the runs as measured."""
+    assert len(summary.results) == 13
+    assert summary.median_abs_error_pct <= 16.9
+    assert summary.source_figures()["megatron_bridge_perf"]["spearman"] >= 0.95
