@@ -30,10 +30,11 @@ def test_every_case_is_a_cited_blackwell_run(data):
 
 
 def test_blackwell_throughput_bound(summary):
-    """Median |error| 16.8% over the 13 runs, every run but one under-predicted: the borrowed Hopper constants are,
-    if anything, pessimistic for dense Blackwell runs (the MoE rows of ../moe on Blackwell are mostly
-    over-predicted, so their misses are not the borrowed GEMM efficiency). Kept as a bound that may only improve,
-    with the ranking of the runs as measured."""
+    """Median |error| 11.6% over the 13 runs with Megatron's attention timed as Transformer Engine's cuDNN kernel on
+    Blackwell too (16.8% with FlashAttention-2's speed there); every run but two under-predicted, so the borrowed
+    Hopper constants are, if anything, pessimistic for dense Blackwell runs (the MoE rows of ../moe on Blackwell are
+    mostly over-predicted, so their misses are not the borrowed GEMM efficiency). Kept as a bound that may only
+    improve, with the ranking of the runs as measured."""
     assert len(summary.results) == 13
-    assert summary.median_abs_error_pct <= 16.9
+    assert summary.median_abs_error_pct <= 11.7
     assert summary.source_figures()["megatron_bridge_perf"]["spearman"] >= 0.95

@@ -66,10 +66,13 @@ def test_the_derated_peak_is_said_in_the_estimate():
     [
         ("H100-80GB", "megatron", 0.47 * CUDNN_ATTENTION_SPEEDUP),  # TE picks cuDNN attention on sm90
         ("H100-80GB", "fsdp", 0.47),  # flash-attn 2
+        ("B200", "megatron", 0.47 * CUDNN_ATTENTION_SPEEDUP),  # and on sm100
+        ("GB200", "megatron", 0.47 * CUDNN_ATTENTION_SPEEDUP),
+        ("B200", "fsdp", 0.47),
         ("A100-80GB", "megatron", 1.0),  # TE picks flash-attn on sm80
     ],
 )
-def test_megatron_attention_runs_cudnn_on_hopper_only(gpu_name, engine, expected):
+def test_megatron_attention_runs_cudnn_on_hopper_and_blackwell(gpu_name, engine, expected):
     _, gpu, plan = resolve(
         PlanRequest("llama-3.1-8b", gpu_name, gpus=8, engine=engine, zero=3 - 2 * (engine == "megatron"))
     )

@@ -112,14 +112,15 @@ def test_every_scored_case_predicts(throughput_data, throughput):
 
 
 def test_throughput_regression_bound(throughput):
-    """Issue 14's target is a median |error| <= 15%: met on the Hopper rows (10.3% over 18), NOT overall: 23.1% over
-    38 cases (27.0% over 28 before the grouped GEMMs ran at the efficiency of their rows per expert, the DeepEP and
+    """Issue 14's target is a median |error| <= 15%: met on the Hopper rows (10.3% over 18), NOT overall: 22.9% over
+    38 cases (23.1% before Megatron's Blackwell attention was timed as cuDNN's, which moved most Blackwell rows
+    further over) (27.0% over 28 before the grouped GEMMs ran at the efficiency of their rows per expert, the DeepEP and
     EP-overlap runs were stated as such and the interleaved Qwen3-235B-A22B runs were scored), kept as bounds that
     may only get better, and the Megatron-Bridge tables ranked as measured (Spearman 0.96 over 25 layouts). The
     largest misses are runs the tables themselves show to be software-limited: the 25.11/26.02 releases' dropless
     Qwen3-30B-A3B rows at half the speed of the same layouts in 25.09 and 26.02.01, and the first GB200
     DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU)."""
-    assert throughput.median_abs_error_pct <= 23.2
+    assert throughput.median_abs_error_pct <= 23.0
     assert throughput.source_figures()["mbridge_moe"]["spearman"] >= 0.95
     hopper = [abs(r.error_pct) for r in throughput.results if r.case.resolve()[1].architecture == "hopper"]
     assert len(hopper) == 18 and statistics.median(hopper) <= 10.4

@@ -99,7 +99,11 @@ the width term's half_width is scaled by this. Derived from torchtitan's Llama-3
 checkpointing): 5,762 -> 6,667 and 5,605 -> 6,514 tokens/s per GPU with compile (+15.7%, +16.2%); with
 the hopper constants this value gives +16.2% for both (0.5 gave +11%)."""
 
-CUDNN_ATTENTION_ARCHITECTURES = ("hopper",)
+CUDNN_ATTENTION_ARCHITECTURES = ("hopper", "blackwell")
+"""GPU families on which Transformer Engine runs attention through cuDNN's fused kernel rather than the flash-attn
+package: its backend selection gives FusedAttention preference over FlashAttention on sm90 and later, Hopper and
+Blackwell alike (NVIDIA/TransformerEngine transformer_engine/pytorch/attention/dot_product_attention/utils.py
+get_attention_backend @d0067d0, 'give FusedAttention preference on Hopper+'); on sm80 the order is the reverse."""
 CUDNN_ATTENTION_SPEEDUP = 1.5
 """Speed of Transformer Engine's cuDNN fused attention over FlashAttention-2 on Hopper. TE's selection order
 on sm90 is cuDNN attention > flash-attention (on sm80 the reverse), and its benchmark on H100 measured
@@ -107,7 +111,11 @@ cuDNN 1.38x faster than flash-attn 2 forward + backward for causal attention at 
 and 1.59x at 8192 with GQA, '20-50% advantages on Hopper' (NVIDIA/TransformerEngine
 docs/examples/attention/attention.ipynb @5417dbf, sections 1.3 and 2). 1.5 lies between the two causal
 figures. Applies to Megatron (Transformer Engine layers) on the plans' default FlashAttention-2; a plan
-that says FlashAttention-3 keeps that kernel's speed."""
+that says FlashAttention-3 keeps that kernel's speed. On Blackwell the product with the FlashAttention-2
+figure (0.47 x 1.5 = 0.71 of GEMM speed) matches cuDNN's own figure there: FlashAttention-4 reaches 1,605
+TFLOP/s bf16 on B200 (71% of its 2,250 peak), up to 1.3x cuDNN 9.13 (FlashAttention-4 announcement,
+together.ai/blog/flashattention-4, March 2026), so cuDNN runs at about 1,235 TFLOP/s, 55% of peak,
+0.73 of the 75% the convention takes for GEMM-like kernels (hardware/*.yaml flash_attention_source)."""
 
 TP_COLLECTIVES_PER_LAYER = 8
 """Per block and micro-batch with sequence parallelism: all-gather + reduce-scatter around attention and
@@ -542,8 +550,8 @@ def causal_attention_fraction(arch: Architecture, plan: Plan):
 def flash_attention_speed(gpu: GpuSpec, plan: Plan) -> float:
     """The plan's flash-attention kernels relative to the GEMMs on this GPU (hardware/*.yaml, sourced per
     FlashAttention version); 1 for a version the catalog does not list (make_plan refuses those). Megatron
-    runs attention through Transformer Engine, which on Hopper picks cuDNN's fused flash attention instead of
-    the flash-attn package (CUDNN_ATTENTION_SPEEDUP)."""
+    runs attention through Transformer Engine, which on Hopper and Blackwell picks cuDNN's fused flash attention
+    instead of the flash-attn package (CUDNN_ATTENTION_ARCHITECTURES, CUDNN_ATTENTION_SPEEDUP)."""
     speed = gpu.flash_attention_speed.get(plan.flash_attention_version)
     speed = 1.0 if speed is None else speed
     if gpu.architecture in CUDNN_ATTENTION_ARCHITECTURES and plan.flash_attention_version == 2:
