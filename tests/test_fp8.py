@@ -11,8 +11,11 @@ from planner.performance.model import (
     HBM_EFFICIENCY,
     efficiency,
     estimate_performance,
+    fp8_linear_elements,
     fp8_scaling_s,
+    fp8_weight_casts_per_micro_batch,
     gathered_param_bytes,
+    tp_collective_byte_share,
 )
 from planner.plan import PlanRequest, resolve
 
@@ -155,6 +158,33 @@ def test_scaling_passes_are_bytes_over_bandwidth():
     expected = elements * 2.0 / (3350e9 * HBM_EFFICIENCY)
     assert fp8_scaling_s(model.architecture, plan, gpu, 32) == pytest.approx(expected)
     assert FP8_CAST_BYTES_PER_ELEMENT["rowwise"] > FP8_CAST_BYTES_PER_ELEMENT["tensorwise"]
+
+
+def test_megatron_casts_each_weight_once_per_step():
+    # Megatron-Core's TE layers pass is_first_microbatch: the fp8 weights are cast on a step's first micro-batch
+    # and reused for the other grad_accum - 1; FSDP's torchao Float8Linear casts on every micro-batch.
+    model, gpu, megatron = plan_for(
+        precision="fp8", gpu="H100", engine="megatron", fp8_recipe="delayed", micro_batch=1, global_batch=8
+    )
+    _, _, fsdp = plan_for(precision="fp8", gpu="H100", engine="fsdp", zero=3, micro_batch=1, global_batch=8)
+    assert megatron.grad_accum == 8 and fsdp.grad_accum == 8
+    assert fp8_weight_casts_per_micro_batch(megatron) == pytest.approx(1 / 8)
+    assert fp8_weight_casts_per_micro_batch(fsdp) == 1.0
+    activations, weights = fp8_linear_elements(model.architecture, megatron)
+    expected = 32 * (2048 * activations + weights / 8) * 2.0 / (3350e9 * HBM_EFFICIENCY)
+    assert fp8_scaling_s(model.architecture, megatron, gpu, 32) == pytest.approx(expected)
+
+
+def test_tensor_parallel_all_gathers_move_fp8_under_transformer_engine():
+    # Sequence parallelism, TP 8: TE casts before the forward input and backward output-gradient all-gathers,
+    # so half the collectives move 1-byte elements; the reduce-scatters stay bf16.
+    recipe = dict(model="llama-3-8b", gpu="H100", gpus=8, tp=8, engine="megatron", zero=1, sequence_parallel=True)
+    _, _, fp8 = plan_for(**recipe, precision="fp8")
+    _, _, bf16 = plan_for(**recipe)
+    _, _, no_sp = plan_for(**{**recipe, "sequence_parallel": False}, precision="fp8")
+    assert tp_collective_byte_share(fp8) == 0.75
+    assert tp_collective_byte_share(bf16) == 1.0
+    assert tp_collective_byte_share(no_sp) == 1.0  # all-reduces of bf16 outputs
 
 
 def test_fsdp_gathers_linear_weights_in_fp8_under_tensorwise():

@@ -13,7 +13,7 @@ from planner.memory.stages import checkpointed_blocks, in_flight_micro_batches
 from planner.memory.states import state_layout
 from planner.performance import comm
 from planner.performance.flops import flops_per_token
-from planner.performance.model import pipeline_bubble_slots, pipeline_sends_per_micro_batch
+from planner.performance.model import exposed_p2p_s, pipeline_bubble_slots, pipeline_sends_per_micro_batch
 from planner.units import GIB
 
 # Llama-3.1-70B as NVIDIA's DGX Cloud recipe runs it (80 layers, TP 4, PP 4 with 5 virtual stages, CP 2).
@@ -37,8 +37,18 @@ def test_interleaved_sends_v_times_the_boundary_activations():
         evaluate(*_recipe(**c)).performance.breakdown_s
         for c in ({}, {"pp_schedule": "interleaved", "virtual_stages": 5})
     )
-    assert five["pipeline_p2p"] == pytest.approx(5 * one["pipeline_p2p"])
+    assert one["pipeline_p2p"] > 0
+    # Megatron runs the interleaved chunks' sends during the compute (--overlap-p2p-communication): V times the
+    # traffic, none of it exposed while it takes less than the micro-batch's compute.
+    assert five["pipeline_p2p"] == 0.0
     assert five["compute"] == pytest.approx(one["compute"])
+
+
+def test_overlapped_p2p_exposes_only_what_exceeds_the_compute():
+    interleaved = _recipe(pp_schedule="interleaved", virtual_stages=5)[2]
+    assert exposed_p2p_s(interleaved, 0.3, 1.0) == 0.0
+    assert exposed_p2p_s(interleaved, 1.5, 1.0) == pytest.approx(0.5)
+    assert exposed_p2p_s(_recipe()[2], 0.3, 1.0) == pytest.approx(0.3)  # 1F1B waits on each transfer
 
 
 def test_interleaved_bubble_in_the_step_time():

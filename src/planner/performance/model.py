@@ -189,6 +189,21 @@ def recomputed_tp_collectives(plan: Plan, arch_layers: int = 1) -> float:
     return 0
 
 
+def tp_collective_byte_share(plan: Plan):
+    """Bytes of the average tensor-parallel collective over those of a compute-dtype activation. Under fp8
+    with sequence parallelism, Transformer Engine casts before it gathers: the forward all-gathers in front
+    of the column-parallel GEMMs move the fp8 input (Linear/LayerNormLinear cast, then
+    gather_along_first_dim), and so do the backward all-gathers of the output gradient in front of the
+    row-parallel GEMMs' dgrad (grad_output_preprocess: "FP8 case with gather: ... cast, transpose for
+    efficient gather"; NVIDIA/TransformerEngine transformer_engine/pytorch/module/base.py and linear.py).
+    The reduce-scatters carry GEMM outputs and data gradients, which stay in bf16. Half the collectives
+    (every all-gather) at 1 byte instead of 2: 3/4 of the bf16 volume. Megatron runs its linears through
+    TE; without sequence parallelism the all-reduces move bf16 outputs, and the PyTorch engines' float8
+    tensor-parallel paths are not modelled."""
+    fp8_gathers = (plan.precision == "fp8") & (plan.engine == "megatron") & plan.sequence_parallel
+    return np.where(fp8_gathers, 0.75, 1.0)
+
+
 def exposed_tp_comm_s(tp_comm_s, linear_gemm_s):
     """Tensor-parallel traffic left on the critical path under Megatron's --tp-comm-overlap.
 
@@ -290,14 +305,26 @@ def fsdp_fp8_all_gather(plan: Plan) -> bool:
     return plan.precision == "fp8" and plan.engine == "fsdp" and plan.zero == 3 and plan.fp8_recipe == "tensorwise"
 
 
+def fp8_weight_casts_per_micro_batch(plan: Plan):
+    """How often each fp8 weight is cast per micro-batch. Megatron-Core's Transformer Engine layers pass
+    `is_first_microbatch` (True on a step's first micro-batch, then False; None only under
+    disable_parameter_transpose_cache), and TE then casts the weight and its transpose once and reuses the
+    cached fp8 copies for the step's other micro-batches ("it allows caching of the FP8 versions of the
+    weights": TransformerEngine pytorch/module/linear.py, Linear.forward docstring, and its
+    update_fp8_weights; Megatron-LM megatron/core/extensions/transformer_engine.py, TELinear.forward): once
+    per grad_accum micro-batches. torchao's Float8Linear and TE layers called without the flag cast every
+    micro-batch."""
+    return np.where(plan.engine == "megatron", 1.0 / plan.grad_accum, 1.0)
+
+
 def fp8_scaling_s(arch: Architecture, plan: Plan, gpu: GpuSpec, layers):
     """Per micro-batch: the memory-bound amax and cast passes of the plan's fp8 recipe over `layers` blocks
-    (0 unless precision is fp8)."""
+    (0 unless precision is fp8); the weights' share at fp8_weight_casts_per_micro_batch."""
     if plan.precision != "fp8":
         return 0.0
     divisor = plan.shard_degree if fsdp_fp8_all_gather(plan) else 1.0
     activations, weights = fp8_linear_elements(arch, plan, divisor)
-    elements = layers * (plan.tokens_per_micro_batch * activations + weights)
+    elements = layers * (plan.tokens_per_micro_batch * activations + weights * fp8_weight_casts_per_micro_batch(plan))
     return elements * FP8_CAST_BYTES_PER_ELEMENT[plan.fp8_recipe] / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
 
 
@@ -325,6 +352,17 @@ def pipeline_sends_per_micro_batch(plan: Plan):
     once per model chunk: interleaving multiplies the point-to-point traffic by V (Narayanan et al. 2021,
     Sec. 2.2.2)."""
     return 2 * plan.virtual_stages
+
+
+def exposed_p2p_s(plan: Plan, p2p_s, compute_s):
+    """Pipeline point-to-point time left on the critical path. Megatron's interleaved schedule posts each
+    chunk's sends and receives asynchronously and waits for them only before the chunk that needs them, so
+    they run during the current chunk's compute (Megatron-LM --overlap-p2p-communication, on by default:
+    training/arguments.py defines only --no-overlap-p2p-communication, and forces it off for the
+    non-interleaved schedule; core/pipeline_parallel/schedules.py, forward_backward_pipelining_with_interleaving).
+    Only what exceeds the compute stays exposed there; 1F1B and the other engines wait on each transfer."""
+    overlapped = (plan.engine == "megatron") & (plan.pp_schedule == "interleaved") & (plan.virtual_stages > 1)
+    return np.where(overlapped, np.maximum(0.0, p2p_s - compute_s), p2p_s)
 
 
 def stage_moe_layers(arch: Architecture, plan: Plan, stage):
@@ -896,7 +934,8 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
 
     tp_bw = comm.group_bandwidth_gbps(gpu, plan.tp, 1, plan.gpus_per_node)
     collectives = TP_COLLECTIVES_PER_LAYER + recomputed_tp_collectives(plan, arch.num_layers)
-    tp_s = layers * collectives * comm.all_gather_s(tokens * arch.hidden_size * a, plan.tp, tp_bw)
+    tp_bytes = tokens * arch.hidden_size * a * tp_collective_byte_share(plan)
+    tp_s = layers * collectives * comm.all_gather_s(tp_bytes, plan.tp, tp_bw)
     if plan.tp_comm_overlap:
         linear_s = tokens / plan.tp * np.where(slowest_is_first, first.matmul_flops, last.matmul_flops)
         tp_s = exposed_tp_comm_s(tp_s, linear_s / (peak_matmul * linear_eff))
@@ -912,6 +951,8 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     split = np.where(plan.sequence_parallel | (plan.engine == "megatron"), plan.tp, 1)
     pp_bw = comm.group_bandwidth_gbps(gpu, np.minimum(plan.pp, 2), plan.tp * plan.cp * plan.dp, plan.gpus_per_node)
     p2p_s = pipeline_sends_per_micro_batch(plan) * tokens * arch.hidden_size * a / split / (pp_bw * 1e9)
+
+    p2p_s = exposed_p2p_s(plan, p2p_s, compute_s)
 
     micro_batch_s = compute_s + tp_s + cp_s + p2p_s
     unpaired_ep_s = 0.0
