@@ -21,8 +21,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from planner.catalog.hardware import ComputeEfficiency
-from planner.performance import estimate_performance
+from planner.performance import estimate_performance, tokens_per_s_per_gpu_over_efficiencies
 from planner.plan import resolve
 from planner.validate.throughput import load_throughput_cases
 
@@ -48,14 +50,27 @@ def family_cases(family: str) -> list:
     return out
 
 
+def percent_errors(cases: list, predicted) -> list[float]:
+    """Absolute % error of each case's predicted tokens/s per GPU (`predicted`, in the order of `cases`)."""
+    out = []
+    for (case, *_), value in zip(cases, predicted, strict=True):
+        measured = case.measured.tokens_per_s_per_gpu
+        out.append(abs(value - measured) / measured * 100)
+    return out
+
+
+def summary(errors: list[float]) -> tuple[float, float]:
+    """(median, mean) of absolute % errors."""
+    return statistics.median(errors), statistics.fmean(errors)
+
+
 def score(cases: list, params: ComputeEfficiency) -> tuple[float, float]:
     """(median, mean) absolute % error of tokens/s per GPU with `params` on every case's GPU."""
-    errors = []
-    for case, model, gpu, plan in cases:
-        predicted = estimate_performance(model, replace(gpu, compute_efficiency=params), plan).tokens_per_s_per_gpu
-        measured = case.measured.tokens_per_s_per_gpu
-        errors.append(abs(predicted - measured) / measured * 100)
-    return statistics.median(errors), statistics.fmean(errors)
+    predicted = [
+        estimate_performance(model, replace(gpu, compute_efficiency=params), plan).tokens_per_s_per_gpu
+        for _, model, gpu, plan in cases
+    ]
+    return summary(percent_errors(cases, predicted))
 
 
 def objective(cases: list, params: ComputeEfficiency) -> float:
@@ -64,13 +79,35 @@ def objective(cases: list, params: ComputeEfficiency) -> float:
     return round(median + mean, 6)
 
 
+GRID_AXES = (MAX_GRID, HALF_TOKENS_GRID, HALF_WIDTH_GRID)
+
+
+def grid_predictions(cases: list, axes: tuple[list, list, list] = GRID_AXES) -> np.ndarray:
+    """Predicted tokens/s per GPU of every case at every point of the grid `axes` (max, half_tokens,
+    half_width): shape (cases, len(max axis), len(half_tokens axis), len(half_width axis)), entry [k, i, j, w]
+    equal to score's prediction of case k with ComputeEfficiency(axes[0][i], axes[1][j], axes[2][w]). One
+    broadcast evaluation per case (planner.performance.tokens_per_s_per_gpu_over_efficiencies)."""
+    grid = ComputeEfficiency(
+        max=np.array(axes[0], dtype=float)[:, None, None],
+        half_tokens=np.array(axes[1], dtype=float)[None, :, None],
+        half_width=np.array(axes[2], dtype=float)[None, None, :],
+    )
+    shape = (len(cases), *(len(axis) for axis in axes))
+    out = np.empty(shape)
+    for k, (_, model, gpu, plan) in enumerate(cases):
+        out[k] = tokens_per_s_per_gpu_over_efficiencies(model, gpu, plan, grid)
+    return out
+
+
 def fit_family(cases: list) -> tuple[ComputeEfficiency, tuple[float, float]]:
+    """The grid point with the lowest median + mean |error| (ties: smaller max, half_tokens, half_width)."""
+    predicted = grid_predictions(cases)
     best = None
-    for half_tokens in HALF_TOKENS_GRID:
-        for half_width in HALF_WIDTH_GRID:
-            for value in MAX_GRID:
+    for j, half_tokens in enumerate(HALF_TOKENS_GRID):
+        for w, half_width in enumerate(HALF_WIDTH_GRID):
+            for i, value in enumerate(MAX_GRID):
                 params = ComputeEfficiency(max=value, half_tokens=half_tokens, half_width=half_width)
-                median, mean = score(cases, params)
+                median, mean = summary(percent_errors(cases, predicted[:, i, j, w].tolist()))
                 key = (round(median + mean, 6), value, half_tokens, half_width)
                 if best is None or key < best[0]:
                     best = (key, params, (median, mean))

@@ -24,7 +24,7 @@ Per step: the pipeline runs grad_accum + (pp - 1)/V micro-batch slots (V = 1 for
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -1058,3 +1058,22 @@ def performance_estimate_at(terms: dict, index: int | None, gpu: GpuSpec) -> Per
 def estimate_performance(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> PerformanceEstimate:
     """Step time and throughput of `plan` for `model` on `gpu`."""
     return performance_estimate_at(performance_terms(model, gpu, plan), None, gpu)
+
+
+def tokens_per_s_per_gpu_over_efficiencies(
+    model: ModelSpec, gpu: GpuSpec, plan: Plan, constants: ComputeEfficiency
+) -> np.ndarray:
+    """Tokens/s per GPU of one plan under many compute-efficiency constants at once (for fitting them:
+    scripts/fit_throughput.py, scripts/loso.py). `constants.max`, `.half_tokens` and `.half_width` may be
+    numpy arrays that broadcast against each other (a grid: shapes (a, 1, 1), (1, b, 1), (1, 1, c)); the
+    result has their broadcast shape, and each entry is exactly estimate_performance's tokens_per_s_per_gpu
+    with those scalar constants on `gpu` (tests/test_performance_terms.py compares them). `plan` must be a
+    single plan, not the search's arrays.
+
+    The constants enter the model only through `efficiency`, so this is one `performance_terms` evaluation:
+    every term that does not depend on them (FLOPs, communication volumes and latencies, the stage layout,
+    the optimizer step) is computed once, and only what lies downstream of the efficiency (compute times and
+    what overlaps with them) carries the grid's shape. The formulas stay in `performance_terms`."""
+    terms = performance_terms(model, replace(gpu, compute_efficiency=constants), plan)
+    shape = np.broadcast_shapes(*(np.shape(v) for v in (constants.max, constants.half_tokens, constants.half_width)))
+    return np.broadcast_to(np.asarray(terms["tokens_per_s_per_gpu"], dtype=float), shape)
