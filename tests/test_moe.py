@@ -248,7 +248,8 @@ def test_expert_gemm_is_memory_bound_at_few_tokens_per_expert():
     work = perf._stage_work(flops_per_token(v3, plan), plan, v3, 0, perf.causal_attention_fraction(v3, plan))
     full = replace(gpu, compute_efficiency=replace(gpu.compute_efficiency, max=1.0, half_tokens=0.0, half_width=0.0))
     seconds = perf.expert_gemm_s(v3, plan, full, work, 989e12, 7168, 1.0)
-    memory = 58 * 256 * 3 * perf.expert_gemm_bytes(v3, plan, rows) / (gpu.hbm_bandwidth_gbps * 1e9 * 0.8)
+    # 58 MoE blocks and, trained by default under Megatron, the MTP depth's MoE block (one stage: pp 1)
+    memory = (58 + 1) * 256 * 3 * perf.expert_gemm_bytes(v3, plan, rows) / (gpu.hbm_bandwidth_gbps * 1e9 * 0.8)
     assert seconds == pytest.approx(memory, rel=1e-12)
 
 
@@ -324,11 +325,12 @@ def test_expert_gradients_reduce_over_the_expert_data_parallel_group():
 
 def test_pipeline_stages_count_their_moe_blocks():
     """DeepSeek-V3 over 4 stages: 16, 15, 15, 15 blocks; the first holds the 3 dense ones (13 MoE), the last
-    15 MoE blocks; memory and speed count the same."""
+    15 MoE blocks and the MTP depth's MoE block (trained by default under Megatron); memory and speed count
+    the same."""
     v3 = load_model("deepseek-v3").architecture
     plan = _plan("deepseek-v3", gpus=64, pp=4, ep=16)
     first, last = first_and_last_stage(v3, plan)
-    assert (first.num_layers, first.moe_layers, last.num_layers, last.moe_layers) == (16, 13, 15, 15)
+    assert (first.num_layers, first.moe_layers, last.num_layers, last.moe_layers) == (16, 13, 15 + 1, 15 + 1)
     assert (perf.stage_moe_layers(v3, plan, 0), perf.stage_moe_layers(v3, plan, 3)) == (13, 15)
     assert first.local_expert_params == 16 * 3 * 2048 * 7168  # 256 / 16 experts, tp 1
 

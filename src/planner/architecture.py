@@ -5,7 +5,7 @@ splits them, which pipeline stage holds them) is derived from one list of `Param
 parameter count, the memory model and the FLOPs model cannot disagree.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Literal
 
@@ -191,6 +191,46 @@ def head_tensors(arch: Architecture, separate_copy_of_tied: bool = False) -> tup
     return tuple(t)
 
 
+def mtp_block_architecture(arch: Architecture) -> Architecture:
+    """The transformer block of one multi-token-prediction depth, as a one-block model: Megatron-Core builds
+    it from the decoder's last layer spec (gpt_layer_specs.get_gpt_mtp_block_spec), so it is a MoE block when
+    the model's last block is one (DeepSeek-V3), with the same attention, router and experts."""
+    last_is_moe = moe_layer_count(arch, arch.num_layers) > moe_layer_count(arch, arch.num_layers - 1)
+    dense_first = 0 if last_is_moe or not arch.is_moe else 1
+    return replace(arch, num_layers=1, first_dense_layers=dense_first, moe_layer_every=1, mtp_layers=0)
+
+
+@cache
+def mtp_prelude_tensors(arch: Architecture) -> tuple[ParamTensor, ...]:
+    """What one multi-token-prediction depth adds around its transformer block (Megatron-Core
+    transformer/multi_token_prediction.py, MultiTokenPredictionLayer, core_r0.14.0 @32ad5c8; DeepSeek-V3 report,
+    arXiv 2412.19437, Sec. 2.2): enorm on the next token's embedding and hnorm on the previous depth's hidden
+    state, eh_proj over their concatenation (2h -> h, a ColumnParallelLinear without bias) and the final norm
+    before the shared LM head. The embedding and the LM head are shared with the main model."""
+    h = arch.hidden_size
+    return (
+        *_norm("mtp.enorm", arch, "head"),
+        *_norm("mtp.hnorm", arch, "head"),
+        _matrix("mtp.eh_proj", h, 2 * h, "column", "head"),
+        *_norm("mtp.final_norm", arch, "head"),
+    )
+
+
+def mtp_depth_params(arch: Architecture) -> int:
+    """Parameters of one multi-token-prediction depth with all its experts (prelude and block; without the
+    shared embedding and head)."""
+    block = mtp_block_architecture(arch)
+    return numel(mtp_prelude_tensors(arch)) + blocks_params(block, block.num_experts)
+
+
+def mtp_checkpoint_params(arch: Architecture) -> int:
+    """What the released checkpoint stores for the multi-token-prediction module beyond the main model: each
+    depth with its own copies of the embedding and the LM head (DeepSeek-V3's model.layers.61.embed_tokens and
+    shared_head.head, whose shared_head.norm is the final norm here; its README: 671B main model + 14B MTP
+    module = 685B on Hugging Face)."""
+    return arch.mtp_layers * (mtp_depth_params(arch) + 2 * arch.vocab_size * arch.hidden_size)
+
+
 def numel(tensors: tuple[ParamTensor, ...] | list[ParamTensor], tp: int = 1) -> int:
     """Elements one tensor-parallel rank holds of `tensors` (split tensors divided by tp, rounded up)."""
     return sum(t.numel if t.tp_split == "replicated" else -(-t.numel // tp) for t in tensors)
@@ -278,4 +318,6 @@ def moe_plan_text(plan) -> str:
     routing = "dropless" if plan.moe_capacity_factor is None else f"capacity factor {plan.moe_capacity_factor:g}"
     etp = f", etp {plan.etp}" if plan.etp else ""
     overlap = ", EP all-to-all overlapped (combined 1F1B)" if plan.moe_ep_overlap else ""
-    return f"ep {plan.ep}{etp} (expert dp {plan.expert_shard_degree}), {routing}, {plan.moe_dispatcher}{overlap}"
+    mtp = f", MTP {plan.mtp_layers} depth(s) trained" if plan.mtp_layers else ""
+    text = f"ep {plan.ep}{etp} (expert dp {plan.expert_shard_degree}), {routing}, {plan.moe_dispatcher}{overlap}"
+    return text + mtp

@@ -263,6 +263,25 @@ def _method_options(solve: bool):
     help="Hide the EP all-to-all behind an adjacent micro-batch (Megatron --overlap-moe-expert-parallel-comm).",
 )
 @click.option(
+    "--mtp-layers",
+    type=int,
+    default=None,
+    help="Multi-token-prediction depths to train (DeepSeek-V3: 0 or 1; Megatron --mtp-num-layers). "
+    "Default: the model's under Megatron, 0 elsewhere.",
+)
+@click.option(
+    "--first-stage-layers",
+    type=int,
+    default=None,
+    help="Blocks on the first pipeline rank, with --last-stage-layers (Megatron's uneven pipeline). Default: even.",
+)
+@click.option(
+    "--last-stage-layers",
+    type=int,
+    default=None,
+    help="Blocks on the last pipeline rank (room for the loss and MTP depths there).",
+)
+@click.option(
     "--safety-margin",
     type=click.FloatRange(0, 0.5),
     default=DEFAULT_SAFETY_MARGIN,

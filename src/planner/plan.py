@@ -196,6 +196,20 @@ class Plan:
     """Megatron's fine-grained recomputation (--recompute-granularity selective --recompute-modules) of
     RECOMPUTE_MODULES, beside `checkpointing` none or selective (whose core attention Megatron lists as
     core_attn): their outputs are discarded after use in forward and recomputed in backward."""
+    mtp_layers: int = 0
+    """Multi-token-prediction depths trained (Megatron --mtp-num-layers; the model's `mtp_layers`): each adds
+    two norms, an eh_proj linear, one transformer block and one more LM-head pass and loss, all on the last
+    pipeline stage, which also keeps its own copy of the embedding (Megatron-Core GPTModel builds the embedding
+    on the MTP stage). 0: none."""
+    first_stage_layers: int | None = None
+    """Blocks on the first pipeline rank, with `last_stage_layers` on the last and the rest split evenly over the
+    ranks between (Megatron --decoder-first-pipeline-num-layers / --decoder-last-pipeline-num-layers; NeMo's
+    num_layers_in_first/last_pipeline_stage): recipes lighten the first rank for the embedding and the last for
+    the loss and the MTP depths. With the interleaved schedule every chunk holds the middle ranks' chunk size
+    except the first chunk of the first rank and the last chunk of the last rank, which hold the difference
+    (Megatron-Bridge's DeepSeek-V3 --pipeline-model-parallel-layout tables). None: the planner's split."""
+    last_stage_layers: int | None = None
+    """Blocks on the last pipeline rank (see `first_stage_layers`)."""
 
     @property
     def expert_tp(self) -> int:
@@ -293,6 +307,14 @@ class PlanRequest:
     """Megatron's EP all-to-all overlap (see Plan)."""
     recompute_modules: tuple[str, ...] | list[str] | str = ()
     """Megatron --recompute-modules from RECOMPUTE_MODULES (a list or comma-separated; see Plan)."""
+    mtp_layers: int | None = None
+    """Multi-token-prediction depths to train: 0 or the model's own. None: the model's under Megatron (as the
+    NeMo and Megatron-Bridge DeepSeek-V3 recipes train it), 0 under the other engines (transformers and
+    torchtitan have no MTP module)."""
+    first_stage_layers: int | None = None
+    """Blocks on the first pipeline rank (with last_stage_layers; Megatron only; see Plan). None: the planner's."""
+    last_stage_layers: int | None = None
+    """Blocks on the last pipeline rank (see Plan). None: the planner's split."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "PlanRequest":
@@ -431,7 +453,10 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
 
     _check_engine(engine, request.zero, tp, pp, cp, checkpointing, offload, precision)
     _check_precision_on_gpu(precision, gpu)
-    pp_schedule, virtual_stages = _pipeline_schedule(request, arch.num_layers, pp, grad_accum, engine)
+    stated_split = _stated_split(request, arch.num_layers, pp, engine)
+    pp_schedule, virtual_stages = _pipeline_schedule(request, arch.num_layers, pp, grad_accum, engine, stated_split)
+    if stated_split is not None:
+        _check_stated_chunks(stated_split, arch.num_layers, pp, virtual_stages)
     options = _engine_options(request, engine, request.zero, checkpointing, precision, arch.num_layers)
     if options["checkpointing_every"] > 1 and pp_schedule == "interleaved":
         raise PlanError(
@@ -440,6 +465,8 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         )
     moe_fields = _moe_fields(request, model, engine, dp, cp, tp)
     moe_fields["recompute_modules"] = _recompute_modules(request, arch, engine, checkpointing)
+    moe_fields["mtp_layers"] = _mtp_layers(request.mtp_layers, model, engine)
+    moe_fields["first_stage_layers"], moe_fields["last_stage_layers"] = stated_split or (None, None)
     method_fields = _method_fields(request, arch)
     check_peft_target(method_fields["method"], model)
     if arch.is_moe and method_fields["method"] != "full":
@@ -572,6 +599,26 @@ def _recompute_modules(request: PlanRequest, arch, engine: str, checkpointing: s
     return tuple(m for m in RECOMPUTE_MODULES if m in names)
 
 
+def _mtp_layers(value: Any, model: ModelSpec, engine: str) -> int:
+    """The multi-token-prediction depths the plan trains: the model's own (Megatron's default here, as NeMo's
+    and Megatron-Bridge's DeepSeek-V3 recipes set mtp_num_layers 1) or 0; only Megatron-Core has the module."""
+    depth = model.architecture.mtp_layers
+    if value is None:
+        return depth if engine == "megatron" else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (0, depth):
+        choices = "0" if depth == 0 else f"0 or {depth}"
+        raise PlanError(
+            f"--mtp-layers must be {choices} for {model.name} (its multi-token-prediction depths), got {quoted(value)}",
+            f"use --mtp-layers {choices.split()[-1]}",
+        )
+    if value and engine != "megatron":
+        raise PlanError(
+            f"--engine {engine} has no multi-token-prediction module (Megatron-Core's --mtp-num-layers)",
+            "use --engine megatron, or --mtp-layers 0",
+        )
+    return value
+
+
 def _check_ep_overlap(request: PlanRequest, engine: str, ep: int) -> None:
     """Megatron's combined 1F1B schedule runs with EP > 1, without full recomputation, and under pipelining only
     with virtual stages (Megatron-Core docs, 'Combined 1F1B: Expert-Parallel All-to-All Overlap')."""
@@ -600,7 +647,60 @@ def _fp8_recipe(recipe: Any, precision: str, gpu: GpuSpec) -> str:
     return recipe
 
 
-def _pipeline_schedule(request: PlanRequest, num_layers: int, pp: int, grad_accum: int, engine: str) -> tuple[str, int]:
+def _stated_split(request: PlanRequest, num_layers: int, pp: int, engine: str) -> tuple[int, int] | None:
+    """(first, last) rank blocks of an uneven split the request states, checked as Megatron-Core's
+    get_num_layers_to_build does: both given, Megatron, pp > 1, the rest dividing evenly over the ranks between."""
+    first, last = request.first_stage_layers, request.last_stage_layers
+    if first is None and last is None:
+        return None
+    if first is None or last is None:
+        raise PlanError(
+            "--first-stage-layers and --last-stage-layers go together",
+            "give both (the blocks on the first and last rank)",
+        )
+    if engine != "megatron":
+        raise PlanError(
+            "stated first/last pipeline-stage blocks are Megatron's (--decoder-first/last-pipeline-num-layers)",
+            "use --engine megatron, or drop --first-stage-layers/--last-stage-layers",
+        )
+    if pp == 1:
+        raise PlanError("--first-stage-layers/--last-stage-layers need pipeline parallelism", "add --pp 2 or more")
+    values = []
+    for name, value in (("first_stage_layers", first), ("last_stage_layers", last)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= num_layers:
+            flag = f"--{name.replace('_', '-')}"
+            raise PlanError(f"{flag} must be a block count from 0 to {num_layers}, got {quoted(value)}", "fix it")
+        values.append(value)
+    rest = num_layers - first - last
+    if rest < 0 or (pp == 2 and rest) or (pp > 2 and (rest % (pp - 2) or rest == 0)):
+        raise PlanError(
+            f"--first-stage-layers {first} and --last-stage-layers {last} leave {rest} of the {num_layers} blocks, "
+            f"which do not split evenly over the {pp - 2} ranks between",
+            "pick first and last counts whose remainder divides by pp - 2",
+        )
+    return values[0], values[1]
+
+
+def _check_stated_chunks(split: tuple[int, int], num_layers: int, pp: int, virtual: int) -> None:
+    """Under interleaving the middle ranks' blocks split into V equal chunks and the first rank's first chunk
+    and the last rank's last chunk take the difference, which must not be negative."""
+    if virtual == 1:
+        return
+    first, last = split
+    if pp == 2:
+        raise PlanError("a stated interleaved split needs ranks between the first and the last", "use --pp 3 or more")
+    middle = (num_layers - first - last) // (pp - 2)
+    if middle % virtual or min(first, last) < (virtual - 1) * (middle // virtual):
+        raise PlanError(
+            f"with {virtual} chunks per rank the middle ranks' {middle} blocks must split into equal chunks and the "
+            f"first ({first}) and last ({last}) ranks hold at least {virtual - 1} such chunks",
+            "adjust --first-stage-layers/--last-stage-layers or --virtual-stages",
+        )
+
+
+def _pipeline_schedule(
+    request: PlanRequest, num_layers: int, pp: int, grad_accum: int, engine: str, stated_split=None
+) -> tuple[str, int]:
     """The schedule and its virtual stages, with the rules Megatron-LM applies to interleaving
     (megatron/training/arguments.py: the layers split evenly into pp x V chunks; the micro-batches of a step
     are a multiple of pp, as core_r0.9's interleaved schedule asserts). torch.distributed.pipelining's
@@ -617,7 +717,7 @@ def _pipeline_schedule(request: PlanRequest, num_layers: int, pp: int, grad_accu
         raise PlanError("--pp-schedule interleaved needs pipeline parallelism", "add --pp 2 or more")
     if virtual < 2:
         raise PlanError("--pp-schedule interleaved needs --virtual-stages 2 or more", "add --virtual-stages 2")
-    if not interleaved_split_fits(num_layers, pp, virtual):
+    if stated_split is None and not interleaved_split_fits(num_layers, pp, virtual):
         raise PlanError(
             f"the {num_layers} layers do not split into pp x virtual stages = {pp} x {virtual} = {pp * virtual} "
             "equal chunks, with or without the embedding and the loss counted as one layer each",

@@ -20,6 +20,21 @@ pytestmark = pytest.mark.engines
 
 MEGATRON_MOE_PLANS = {
     "deepseek-v3-tp2-pp16-ep32": ("deepseek-v3", dict(gpus=1024, tp=2, pp=16, ep=32, global_batch=8192)),
+    "deepseek-v3-pp8-vp4-stated-split": (
+        "deepseek-v3",
+        dict(
+            gpus=1024,
+            tp=2,
+            pp=8,
+            ep=64,
+            etp=1,
+            global_batch=8192,
+            pp_schedule="interleaved",
+            virtual_stages=4,
+            first_stage_layers=7,
+            last_stage_layers=6,
+        ),
+    ),
     "deepseek-v2-lite-ep8": ("deepseek-v2-lite", dict(gpus=8, ep=8, global_batch=64)),
     "mixtral-8x7b-tp2-ep4-capacity": (
         "mixtral-8x7b",
@@ -58,6 +73,7 @@ FIELD_OF_FLAG = {
     "--qk-pos-emb-head-dim": ("qk_pos_emb_head_dim", int),
     "--v-head-dim": ("v_head_dim", int),
     "--num-layers": ("num_layers", int),
+    "--mtp-num-layers": ("mtp_num_layers", int),
     "--hidden-size": ("hidden_size", int),
     "--ffn-hidden-size": ("ffn_hidden_size", int),
     "--num-attention-heads": ("num_attention_heads", int),
@@ -110,6 +126,7 @@ def test_megatron_core_accepts_the_moe_config(label):
     assert config.moe_token_dispatcher_type == plan.moe_dispatcher
     assert config.moe_expert_capacity_factor == plan.moe_capacity_factor
     assert config.overlap_moe_expert_parallel_comm == plan.moe_ep_overlap
+    assert (config.mtp_num_layers or 0) == plan.mtp_layers  # DeepSeek-V3 trains its MTP depth by default
     if isinstance(config.moe_layer_freq, list):
         assert len(config.moe_layer_freq) == m.architecture.num_layers
 

@@ -289,7 +289,8 @@ def _deepseek(cfg: dict[str, Any], path: Path) -> Architecture:
     first_k_dense_replace blocks dense (intermediate_size), the others MoE with n_shared_experts shared experts
     built as one MLP of n_shared x moe_intermediate_size. moe_layer_freq is not read by the transformers code
     (every block after the dense ones is MoE); V3's e_score_correction_bias is a buffer, not a parameter; the
-    multi-token-prediction layer (num_nextn_predict_layers) is not instantiated."""
+    multi-token-prediction layers (num_nextn_predict_layers) are not instantiated there and stay out of the
+    parameter counts, but are kept as `mtp_layers` for the plans that train them (Megatron)."""
     if cfg.get("attention_bias"):
         raise CatalogError(f"{path}: attention biases in multi-head latent attention are not modelled", "write a YAML")
     heads = _get(cfg, path, "num_attention_heads")
@@ -310,6 +311,7 @@ def _deepseek(cfg: dict[str, Any], path: Path) -> Architecture:
         qk_rope_head_dim=rope,
         qk_nope_head_dim=nope,
         v_head_dim=_get(cfg, path, "v_head_dim"),
+        mtp_layers=int(cfg.get("num_nextn_predict_layers") or 0),
     )
 
 

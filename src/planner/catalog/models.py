@@ -131,6 +131,13 @@ class Architecture:
     """MLA: per-head query/key width without RoPE (up-projected from the latents)."""
     v_head_dim: int = 0
     """MLA: per-head value width (the output projection reads heads x v_head_dim)."""
+    mtp_layers: int = 0
+    """Multi-token-prediction depths (DeepSeek-V3 `num_nextn_predict_layers`: 1): module k predicts the token
+    k + 1 ahead from the main model's last hidden state and the embedding of the next token through two
+    RMSNorms, an eh_proj linear (2h -> h), one more transformer block and a final norm, sharing the embedding
+    and the LM head (DeepSeek-V3 report, arXiv 2412.19437, Sec. 2.2). Hugging Face transformers does not
+    instantiate it (it drops those checkpoint weights on load), so it is not in the parameter counts; only a
+    plan that trains it (`Plan.mtp_layers`, Megatron's --mtp-num-layers) holds and runs it. 0: none."""
 
     @property
     def is_moe(self) -> bool:
@@ -231,6 +238,7 @@ ZERO_ALLOWED = (
     "qk_rope_head_dim",
     "qk_nope_head_dim",
     "v_head_dim",
+    "mtp_layers",
 )
 """Integer architecture fields where 0 means "absent" (derived head width, dense model, no MLA)."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from planner.catalog import ModelSpec
 from planner.catalog.models import moe_layer_count
 from planner.errors import PlannerError
-from planner.memory.stages import layers_on_stage
+from planner.memory.stages import layers_on_stage, stage_blocks, stated_split
 from planner.plan import Plan, embedding_and_loss_as_layers
 
 FP8_FORMAT = "hybrid"
@@ -257,14 +257,20 @@ def _parallel_flags(model: ModelSpec, plan: Plan) -> list[str]:
     if plan.tp_comm_overlap:  # make_plan allows it with tp > 1 and sequence parallelism only
         flags.append("--tp-comm-overlap")
     num_layers = model.architecture.num_layers
-    aware = embedding_and_loss_as_layers(num_layers, plan.pp, plan.virtual_stages)
-    layout = None if aware else pipeline_layout(num_layers, plan.pp)
+    stated = plan.first_stage_layers is not None
+    aware = not stated and embedding_and_loss_as_layers(num_layers, plan.pp, plan.virtual_stages)
+    if stated:
+        layout = stated_pipeline_layout(num_layers, plan)
+    else:
+        layout = None if aware else pipeline_layout(num_layers, plan.pp, plan.mtp_layers)
     if layout is not None:
         flags += ["--pipeline-model-parallel-layout", layout]
     if aware:
         # The embedding and the loss count as one layer each, the first and last chunks hold one block fewer.
         flags += ["--account-for-embedding-in-pipeline-split", "--account-for-loss-in-pipeline-split"]
-    if plan.pp_schedule == "interleaved":
+    if plan.mtp_layers:
+        flags += ["--mtp-num-layers", str(plan.mtp_layers)]
+    if plan.pp_schedule == "interleaved" and not stated:
         chunk = (num_layers + 2 * aware) // (plan.pp * plan.virtual_stages)
         flags += ["--num-layers-per-virtual-pipeline-stage", str(chunk)]
     flags += ["--micro-batch-size", str(plan.micro_batch), "--global-batch-size", str(plan.global_batch)]
@@ -279,19 +285,34 @@ def _parallel_flags(model: ModelSpec, plan: Plan) -> list[str]:
     return flags
 
 
-def pipeline_layout(num_layers: int, pp: int) -> str | None:
+def pipeline_layout(num_layers: int, pp: int, mtp_layers: int = 0) -> str | None:
     """`--pipeline-model-parallel-layout` when pp does not divide the layers: the earliest stages take one
     block more, the split the memory model assumes (planner.memory.stages). E = embedding, t = block,
-    L = loss, | = next stage. None when the split is even (Megatron's default is then the same)."""
+    m = multi-token-prediction depth, L = loss, | = next stage. None when the split is even (Megatron's default
+    is then the same, with the MTP depths on the last stage)."""
     if num_layers % pp == 0:
         return None
     stages = [f"t*{layers_on_stage(num_layers, pp, stage)}" for stage in range(pp)]
-    return "E" + "|".join(stages) + "L"
+    return "E" + "|".join(stages) + "m" * mtp_layers + "L"
+
+
+def stated_pipeline_layout(num_layers: int, plan: Plan) -> str:
+    """The plan's stated split (first_stage_layers, last_stage_layers) as a `--pipeline-model-parallel-layout`,
+    chunks in Megatron's order (virtual stage-major): every chunk holds the middle ranks' chunk size b, except
+    the first (with the embedding) and the last (with the MTP depths and the loss), which hold the first and
+    the last rank's blocks less (V - 1) b. 'Et|(tt|)*30mL' of Megatron-Bridge's H100 DeepSeek-V3 recipe is
+    pp 8, V 4, first 7, last 6."""
+    first, middle, last = (int(v) for v in stated_split(num_layers, plan))
+    v = plan.virtual_stages
+    chunk = middle // v
+    sizes = [first - (v - 1) * chunk] + [chunk] * (plan.pp * v - 2) + [last - (v - 1) * chunk]
+    chunks = [f"t*{n}" if n else "" for n in sizes]
+    return "E" + "|".join(chunks) + "m" * plan.mtp_layers + "L"
 
 
 def _memory_flags(model: ModelSpec, plan: Plan) -> list[str]:
     flags: list[str] = []
-    checkpointed_blocks = layers_on_stage(model.architecture.num_layers, plan.pp, 0) // plan.checkpointing_every
+    checkpointed_blocks = stage_blocks(model.architecture.num_layers, plan, 0) // plan.checkpointing_every
     if plan.recompute_modules:
         # Fine-grained recomputation; Megatron's selective mode is its core_attn module.
         core = ["core_attn"] if plan.checkpointing == "selective" else []

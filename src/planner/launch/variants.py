@@ -36,7 +36,8 @@ _COMPARED = ("engine", "gpus", "tp", "pp", "cp", "zero", "micro_batch", "grad_ac
 _COMPARED += ("precision", "offload", "sequence_parallel", "compile", "optimizer", "loss", "flash_attention")
 _COMPARED += ("flash_attention_version", "pp_schedule", "virtual_stages", "grad_reduce_bf16", "overlap_grad_reduce")
 _COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version", "ep", "etp", "moe_capacity_factor")
-_COMPARED += ("moe_dispatcher", "tp_comm_overlap", "moe_ep_overlap", "recompute_modules")
+_COMPARED += ("moe_dispatcher", "tp_comm_overlap", "moe_ep_overlap", "recompute_modules", "mtp_layers")
+_COMPARED += ("first_stage_layers", "last_stage_layers")
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,12 @@ def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str
     if engine != "megatron" and plan.recompute_modules:
         values["recompute_modules"] = ()
         why.append("Megatron's recompute modules have no counterpart there")
+    if engine != "megatron" and plan.mtp_layers:
+        values["mtp_layers"] = None
+        why.append("the multi-token-prediction module is Megatron-Core's (transformers drops its weights)")
+    if plan.first_stage_layers is not None and (engine != "megatron" or values.get("pp") != plan.pp):
+        values.update(first_stage_layers=None, last_stage_layers=None)
+        why.append("the stated first/last pipeline-stage blocks are Megatron's layout for this pipeline")
     if engine != "fsdp" or code == "fsdp":
         if plan.fsdp_version != 2:
             why.append("torchtitan runs FSDP2" if code == "fsdp" else "")

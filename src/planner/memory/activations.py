@@ -686,3 +686,24 @@ def logits_bytes(arch: Architecture, plan: Plan) -> float:
         forward = a * vocab + (4 * vocab if a < 4 else 0.0) + 8 * vocab
     backward = 12 * vocab if implementation_family(plan) != "megatron" else 0.0
     return np.maximum(forward, backward) + softcap
+
+
+def mtp_prelude_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes one multi-token-prediction depth saves outside its transformer block (Megatron-Core
+    MultiTokenPredictionLayer with Transformer Engine, core_r0.14.0): enorm on the next token's embedding and
+    hnorm on the hidden state each keep their input and fp32 reciprocal RMS, eh_proj keeps its 2h-wide input
+    (the concatenation, as a TE linear keeps an input; sequence-parallel shard), and the final norm keeps what
+    the main model's final norm and LM head keep (final_norm_bytes). The eh_proj output's TP gather saves
+    nothing."""
+    a, h, sp = compute_bytes(plan), arch.hidden_size, sequence_shards(plan)
+    norms = 2 * (a * h + RSTD_BYTES) / sp
+    concatenation = te_linear_input_bytes(plan) * 2 * h / sp
+    return norms + concatenation + final_norm_bytes(arch, plan)
+
+
+def mtp_loss_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token bytes one multi-token-prediction depth's loss keeps while the main loss peaks: Megatron-Core
+    computes the MTP losses before the main one (GPTModel._postprocess, core_r0.14.0) and its
+    vocab_parallel_cross_entropy saves the fp32 softmax (V / tp values, tensor_parallel/cross_entropy.py
+    save_for_backward(exp_logits, ...)) until the backward."""
+    return 4 * arch.vocab_size / plan.tp

@@ -201,6 +201,8 @@ def stage_phases(
     edge_tokens = stage.is_first * 1 + stage.is_last * 1  # ids on the first stage, labels on the last
     saved = saved + in_flight * act.INPUT_IDS_AND_LABELS_BYTES / 2 * edge_tokens * tokens
     saved = saved + stage.is_last * act.final_norm_bytes(arch, plan) * tokens
+    mtp_depths = stage.is_last * plan.mtp_layers  # their blocks are in the stage's blocks (memory.stages)
+    saved = saved + in_flight * mtp_depths * act.mtp_prelude_bytes(arch, plan) * tokens
     block_backward = (
         act.recompute_bytes(arch, plan) * traced_no_recompute
         + act.backward_workspace_bytes(arch, plan)
@@ -222,7 +224,7 @@ def stage_phases(
         **seam_common,
         **accumulated,
         "activations": saved,
-        "logits_and_loss": act.logits_bytes(arch, plan) * tokens,
+        "logits_and_loss": (act.logits_bytes(arch, plan) + mtp_depths * act.mtp_loss_bytes(arch, plan)) * tokens,
     }
     backward = {**seam_common, **accumulated, "activations": saved, "recompute_and_backward": block_backward}
     # Without accumulation, gradients grow while activations are freed during backward; when all

@@ -10,7 +10,9 @@ extra ones first) and the embedding; the last holds the LM head and the logits. 
 no more blocks than the first, fewer in-flight micro-batches and neither embedding nor head. The interleaved
 split that counts the embedding and the loss as one layer each (`planner.plan.embedding_and_loss_as_layers`)
 takes one block off the first and the last rank, so there the second stage (rank 1, the most blocks and the
-most in-flight micro-batches after rank 0) is evaluated too. The largest is reported.
+most in-flight micro-batches after rank 0) is evaluated too, as under a split the plan states (first and last
+rank block counts, Megatron's uneven pipeline), where the middle ranks can hold the most blocks. The largest
+is reported.
 
 The numeric plan fields (pp, grad_accum, ...) may be numpy arrays: the search evaluates many plans at once
 with these same functions.
@@ -29,6 +31,9 @@ from planner.architecture import (
     layer_tensors,
     lora_params_per_layer,
     moe_layer_tensors,
+    moe_layers,
+    mtp_block_architecture,
+    mtp_prelude_tensors,
     numel,
     quantized_params_per_layer,
 )
@@ -104,6 +109,31 @@ def layers_on_stage(num_layers: int, pp, stage):
     return num_layers // pp + (stage < num_layers % pp)
 
 
+def stated_split(num_layers: int, plan: Plan):
+    """(first rank, each middle rank, last rank) blocks of the split the plan states (first_stage_layers,
+    last_stage_layers); None under the planner's own split."""
+    if plan.first_stage_layers is None:
+        return None
+    first, last = plan.first_stage_layers, plan.last_stage_layers
+    middle = np.where(plan.pp > 2, (num_layers - first - last) // np.maximum(plan.pp - 2, 1), 0)
+    return first, middle, last
+
+
+def stage_blocks(num_layers: int, plan: Plan, stage):
+    """Blocks on pipeline rank `stage`: the plan's stated split, or the front-loaded one (`layers_on_stage`)."""
+    split = stated_split(num_layers, plan)
+    if split is None:
+        return layers_on_stage(num_layers, plan.pp, stage)
+    first, middle, last = split
+    return np.where(stage == 0, first, np.where(stage == plan.pp - 1, last, middle))
+
+
+def blocks_before(num_layers: int, plan: Plan, stage):
+    """Blocks on the ranks before `stage` (0, 1 or the last): where the stage's blocks start in the model."""
+    last = num_layers - stage_blocks(num_layers, plan, plan.pp - 1)
+    return np.where(stage == 0, 0, np.where(stage == plan.pp - 1, last, stage_blocks(num_layers, plan, 0)))
+
+
 def checkpointed_blocks(num_layers_on_stage, plan: Plan):
     """Blocks of a stage that full checkpointing recomputes: all of them, or with `checkpointing_every` N
     every N-th (torchtitan 0.1-0.2's selective layer mode counts a rank's blocks and wraps those whose count
@@ -115,7 +145,7 @@ def checkpointed_blocks(num_layers_on_stage, plan: Plan):
 
 def checkpointed_fraction(num_layers: int, plan: Plan):
     """Share of the first (most loaded) stage's blocks that are checkpointed, for the recompute work."""
-    blocks = layers_on_stage(num_layers, plan.pp, 0)
+    blocks = np.maximum(stage_blocks(num_layers, plan, 0), 1)
     return checkpointed_blocks(blocks, plan) / blocks
 
 
@@ -141,19 +171,20 @@ def embedding_and_loss_split(num_layers: int, plan: Plan):
     """Whether the plan's interleaved split counts the embedding and the loss as one layer each (the blocks
     alone do not split into pp x V equal chunks, the blocks + 2 do; planner.plan.embedding_and_loss_as_layers,
     which the Megatron and torchtitan writers follow). Arrays allowed."""
-    if plan.pp_schedule != "interleaved":
+    if plan.pp_schedule != "interleaved" or plan.first_stage_layers is not None:
         return np.zeros_like(plan.pp, dtype=bool)
     chunks = plan.pp * plan.virtual_stages
     return (plan.virtual_stages > 1) & (num_layers % chunks != 0) & ((num_layers + 2) % chunks == 0)
 
 
 def interleaved_live_block_micro_batches(
-    pp: int, virtual: int, micro_batches: int, rank: int, blocks_per_chunk: int, light_chunk: int
+    pp: int, virtual: int, micro_batches: int, rank: int, blocks_per_chunk: int, light_chunk: int, lighter_by: int = 1
 ) -> int:
     """Largest number of (block, micro-batch) activation sets pipeline rank `rank` holds at once under
     Megatron-Core's interleaved 1F1B, when each of its `virtual` model chunks holds `blocks_per_chunk` blocks
-    except `light_chunk` (-1: none), which holds one fewer (the first chunk of rank 0, which also holds the
-    embedding, and the last chunk of the last rank, which also holds the output layer and the loss).
+    except `light_chunk` (-1: none), which holds `lighter_by` fewer (the first chunk of rank 0, which also holds
+    the embedding, and the last chunk of the last rank, which also holds the output layer and the loss: one
+    fewer under the embedding- and loss-aware split, the stated difference under a stated split).
 
     The forward order is Megatron's schedule table (core/pipeline_parallel/schedules.py, get_schedule_table:
     groups of microbatch_group_size_per_vp_stage micro-batches, default pp, each run through chunk 0, then
@@ -168,7 +199,7 @@ def interleaved_live_block_micro_batches(
         order += [chunk for chunk in range(virtual) for _ in range(size)]
 
     def blocks(chunk: int) -> int:
-        return blocks_per_chunk - (chunk == light_chunk)
+        return blocks_per_chunk - lighter_by * (chunk == light_chunk)
 
     forward = [blocks(chunk) for chunk in order]
     backward = [blocks(virtual - 1 - chunk) for chunk in order]
@@ -184,7 +215,9 @@ def interleaved_live_block_micro_batches(
 _cached_live_blocks = functools.lru_cache(maxsize=4096)(interleaved_live_block_micro_batches)
 
 
-def _live_block_micro_batches(where, pp, virtual: int, micro_batches, rank, blocks_per_chunk, light_chunk: int):
+def _live_block_micro_batches(
+    where, pp, virtual: int, micro_batches, rank, blocks_per_chunk, light_chunk: int, lighter_by: int = 1
+):
     """`interleaved_live_block_micro_batches` over array-valued plan fields, walked once per distinct
     (pp, micro-batches) pair (the rank and the chunk size follow from pp) and only where `where` holds
     (elsewhere 0)."""
@@ -207,6 +240,7 @@ def _live_block_micro_batches(where, pp, virtual: int, micro_batches, rank, bloc
                 int(rank.flat[i]),
                 int(blocks_per_chunk.flat[i]),
                 light_chunk,
+                lighter_by,
             )
             for i in rows
         ],
@@ -226,8 +260,11 @@ def _blocks_and_in_flight(arch: Architecture, plan: Plan, position: str, stage):
     and loss-aware interleaved split, where every chunk holds b = (L + 2) / (pp V) blocks except the first
     chunk of rank 0 and the last chunk of the last rank, which hold b - 1
     (`interleaved_live_block_micro_batches`)."""
-    blocks = layers_on_stage(arch.num_layers, plan.pp, stage)
+    blocks = stage_blocks(arch.num_layers, plan, stage)
     in_flight = in_flight_micro_batches(plan, stage)
+    split = stated_split(arch.num_layers, plan)
+    if split is not None and plan.pp_schedule == "interleaved":
+        return blocks, _stated_interleaved_in_flight(plan, position, stage, blocks, split)
     aware = embedding_and_loss_split(arch.num_layers, plan)
     if not np.any(aware):
         return blocks, in_flight
@@ -237,6 +274,19 @@ def _blocks_and_in_flight(arch: Architecture, plan: Plan, position: str, stage):
     aware_blocks = v * per_chunk - (light >= 0)
     live = _live_block_micro_batches(aware, plan.pp, v, plan.grad_accum, stage, per_chunk, light)
     return np.where(aware, aware_blocks, blocks), np.where(aware, live / aware_blocks, in_flight)
+
+
+def _stated_interleaved_in_flight(plan: Plan, position: str, stage, blocks, split):
+    """Micro-batches' worth of a rank's blocks live at once under a stated interleaved split: every chunk holds
+    the middle ranks' chunk size b except the first chunk of rank 0 and the last chunk of the last rank, which
+    hold the rank's stated blocks less (V - 1) b (`interleaved_live_block_micro_batches`)."""
+    first, middle, last = (int(v) for v in split)
+    v, chunk = plan.virtual_stages, int(middle) // plan.virtual_stages
+    light, lighter_by = {"first": (0, v * chunk - first), "interior": (-1, 0), "last": (v - 1, v * chunk - last)}[
+        position
+    ]
+    live = _live_block_micro_batches(True, plan.pp, v, plan.grad_accum, stage, chunk, light, lighter_by)
+    return live / np.maximum(blocks, 1)
 
 
 def _shard(arch: Architecture, plan: Plan, position: str) -> StageShard:
@@ -281,6 +331,7 @@ def _shard(arch: Architecture, plan: Plan, position: str) -> StageShard:
         }
     else:
         moe_fields = {}
+    num_layers, head, moe_fields = _with_mtp(arch, plan, is_last, num_layers, head, moe_fields)
     shard = StageShard(
         stage=stage,
         is_first=is_first,
@@ -294,6 +345,26 @@ def _shard(arch: Architecture, plan: Plan, position: str) -> StageShard:
         **moe_fields,
     )
     return _with_method(arch, plan, shard)
+
+
+def _with_mtp(arch: Architecture, plan: Plan, is_last, num_layers, head, moe_fields: dict):
+    """The last stage with the plan's multi-token-prediction depths (Megatron-Core places them on the last
+    pipeline stage, multi_token_prediction.mtp_on_this_rank): each depth's transformer block counts as one more
+    block of the stage (a MoE block for DeepSeek-V3, planner.architecture.mtp_block_architecture), its norms and
+    eh_proj join the head, and under pipelining the stage holds its own copy of the embedding, which the depths
+    look the shifted tokens up in (GPTModel builds the embedding where `pre_process or mtp_process`)."""
+    depths = plan.mtp_layers * is_last
+    if not plan.mtp_layers:
+        return num_layers, head, moe_fields
+    tp = plan.tp
+    embedding_copy = np.where(plan.pp > 1, numel(embedding_tensors(arch), tp), 0)
+    head = head + depths * numel(mtp_prelude_tensors(arch), tp) + (depths > 0) * embedding_copy
+    if moe_fields:
+        moe_fields = {
+            **moe_fields,
+            "moe_layers": moe_fields["moe_layers"] + depths * moe_layers(mtp_block_architecture(arch)),
+        }
+    return num_layers + depths, head, moe_fields
 
 
 def _with_method(arch: Architecture, plan: Plan, shard: StageShard) -> StageShard:
@@ -330,13 +401,15 @@ def first_and_last_stage(arch: Architecture, plan: Plan) -> tuple[StageShard, St
 
 def second_stage(arch: Architecture, plan: Plan) -> StageShard | None:
     """Rank 1, which can hold the most memory under the embedding- and loss-aware interleaved split (see the
-    module notes); None when no plan of `plan` uses that split."""
-    if not np.any(embedding_and_loss_split(arch.num_layers, plan)):
+    module notes) or a stated split whose middle ranks hold more blocks than the first; None when no plan of
+    `plan` uses either."""
+    if plan.first_stage_layers is None and not np.any(embedding_and_loss_split(arch.num_layers, plan)):
         return None
     return _shard(arch, plan, "interior")
 
 
 def interior_stage_counts(arch: Architecture, plan: Plan):
-    """Where the second stage is a stage of its own that can outweigh the first and the last: the aware
-    split with more than two stages. Arrays allowed."""
-    return embedding_and_loss_split(arch.num_layers, plan) & (plan.pp > 2)
+    """Where the second stage is a stage of its own that can outweigh the first and the last: the aware or a
+    stated split with more than two stages. Arrays allowed."""
+    stated = plan.first_stage_layers is not None
+    return (stated | embedding_and_loss_split(arch.num_layers, plan)) & (plan.pp > 2)

@@ -21,7 +21,7 @@ dK) where an eager backward runs four, i.e. half an attention forward more (Mosa
 this to "the attention multiplier would be 5 instead of 4"). See ../shared/notes/throughput-model.md §3.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from planner.architecture import (
     dense_layers,
@@ -30,6 +30,8 @@ from planner.architecture import (
     lora_params_per_layer,
     moe_layer_tensors,
     moe_layers,
+    mtp_block_architecture,
+    mtp_prelude_tensors,
 )
 from planner.catalog.models import Architecture
 from planner.memory.stages import checkpointed_fraction
@@ -63,6 +65,9 @@ class FlopsPerToken:
     forward_fraction: float = 1 / 3
     """Share of block_matmuls + attention + lm_head + adapter_matmuls that is forward work (1/3 in full
     training, where backward costs twice the forward)."""
+    mtp: "FlopsPerToken | None" = None
+    """The multi-token-prediction depths the plan trains, all on the last pipeline stage: each depth's block
+    (as a one-block model), eh_proj (in block_matmuls) and one more LM-head pass; None without MTP."""
 
     @property
     def recompute(self) -> float:
@@ -71,13 +76,16 @@ class FlopsPerToken:
 
     @property
     def model(self) -> float:
-        """Model FLOPs (MFU numerator): what one step executes without recomputation."""
-        return self.block_matmuls + self.attention + self.lm_head + self.adapter_matmuls + self.expert_matmuls
+        """Model FLOPs (MFU numerator): what one step executes without recomputation (the MTP depths included,
+        as Megatron's num_floating_point_operations counts them)."""
+        mtp = self.mtp.model if self.mtp is not None else 0.0
+        return self.block_matmuls + self.attention + self.lm_head + self.adapter_matmuls + self.expert_matmuls + mtp
 
     @property
     def hardware(self) -> float:
         """FLOPs the GPUs execute (HFU numerator)."""
-        return self.model + self.recompute + self.flash_backward_recompute
+        mtp = self.mtp.recompute + self.mtp.flash_backward_recompute if self.mtp is not None else 0.0
+        return self.model + self.recompute + self.flash_backward_recompute + mtp
 
 
 def block_matmul_params(arch: Architecture) -> int:
@@ -129,6 +137,37 @@ def selective_recompute_flops(arch: Architecture, plan: Plan, forward_attention:
     return 2 * arch.num_layers * recomputed, 0.0
 
 
+def mtp_flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken | None:
+    """Training FLOPs per token of the plan's multi-token-prediction depths (None without them). Each depth
+    costs what a one-block model of the same architecture costs (its block, its attention, one LM-head pass,
+    their recomputation) plus eh_proj, 2 x 2h x h per token forward; its norms are not counted, as no norm is.
+    This is Megatron's count (training.py num_floating_point_operations, core_r0.14.0: the MTP layers as
+    transformer layers, 2h^2 for eh_proj, one more logit product per depth)."""
+    if not plan.mtp_layers:
+        return None
+    one = flops_per_token(mtp_block_architecture(arch), replace(plan, mtp_layers=0))
+    eh_proj = 3 * 2 * sum(t.numel for t in mtp_prelude_tensors(arch) if t.is_matrix)
+    one = replace(one, block_matmuls=one.block_matmuls + eh_proj)
+    if plan.checkpointing == "full":  # Megatron checkpoints the MTP layer with the blocks (uniform method)
+        one = replace(one, recompute_matmuls=one.recompute_matmuls + eh_proj / 3)
+    depths = plan.mtp_layers
+    return replace(one, **{f.name: getattr(one, f.name) * depths for f in fields(one) if f.name in _SUMMED})
+
+
+_SUMMED = (
+    "block_matmuls",
+    "attention",
+    "lm_head",
+    "recompute_matmuls",
+    "recompute_attention",
+    "flash_backward_recompute",
+    "adapter_matmuls",
+    "expert_matmuls",
+    "recompute_expert_matmuls",
+)
+"""The FlopsPerToken fields that add up over blocks (all but forward_fraction and mtp)."""
+
+
 def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
     """Training FLOPs per token for the plan's sequence length and checkpointing."""
     layers = arch.num_layers
@@ -166,6 +205,7 @@ def flops_per_token(arch: Architecture, plan: Plan) -> FlopsPerToken:
         flash_backward_recompute=flash,
         expert_matmuls=3 * forward_experts,
         recompute_expert_matmuls=recompute_experts,
+        mtp=mtp_flops_per_token(arch, plan),
     )
 
 

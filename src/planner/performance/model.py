@@ -24,7 +24,7 @@ Per step: the pipeline runs grad_accum + (pp - 1)/V micro-batch slots (V = 1 for
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from planner.memory.buffers import (
     gradient_reduce_bytes,
 )
 from planner.memory.quantization import NF4_BITS, NF4_BLOCKSIZE
-from planner.memory.stages import checkpointed_fraction, first_and_last_stage, layers_on_stage
+from planner.memory.stages import blocks_before, checkpointed_fraction, first_and_last_stage, stage_blocks
 from planner.memory.states import optimizer_bytes_per_param, state_layout, trained_term
 from planner.performance import comm
 from planner.performance.flops import FlopsPerToken, attention_layer_spans, block_matmul_params, flops_per_token
@@ -366,11 +366,10 @@ def exposed_p2p_s(plan: Plan, p2p_s, compute_s):
 
 
 def stage_moe_layers(arch: Architecture, plan: Plan, stage):
-    """MoE blocks on pipeline stage `stage` (first or last): the first stage holds blocks [0, n), the last
-    [L - n, L) (planner.memory.stages)."""
-    layers = layers_on_stage(arch.num_layers, plan.pp, stage)
-    last = moe_layers(arch) - moe_layer_count(arch, arch.num_layers - layers)
-    return np.where(stage == 0, moe_layer_count(arch, layers), last)
+    """MoE blocks on pipeline stage `stage` (the first, the second or the last): its blocks follow those of
+    the ranks before it (planner.memory.stages.blocks_before)."""
+    before = blocks_before(arch.num_layers, plan, stage)
+    return moe_layer_count(arch, before + stage_blocks(arch.num_layers, plan, stage)) - moe_layer_count(arch, before)
 
 
 def tokens_per_expert(arch: Architecture, plan: Plan):
@@ -551,6 +550,11 @@ def ep_overlap_exposed_s(plan: Plan, ep_s, compute_s, expert_s):
     return total - compute_s
 
 
+def astuple_shallow(work) -> tuple:
+    """The fields of a dataclass value in order, not copied (dataclasses.astuple deep-copies arrays)."""
+    return tuple(getattr(work, f.name) for f in fields(work))
+
+
 @dataclass(frozen=True)
 class _StageWork:
     matmul_flops: object
@@ -601,7 +605,7 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, arch: Architecture, stage, cau
     """FLOPs per token one pipeline stage executes (before dividing by TP); the attention's are the causal
     share `causal_fraction` of the conventional count."""
     num_layers = arch.num_layers
-    layers = layers_on_stage(num_layers, plan.pp, stage)
+    layers = stage_blocks(num_layers, plan, stage)
     share = layers / num_layers
     head = flops.lm_head * (stage == plan.pp - 1)
     executed_attention = flops.attention + flops.flash_backward_recompute + flops.recompute_attention
@@ -612,6 +616,14 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, arch: Architecture, stage, cau
         forward = ((blocks + flops.attention * causal_fraction) * share + head) * flops.forward_fraction
     else:
         forward = (flops.block_matmuls + flops.attention * causal_fraction) * share / 3 + head / 3
+    mtp, is_last = flops.mtp, stage == plan.pp - 1
+    if mtp is not None:  # the MTP depths run on the last stage: their blocks count among its layers
+        matmul = matmul + (mtp.block_matmuls + mtp.recompute_matmuls) * is_last
+        head = head + mtp.lm_head * is_last
+        mtp_attention = mtp.attention + mtp.flash_backward_recompute + mtp.recompute_attention
+        attention = attention + mtp_attention * causal_fraction * is_last
+        forward = forward + (mtp.block_matmuls + mtp.attention * causal_fraction + mtp.lm_head) / 3 * is_last
+        layers = layers + plan.mtp_layers * is_last
     if not arch.is_moe:
         return _StageWork(matmul, head, attention, forward / (matmul + head + attention), layers, stage == plan.pp - 1)
     moe = stage_moe_layers(arch, plan, stage)
@@ -619,6 +631,10 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, arch: Architecture, stage, cau
     experts = (flops.expert_matmuls + flops.recompute_expert_matmuls) * moe_share
     forward = forward + flops.expert_matmuls * moe_share / 3
     recompute_share = flops.recompute_expert_matmuls / (flops.expert_matmuls / 3)
+    if mtp is not None and mtp.expert_matmuls:
+        experts = experts + (mtp.expert_matmuls + mtp.recompute_expert_matmuls) * is_last
+        forward = forward + mtp.expert_matmuls / 3 * is_last
+        moe = moe + plan.mtp_layers * is_last
     return _StageWork(
         matmul,
         head,
@@ -922,9 +938,21 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         return compute
 
     causal = causal_attention_fraction(arch, plan)
-    first, last = (_stage_work(flops, plan, arch, s, causal) for s in (0, plan.pp - 1))
-    first_experts, last_experts = expert_parts_s(first), expert_parts_s(last)
-    first_s, last_s = stage_compute(first, first_experts), stage_compute(last, last_experts)
+    first, second, last = (
+        _stage_work(flops, plan, arch, s, causal) for s in (0, np.minimum(1, plan.pp - 1), plan.pp - 1)
+    )
+    first_experts, second_experts, last_experts = expert_parts_s(first), expert_parts_s(second), expert_parts_s(last)
+    first_s, second_s, last_s = (
+        stage_compute(*w) for w in ((first, first_experts), (second, second_experts), (last, last_experts))
+    )
+    # The second rank stands for the front of the pipeline where it is slower than the first: a stated split
+    # can load the middle ranks most, and DeepSeek's dense first blocks exchange no tokens.
+    front_is_first = first_s >= second_s
+    first = _StageWork(
+        *(np.where(front_is_first, a, b) for a, b in zip(astuple_shallow(first), astuple_shallow(second), strict=True))
+    )
+    first_experts = tuple(np.where(front_is_first, a, b) for a, b in zip(first_experts, second_experts, strict=True))
+    first_s = np.where(front_is_first, first_s, second_s)
     slowest_is_first = first_s >= last_s
     compute_s = np.where(slowest_is_first, first_s, last_s)
     layers = np.where(slowest_is_first, first.layers, last.layers)

@@ -74,7 +74,12 @@ def _plan_lines(estimate: Estimate) -> list[str]:
         + (", sequence parallel" if p.sequence_parallel else "")
         + (", TP comm overlap" if p.tp_comm_overlap else "")
         + (f"; {moe_plan_text(p)}" if estimate.model.architecture.is_moe else "")
-        + (f"; interleaved schedule, {p.virtual_stages} chunks per stage" if p.pp_schedule == "interleaved" else ""),
+        + (f"; interleaved schedule, {p.virtual_stages} chunks per stage" if p.pp_schedule == "interleaved" else "")
+        + (
+            f"; blocks on the first/last rank {p.first_stage_layers}/{p.last_stage_layers}"
+            if p.first_stage_layers is not None
+            else ""
+        ),
         f"micro-batch {p.micro_batch} x grad-accum {p.grad_accum} x dp {p.dp} = global batch {p.global_batch}"
         f" sequences of {p.seq_len} tokens",
         f"checkpointing {p.checkpointing}"
