@@ -12,6 +12,7 @@ from planner.performance.model import (
     efficiency,
     estimate_performance,
     fp8_linear_elements,
+    fp8_moe_linear_elements,
     fp8_scaling_s,
     fp8_weight_casts_per_micro_batch,
     gathered_param_bytes,
@@ -185,6 +186,30 @@ def test_tensor_parallel_all_gathers_move_fp8_under_transformer_engine():
     assert tp_collective_byte_share(fp8) == 0.75
     assert tp_collective_byte_share(bf16) == 1.0
     assert tp_collective_byte_share(no_sp) == 1.0  # all-reduces of bf16 outputs
+
+
+def test_moe_blocks_cast_their_routed_copies_not_a_dense_mlp():
+    # Qwen3-30B-A3B, EP 8, capacity factor 1 (load factor 1): per token the attention linears' inputs and output
+    # gradients (4096 + 2048) + 2 x (512 + 2048) + (2048 + 4096) = 17,408 elements, and per routed copy the
+    # expert's gate/up (768 + 2048 each) and down (2048 + 768): 8 copies x 8,448. The router multiplies in its own
+    # dtype and is not cast. Weights: the attention's 18,874,368 and 16 local experts x 3 x 768 x 2048, once.
+    model, gpu, plan = plan_for(
+        model="qwen3-30b-a3b",
+        gpu="H100",
+        gpus=8,
+        ep=8,
+        engine="megatron",
+        zero=1,
+        precision="fp8",
+        seq_len=4096,
+        moe_capacity_factor=1.0,
+    )
+    arch = model.architecture
+    per_token = 17408 + 8 * 8448
+    weights = 18874368 + 16 * 3 * 768 * 2048
+    assert fp8_moe_linear_elements(arch, plan) == pytest.approx((per_token, weights))
+    expected = 48 * (4096 * per_token + weights) * FP8_CAST_BYTES_PER_ELEMENT["tensorwise"] / (3350e9 * HBM_EFFICIENCY)
+    assert fp8_scaling_s(arch, plan, gpu, 48, 48) == pytest.approx(expected)
 
 
 def test_fsdp_gathers_linear_weights_in_fp8_under_tensorwise():

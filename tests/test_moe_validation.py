@@ -112,8 +112,10 @@ def test_every_scored_case_predicts(throughput_data, throughput):
 
 
 def test_throughput_regression_bound(throughput):
-    """Issue 14's target is a median |error| <= 15%: met on the Hopper rows (11.2% over 19), NOT overall: 19.2% over
-    43 cases (20.4% over 42 before the DGX Cloud recipe's 25.10 GB200 run was added, 3.1x its 25.05 figure on the
+    """Issue 14's target is a median |error| <= 15%: met on the Hopper rows (11.2% over 19), NOT overall: 19.5% over
+    43 cases (19.2% before a MoE block's fp8 casts counted its routed copies instead of a dense MLP it does not have:
+    Megatron-Bridge 21.7% -> 20.4% and mean |error| 41.2% -> 39.4%, the pooled median up as the rows around it change
+    places; 20.4% over 42 before the DGX Cloud recipe's 25.10 GB200 run was added, 3.1x its 25.05 figure on the
     same GPUs and batch; 23.8% over 38 before DeepSeek-V3's MTP depth and the recipes' first/last pipeline-rank
     blocks were stated, which scored four interleaved DeepSeek-V3 runs; 22.9% before Megatron's fp8 weights were
     cast once per step (TE's is_first_microbatch cache, which its GroupedLinear honours too: the fp8 Megatron-Bridge
@@ -124,7 +126,7 @@ def test_throughput_regression_bound(throughput):
     tables ranked as measured (Spearman 0.96 over 29 layouts). The largest misses are runs the tables themselves
     show to be software-limited: the 25.11/26.02 releases' dropless Qwen3-30B-A3B rows at half the speed of the same
     layouts in 25.09 and 26.02.01, and the first GB200 DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU)."""
-    assert throughput.median_abs_error_pct <= 19.2
+    assert throughput.median_abs_error_pct <= 19.5
     assert throughput.source_figures()["mbridge_moe"]["spearman"] >= 0.95
     hopper = [abs(r.error_pct) for r in throughput.results if r.case.resolve()[1].architecture == "hopper"]
     assert len(hopper) == 19 and statistics.median(hopper) <= 11.2

@@ -298,6 +298,32 @@ def fp8_linear_elements(arch: Architecture, plan: Plan, weight_divisor=1.0):
     return activations, weights
 
 
+FP8_UNCAST_MOE_LINEARS = ("router", "shared_expert_gate")
+"""Linears of a MoE block that run outside the fp8 recipe: Megatron-Core's router multiplies in its own dtype
+(megatron/core/transformer/moe/router.py, Router.gating: router_gating_linear(input, weight, bias, router_dtype),
+bf16 or fp32, not a Transformer Engine module), as does Qwen2-MoE's one-output shared-expert gate."""
+
+
+def fp8_moe_linear_elements(arch: Architecture, plan: Plan, weight_divisor=1.0, expert_weight_divisor=1.0):
+    """(activation elements per token, weight elements) one GPU scales and casts per MoE block and micro-batch.
+    The block's attention and shared-expert linears as in a dense block (fp8_linear_elements); no dense MLP, but
+    the routed experts' grouped linears: each of the rank's routed copies (T x k x the busiest rank's load,
+    routed_copies_share of the tokens) casts its input and output gradient of every expert matrix, on the
+    expert-TP share of the inner width, and each of the rank's num_experts / ep local experts casts its weights
+    once (Transformer Engine's GroupedLinear quantizes per expert; under an fp8 all-gather the shard of the
+    expert-data-parallel group, `expert_weight_divisor`)."""
+    matrices = [t for t in moe_layer_tensors(arch) if t.is_matrix and not t.name.startswith(FP8_UNCAST_MOE_LINEARS)]
+    activations = sum(t.rows + t.cols for t in matrices) / plan.tp
+    weights = sum(t.numel for t in matrices) / plan.tp / weight_divisor
+    etp = plan.expert_tp
+    experts = [t for t in expert_tensors(arch) if t.is_matrix]
+    per_copy = sum(t.rows / etp + t.cols if "down" not in t.name else t.rows + t.cols / etp for t in experts)
+    copies = arch.experts_per_token * routed_copies_share(plan) * routed_load_factor(arch, plan)
+    local = arch.num_experts // plan.ep
+    expert_weights = local * sum(t.numel for t in experts) / etp / expert_weight_divisor
+    return activations + copies * per_copy, weights + expert_weights
+
+
 def fsdp_fp8_all_gather(plan: Plan) -> bool:
     """torchao's enable_fsdp_float8_all_gather: FSDP2 casts each Float8Linear weight shard to fp8 before
     the all-gather (tensorwise scaling only; torchtitan docs/float8.md), halving the gathered bytes of the
@@ -317,14 +343,21 @@ def fp8_weight_casts_per_micro_batch(plan: Plan):
     return np.where(plan.engine == "megatron", 1.0 / plan.grad_accum, 1.0)
 
 
-def fp8_scaling_s(arch: Architecture, plan: Plan, gpu: GpuSpec, layers):
-    """Per micro-batch: the memory-bound amax and cast passes of the plan's fp8 recipe over `layers` blocks
-    (0 unless precision is fp8); the weights' share at fp8_weight_casts_per_micro_batch."""
+def fp8_scaling_s(arch: Architecture, plan: Plan, gpu: GpuSpec, layers, moe_layers=0):
+    """Per micro-batch: the memory-bound amax and cast passes of the plan's fp8 recipe over `layers` blocks, of
+    which `moe_layers` are MoE blocks (fp8_moe_linear_elements; 0 unless precision is fp8); the weights' share at
+    fp8_weight_casts_per_micro_batch."""
     if plan.precision != "fp8":
         return 0.0
     divisor = plan.shard_degree if fsdp_fp8_all_gather(plan) else 1.0
+    tokens = plan.tokens_per_micro_batch
     activations, weights = fp8_linear_elements(arch, plan, divisor)
-    elements = layers * (plan.tokens_per_micro_batch * activations + weights * fp8_weight_casts_per_micro_batch(plan))
+    casts = fp8_weight_casts_per_micro_batch(plan)
+    elements = (layers - moe_layers) * (tokens * activations + weights * casts)
+    if arch.is_moe:
+        expert_divisor = plan.expert_shard_degree if fsdp_fp8_all_gather(plan) else 1.0
+        moe_activations, moe_weights = fp8_moe_linear_elements(arch, plan, divisor, expert_divisor)
+        elements = elements + moe_layers * (tokens * moe_activations + moe_weights * casts)
     return elements * FP8_CAST_BYTES_PER_ELEMENT[plan.fp8_recipe] / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
 
 
@@ -928,7 +961,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         if arch.final_logit_softcap:
             logits = work.has_head * tokens * arch.vocab_size / plan.tp
             compute = compute + logits * SOFTCAP_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
-        compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers)
+        compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers, work.moe_layers)
         compute = compute + expert_parts[0]
         compute = compute + expert_parts[1]
         if not plan.flash_attention:
