@@ -41,6 +41,18 @@ def test_coordinate_fit_reaches_a_grid_optimum(items):
             assert loso._objective(items, loso.replace(fitted, **{field: value})) >= best, (field, value)
 
 
+def test_full_grid_fit_is_a_grid_optimum_no_worse_than_the_coordinate_search(items):
+    # The default search (fit_throughput.py's whole grid) scored with the slow per-point objective: no single
+    # constant moved along its grid improves it, and the coordinate search from the stored constants does no better.
+    start = loso.stored_constants(items)["ampere"]
+    full = loso.exhaustive_fit(items, start)
+    best = loso._objective(items, full)
+    assert best <= loso._objective(items, loso.coordinate_fit(items, start))
+    for field, grid in loso.GRIDS:
+        for value in grid:
+            assert loso._objective(items, loso.replace(full, **{field: value})) >= best, (field, value)
+
+
 def test_objective_table_equals_the_slow_objective(items):
     # The fast path (one broadcast evaluation per item over the grids) against fit_throughput.py's objective,
     # which runs the scalar model per item; a start value off the grid (700) is added to its axis.
@@ -58,7 +70,7 @@ def test_left_out_prediction_uses_only_the_other_source(items, scores):
     for source in SOURCES:
         own = [i for i in items if i.source == source]
         other = [i for i in items if i.source != source]
-        fit = {"ampere": loso.coordinate_fit(other, stored["ampere"])}
+        fit = {"ampere": loso.exhaustive_fit(other, stored["ampere"])}
         expected = statistics.median(loso._abs_errors(own, fit))
         assert scores[source].left_out_pct == pytest.approx(expected)
         assert scores[source].rows == len(own)
@@ -66,7 +78,7 @@ def test_left_out_prediction_uses_only_the_other_source(items, scores):
 
 def test_stored_and_in_sample_columns(items, scores):
     stored = loso.stored_constants(items)
-    in_sample = {"ampere": loso.coordinate_fit(items, stored["ampere"])}
+    in_sample = {"ampere": loso.exhaustive_fit(items, stored["ampere"])}
     for source in SOURCES:
         own = [i for i in items if i.source == source]
         assert scores[source].stored_pct == pytest.approx(statistics.median(loso._abs_errors(own, stored)))

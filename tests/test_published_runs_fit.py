@@ -23,13 +23,13 @@ STILL_REJECTED = {
     "mosaic_llmfoundry-179": "needs 38.3 of 38.0 usable GiB (40 GB card)",
     "flagperf-415": "needs 38.5 of 38.0 usable GiB (40 GB card)",
     "flagperf-425": "needs 76.9 of 76.0 usable GiB",
-    # Meta's 405B layouts without recomputation at 8192 tokens per GPU: under 1F1B (as the rows state them) the
-    # first stage holds 16 micro-batches of its 8 blocks, 188 GiB; under the interleaved V = 8 split with the
-    # embedding and the loss counted as layers rank 1 holds 141 (block, micro-batch) activation sets, 202 GiB, and
-    # 95.5 GiB even with TransformerEngine's leaner activations (tests/test_ranking_sanity.py). Megatron's schedule
-    # at its least-memory group size was walked; what else Meta's own schedule and code free is not published.
-    "meta_llama3-367": "405B TP8 PP16: 188 GiB, first-stage activations",
-    "meta_llama3-369": "405B TP8 CP16 PP16: 189 GiB, first-stage activations",
+    # Meta's 405B layouts without recomputation at 8192 tokens per GPU, stated as the paper's interleaved V = 8
+    # split with the embedding and the loss counted as layers: rank 1 holds 141 (block, micro-batch) activation
+    # sets, 202 GiB (187 GiB with CP 16), and 95.5 GiB even with TransformerEngine's leaner activations
+    # (tests/test_ranking_sanity.py; under 1F1B the first stage held 188 GiB). Megatron's schedule at its
+    # least-memory group size was walked; what else Meta's own schedule and code free is not published.
+    "meta_llama3-367": "405B TP8 PP16 V8: 202 GiB, rank-1 activations of the interleaved schedule",
+    "meta_llama3-369": "405B TP8 CP16 PP16 V8: 187 GiB, rank-1 activations of the interleaved schedule",
     # Nemotron-4 340B on 128 GPUs: DP 2 leaves 32 GiB of fp32 master and Adam states (85-86 GiB needed). apex's
     # DistributedFusedAdam can keep only the 16-bit remainders of the fp32 master weights (store_param_remainders,
     # off by default; not stated by the recipes); even that would leave 79.9 of 75.7 usable GiB.
