@@ -4,8 +4,8 @@ every published bf16/fp8 pair, with the stored constants.
     python scripts/external_report.py
 
 Regimes are the CSV's `regimes` tags (a row may carry several). A pair is two scored cases of one cited table
-whose plans differ only in precision (bf16 vs fp8, and the fp8 run's scaling recipe); the issue's target is
-the predicted fp8/bf16 throughput ratio within 10% of the measured one on every pair.
+whose plans differ only in precision (bf16 vs fp8, and the fp8 run's scaling recipe and fp8 parameters); the
+issue's target is the predicted fp8/bf16 throughput ratio within 10% of the measured one on every pair.
 """
 
 import csv
@@ -18,8 +18,8 @@ from planner.validate.throughput import load_throughput_cases, validate_throughp
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTERNAL = ROOT / "tests" / "data" / "external"
-PRECISION_KEYS = {"precision", "fp8_recipe"}
-"""Plan keys a bf16/fp8 pair may differ in (the fp8 scaling recipe only applies to the fp8 run)."""
+PRECISION_KEYS = {"precision", "fp8_recipe", "fp8_param_gather"}
+"""Plan keys a bf16/fp8 pair may differ in (the fp8 scaling recipe and fp8 parameters apply to the fp8 run only)."""
 
 
 @dataclass(frozen=True)

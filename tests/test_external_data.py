@@ -26,6 +26,7 @@ AGREED_FIELDS = {
     "fp8_recipe",
     "fsdp_version",
     "checkpointing_every",
+    "fp8_param_gather",
 }
 
 

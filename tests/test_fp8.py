@@ -4,8 +4,11 @@ layout found (issue 10: each ratio within 10%)."""
 
 import pytest
 from tests.conftest import plan_for
+from tests.test_launch import MEGATRON_FLAGS
 
 from planner.errors import PlanError
+from planner.launch.megatron import megatron_arguments
+from planner.launch.variants import translated_request
 from planner.performance.model import (
     FP8_CAST_BYTES_PER_ELEMENT,
     HBM_EFFICIENCY,
@@ -230,3 +233,46 @@ def test_mxfp8_needs_blackwell():
         plan_for(gpu="H100", engine="megatron", precision="fp8", fp8_recipe="mxfp8")
     _, _, plan = plan_for(gpu="B200", engine="megatron", precision="fp8", fp8_recipe="mxfp8")
     assert plan.fp8_recipe == "mxfp8"
+
+
+MEGATRON_FP8 = dict(model="llama-3-8b", gpu="H100", gpus=16, engine="megatron", zero=1, precision="fp8")
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"engine": "fsdp", "zero": 3}, "--engine fsdp has no such option"),
+        ({"precision": "bf16"}, "--precision bf16 has none"),
+        ({"zero": 0}, "use --zero 1"),
+        ({"fp8_param_gather": "yes"}, "must be true or false"),
+    ],
+)
+def test_fp8_param_gather_refused_where_it_does_not_apply(fields, message):
+    with pytest.raises(PlanError, match=message):
+        plan_for(**{**MEGATRON_FP8, "fp8_param_gather": True, **fields})
+
+
+def test_fp8_param_gather_gathers_the_linear_weights_in_one_byte():
+    # Llama-3-8B: 32 blocks of 218.1M linear weights in 8.03B parameters gather at 1 byte, the rest at 2;
+    # only the distributed optimizer's parameter gather changes, and the Megatron writer passes the flag.
+    model, gpu, plain = plan_for(**MEGATRON_FP8)
+    _, _, fp8_params = plan_for(**MEGATRON_FP8, fp8_param_gather=True)
+    assert plain.fp8_param_gather is False
+    linear = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    assert gathered_param_bytes(model.architecture, plain) == 2.0
+    assert gathered_param_bytes(model.architecture, fp8_params) == pytest.approx(2 - linear / 8.03e9, rel=1e-3)
+    before = estimate_performance(model, gpu, plain)
+    after = estimate_performance(model, gpu, fp8_params)
+    assert after.data_parallel_comm_total_s < before.data_parallel_comm_total_s
+    assert after.breakdown_s["compute"] == before.breakdown_s["compute"]
+    args = megatron_arguments(model, fp8_params)
+    assert "--fp8-param-gather" in args and "--fp8-param-gather" in MEGATRON_FLAGS
+    assert "--fp8-param-gather" not in megatron_arguments(model, plain)
+
+
+def test_other_engines_translate_fp8_param_gather_away():
+    model, _, plan = plan_for(**MEGATRON_FP8, fp8_param_gather=True)
+    request, why = translated_request(plan, model, "fsdp")
+    assert request.fp8_param_gather is False and "--fp8-param-gather" in why
+    same, _ = translated_request(plan, model, "megatron")
+    assert same.fp8_param_gather is True

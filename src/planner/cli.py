@@ -212,6 +212,12 @@ def _method_options(solve: bool):
     help="Overlap tensor-parallel collectives with the GEMMs (Megatron/Transformer Engine userbuffers; tp > 1).",
 )
 @click.option(
+    "--fp8-param-gather/--no-fp8-param-gather",
+    default=False,
+    show_default=True,
+    help="Keep the linear weights in fp8 and gather them in fp8 (Megatron; --precision fp8, --zero 1).",
+)
+@click.option(
     "--checkpointing-every",
     type=int,
     default=1,

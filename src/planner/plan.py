@@ -169,6 +169,14 @@ class Plan:
     `delayed` (TransformerEngine's DelayedScaling: scales from an amax history, no amax pass before the
     cast) or `mxfp8` (one scale per 32 elements, Blackwell tensor cores only)."""
 
+    fp8_param_gather: bool = False
+    """Keep the linear weights in fp8 and all-gather them in fp8 after the optimizer step (Megatron
+    `--fp8-param-gather`: "keep the compute param in fp8 ... and perform the param all-gather in fp8", which
+    builds the model under TransformerEngine's fp8_model_init; NeMo's `fp8_params`). Megatron only, with fp8
+    and the distributed optimizer (zero 1). Time: the parameter gather moves 1 byte per linear weight instead
+    of 2. Memory is left as without it: the fp8 weight replaces the bf16 one and the separate fp8 weight cache
+    (FP8_WEIGHT_CACHE_BYTES) goes, but what TE and the optimizer keep beside it instead is not measured here."""
+
     ep: int = 1
     """Expert-parallel degree: each MoE block's routed experts are divided over `ep` ranks, which exchange the
     routed tokens all-to-all. As in Megatron-Core (parallel_state.initialize_model_parallel: the expert
@@ -296,6 +304,8 @@ class PlanRequest:
     """Used only with --precision fp8 (see Plan)."""
     tp_comm_overlap: bool = False
     """Megatron --tp-comm-overlap (see Plan); needs tp > 1 and sequence parallelism."""
+    fp8_param_gather: bool = False
+    """Megatron --fp8-param-gather (see Plan); needs --precision fp8 and --zero 1."""
     ep: int = 1
     """Expert-parallel degree (MoE models, Megatron or FSDP/torchtitan; see Plan)."""
     etp: int | None = None
@@ -501,6 +511,7 @@ def make_plan(request: PlanRequest, model: ModelSpec, gpu: GpuSpec) -> Plan:
         virtual_stages=virtual_stages,
         fp8_recipe=_fp8_recipe(request.fp8_recipe, precision, gpu),
         tp_comm_overlap=tp_comm_overlap,
+        fp8_param_gather=_fp8_param_gather(request.fp8_param_gather, engine, precision, request.zero),
         **options,
         **method_fields,
         **moe_fields,
@@ -752,6 +763,30 @@ def embedding_and_loss_as_layers(num_layers: int, pp: int, virtual: int) -> bool
 def _virtual_stage_choices(num_layers: int, pp: int) -> str:
     values = [v for v in range(2, num_layers + 3) if interleaved_split_fits(num_layers, pp, v)]
     return ", ".join(map(str, values)) or "none (pp must divide the layers, or the layers + 2)"
+
+
+def _fp8_param_gather(value: Any, engine: str, precision: str, zero: int) -> bool:
+    """--fp8-param-gather, where it exists: Megatron in fp8 with the distributed optimizer."""
+    if not isinstance(value, bool):
+        raise PlanError(f"fp8_param_gather must be true or false, got {quoted(value)}", "fix it")
+    if not value:
+        return False
+    if engine != "megatron":
+        raise PlanError(
+            f"--fp8-param-gather is Megatron's (fp8 parameters of the distributed optimizer); --engine {engine} "
+            "has no such option",
+            "drop --fp8-param-gather or use --engine megatron",
+        )
+    if precision != "fp8":
+        raise PlanError(
+            f"--fp8-param-gather keeps fp8 weights, and --precision {precision} has none", "use --precision fp8"
+        )
+    if zero != 1:
+        raise PlanError(
+            "--fp8-param-gather gathers the distributed optimizer's parameters, which --zero 0 does not shard",
+            "use --zero 1",
+        )
+    return True
 
 
 def _tp_comm_overlap(value: Any, engine: str, tp: int, sequence_parallel: bool) -> bool:

@@ -278,6 +278,8 @@ def _parallel_flags(model: ModelSpec, plan: Plan) -> list[str]:
         flags.append("--use-distributed-optimizer")
         if plan.overlap_param_gather is not False:
             flags.append("--overlap-param-gather")
+        if plan.fp8_param_gather:  # make_plan allows it with fp8 and the distributed optimizer only
+            flags.append("--fp8-param-gather")
     if plan.overlap_grad_reduce is not False:
         flags.append("--overlap-grad-reduce")
     if plan.grad_reduce_bf16 and plan.precision != "pure-bf16":  # pure-bf16 sets --main-grads-dtype bf16

@@ -181,6 +181,7 @@ def estimate_flags(est: Estimate, model_ref: str) -> str:
         "--flash-attention" if p.flash_attention else "--no-flash-attention",
         "--sequence-parallel" if p.sequence_parallel else "--no-sequence-parallel",
         *(["--tp-comm-overlap"] if p.tp_comm_overlap else []),
+        *(["--fp8-param-gather"] if p.fp8_param_gather else []),
         "--compile" if p.compile else "--no-compile",
         f"--safety-margin {est.memory.safety_margin}",
     ]

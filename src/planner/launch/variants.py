@@ -38,6 +38,7 @@ _COMPARED += ("flash_attention_version", "pp_schedule", "virtual_stages", "grad_
 _COMPARED += ("overlap_param_gather", "checkpointing_every", "fsdp_version", "ep", "etp", "moe_capacity_factor")
 _COMPARED += ("moe_dispatcher", "tp_comm_overlap", "moe_ep_overlap", "recompute_modules", "mtp_layers")
 _COMPARED += ("first_stage_layers", "last_stage_layers")
+_COMPARED += ("fp8_param_gather",)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,9 @@ def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str
         if plan.tp_comm_overlap:
             values["tp_comm_overlap"] = False
             why.append("TP communication overlap is Megatron's (Transformer Engine userbuffers)")
+        if plan.fp8_param_gather:
+            values["fp8_param_gather"] = False
+            why.append("fp8 parameters gathered in fp8 are Megatron's (--fp8-param-gather)")
         if engine == "deepspeed" and plan.grad_reduce_bf16 is False:
             values["grad_reduce_bf16"] = None
     if engine == "megatron" and plan.zero > 1:

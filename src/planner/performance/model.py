@@ -362,11 +362,12 @@ def fp8_scaling_s(arch: Architecture, plan: Plan, gpu: GpuSpec, layers, moe_laye
 
 
 def gathered_param_bytes(arch: Architecture, plan: Plan) -> float:
-    """Bytes per parameter of the FSDP/ZeRO-3 parameter all-gather: the compute dtype, except the blocks'
-    linear weights gathered in fp8 (1 byte) under fsdp_fp8_all_gather, weighted by their share of the
-    parameters (norms, embeddings and the LM head stay bf16)."""
+    """Bytes per parameter of the parameter all-gather (FSDP/ZeRO-3 before each use, Megatron's distributed
+    optimizer after the step): the compute dtype, except the blocks' linear weights gathered in fp8 (1 byte)
+    under fsdp_fp8_all_gather or Megatron's --fp8-param-gather, weighted by their share of the parameters
+    (norms, embeddings and the LM head stay bf16)."""
     c = compute_param_bytes(plan)
-    if not fsdp_fp8_all_gather(plan):
+    if not (fsdp_fp8_all_gather(plan) or plan.fp8_param_gather):
         return float(c)
     linear = arch.num_layers * block_matmul_params(arch)
     block = arch.num_layers * sum(t.numel for t in layer_tensors(arch))
@@ -847,7 +848,7 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     if plan.zero == 0:
         total = ar(reduce_bytes)
         return (hidden_behind(total, bwd_s, last_of(total, messages.reduction)) if overlap_reduce else total), total
-    reduce, params_gather = ag(reduce_bytes), gather(c)
+    reduce, params_gather = ag(reduce_bytes), gather(c if gather_bytes is None else gather_bytes)
     exposed_reduce = hidden_behind(reduce, bwd_s, last_of(reduce, messages.reduction)) if overlap_reduce else reduce
     exposed_gather = (
         hidden_behind(params_gather, fwd_s, last_of(params_gather, messages.gather))

@@ -73,6 +73,7 @@ def _plan_lines(estimate: Estimate) -> list[str]:
         f"dp {p.dp} x tp {p.tp} x pp {p.pp} x cp {p.cp}; {p.engine}, ZeRO-{p.zero}"
         + (", sequence parallel" if p.sequence_parallel else "")
         + (", TP comm overlap" if p.tp_comm_overlap else "")
+        + (", fp8 parameter gather" if p.fp8_param_gather else "")
         + (f"; {moe_plan_text(p)}" if estimate.model.architecture.is_moe else "")
         + (f"; interleaved schedule, {p.virtual_stages} chunks per stage" if p.pp_schedule == "interleaved" else "")
         + (
