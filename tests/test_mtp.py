@@ -54,7 +54,7 @@ def test_megatron_trains_the_mtp_depth_by_default_and_other_engines_cannot():
     assert plan_for("deepseek-v3", **{**V3_PLAN, "mtp_layers": 0})[2].mtp_layers == 0
     fsdp = {**V3_PLAN, "engine": "fsdp", "zero": 3, "pp": 1}
     assert plan_for("deepseek-v3", **fsdp)[2].mtp_layers == 0
-    with pytest.raises(PlanError, match="--engine fsdp has no multi-token-prediction module"):
+    with pytest.raises(PlanError, match="multi-token prediction is modelled for Megatron-Core"):
         plan_for("deepseek-v3", **fsdp, mtp_layers=1)
     with pytest.raises(PlanError, match="--mtp-layers must be 0 or 1 for deepseek-v3"):
         plan_for("deepseek-v3", **V3_PLAN, mtp_layers=2)

@@ -319,8 +319,9 @@ class PlanRequest:
     """Megatron --recompute-modules from RECOMPUTE_MODULES (a list or comma-separated; see Plan)."""
     mtp_layers: int | None = None
     """Multi-token-prediction depths to train: 0 or the model's own. None: the model's under Megatron (as the
-    NeMo and Megatron-Bridge DeepSeek-V3 recipes train it), 0 under the other engines (transformers and
-    torchtitan have no MTP module)."""
+    NeMo and Megatron-Bridge DeepSeek-V3 recipes train it), 0 under the other engines: transformers has no MTP
+    module, and the MTP decoder of recent torchtitan (torchtitan/models/deepseek_v3/mtp.py, no pipeline
+    parallelism yet) is not modelled here."""
     first_stage_layers: int | None = None
     """Blocks on the first pipeline rank (with last_stage_layers; Megatron only; see Plan). None: the planner's."""
     last_stage_layers: int | None = None
@@ -624,7 +625,7 @@ def _mtp_layers(value: Any, model: ModelSpec, engine: str) -> int:
         )
     if value and engine != "megatron":
         raise PlanError(
-            f"--engine {engine} has no multi-token-prediction module (Megatron-Core's --mtp-num-layers)",
+            f"multi-token prediction is modelled for Megatron-Core (--mtp-num-layers) only, not --engine {engine}",
             "use --engine megatron, or --mtp-layers 0",
         )
     return value

@@ -156,7 +156,7 @@ def _translate_engine_options(plan: Plan, code: str, values: dict, why: list[str
         why.append("Megatron's recompute modules have no counterpart there")
     if engine != "megatron" and plan.mtp_layers:
         values["mtp_layers"] = None
-        why.append("the multi-token-prediction module is Megatron-Core's (transformers drops its weights)")
+        why.append("multi-token prediction is modelled for Megatron only (transformers drops its weights)")
     if plan.first_stage_layers is not None and (engine != "megatron" or values.get("pp") != plan.pp):
         values.update(first_stage_layers=None, last_stage_layers=None)
         why.append("the stated first/last pipeline-stage blocks are Megatron's layout for this pipeline")
