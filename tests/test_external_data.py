@@ -141,6 +141,10 @@ def test_bf16_fp8_pairs_differ_only_in_precision():
         differ = {k for k, v in asdict(bf16.case.request).items() if asdict(fp8.case.request)[k] != v}
         assert differ <= report.PRECISION_KEYS and "precision" in differ
         assert 1.2 < pair.measured_ratio < 1.65  # the published fp8 gains of these tables (405B proxy: 1.61)
+    # Issue 10's target: every predicted fp8/bf16 gain within 10% of the measured one. The tightest are DGX Cloud's
+    # GPT-3 175B runs on 128 and 256 GPUs (-9.9%), whose measured gains sit 4-12% above the same layout's at scale.
+    misses = {p.bf16_id: round(p.ratio_error_pct, 1) for p in pairs if abs(p.ratio_error_pct) > 10}
+    assert len(pairs) == 48 and not misses, misses
 
 
 def test_validate_reads_several_files_and_names_what_is_pending():
