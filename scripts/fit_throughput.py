@@ -50,17 +50,18 @@ def family_cases(family: str) -> list:
     return out
 
 
-def percent_errors(cases: list, predicted) -> list[float]:
-    """Absolute % error of each case's predicted tokens/s per GPU (`predicted`, in the order of `cases`)."""
-    out = []
-    for (case, *_), value in zip(cases, predicted, strict=True):
-        measured = case.measured.tokens_per_s_per_gpu
-        out.append(abs(value - measured) / measured * 100)
-    return out
+def percent_errors(cases: list, predicted) -> np.ndarray:
+    """Absolute % error of each case's predicted tokens/s per GPU: `predicted` holds one value per case (in the
+    order of `cases`) or, along its first axis, one grid of values per case (grid_predictions); the result has
+    its shape. Elementwise float64 arithmetic, the same operations for one value or a grid."""
+    predicted = np.asarray(predicted, dtype=float)
+    measured = np.array([case.measured.tokens_per_s_per_gpu for case, *_ in cases], dtype=float)
+    measured = measured.reshape(len(cases), *(1,) * (predicted.ndim - 1))
+    return np.abs(predicted - measured) / measured * 100
 
 
 def summary(errors: list[float]) -> tuple[float, float]:
-    """(median, mean) of absolute % errors."""
+    """(median, mean) of absolute % errors (a list of floats: statistics' exact median and fsum mean)."""
     return statistics.median(errors), statistics.fmean(errors)
 
 
@@ -70,7 +71,7 @@ def score(cases: list, params: ComputeEfficiency) -> tuple[float, float]:
         estimate_performance(model, replace(gpu, compute_efficiency=params), plan).tokens_per_s_per_gpu
         for _, model, gpu, plan in cases
     ]
-    return summary(percent_errors(cases, predicted))
+    return summary(percent_errors(cases, predicted).tolist())
 
 
 def objective(cases: list, params: ComputeEfficiency) -> float:
@@ -99,15 +100,18 @@ def grid_predictions(cases: list, axes: tuple[list, list, list] = GRID_AXES) -> 
     return out
 
 
-def fit_family(cases: list) -> tuple[ComputeEfficiency, tuple[float, float]]:
-    """The grid point with the lowest median + mean |error| (ties: smaller max, half_tokens, half_width)."""
-    predicted = grid_predictions(cases)
+def fit_family(cases: list, predicted: np.ndarray | None = None) -> tuple[ComputeEfficiency, tuple[float, float]]:
+    """The grid point with the lowest median + mean |error| (ties: smaller max, half_tokens, half_width).
+    `predicted`: grid_predictions(cases) when the caller already has them."""
+    predicted = grid_predictions(cases) if predicted is None else predicted
+    # Per grid point, the cases' errors as a list: axes (half_tokens, half_width, max, case).
+    errors = percent_errors(cases, predicted).transpose(2, 3, 1, 0).tolist()
     best = None
     for j, half_tokens in enumerate(HALF_TOKENS_GRID):
         for w, half_width in enumerate(HALF_WIDTH_GRID):
             for i, value in enumerate(MAX_GRID):
                 params = ComputeEfficiency(max=value, half_tokens=half_tokens, half_width=half_width)
-                median, mean = summary(percent_errors(cases, predicted[:, i, j, w].tolist()))
+                median, mean = summary(errors[j][w][i])
                 key = (round(median + mean, 6), value, half_tokens, half_width)
                 if best is None or key < best[0]:
                     best = (key, params, (median, mean))

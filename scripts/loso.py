@@ -31,7 +31,7 @@ LoRA rows are scored (a source cited by both files is left out whole; its dense 
 
 Per source it prints: rows, median |error| with the stored, in-sample and left-out constants, and the
 Spearman rank correlation of the left-out predictions within the source (>= 5 rows). Each table takes seconds
-(throughput about 6 s, memory 15 s, LoRA 11 s on an idle 2-core machine).
+(throughput about 15 s on the shared 2-core machine, 7 s of CPU; memory 15 s, LoRA 11 s).
 """
 
 import importlib.util
@@ -39,7 +39,10 @@ import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 from planner.catalog.hardware import ComputeEfficiency
 from planner.memory import DEFAULT_SAFETY_MARGIN, estimate_memory
@@ -110,6 +113,12 @@ class Item:
     def as_fit_case(self) -> tuple:
         return self.case, self.model, self.gpu, self.plan
 
+    @cached_property
+    def grid_predictions(self) -> np.ndarray:
+        """tokens/s per GPU at every point of fit_throughput.py's grid, computed once and shared by every fit
+        the item takes part in (FIT_THROUGHPUT.grid_predictions)."""
+        return FIT_THROUGHPUT.grid_predictions([self.as_fit_case()])[0]
+
 
 def throughput_items(paths: list[Path] = THROUGHPUT_CASES) -> list[Item]:
     return [Item(case, *case.resolve()) for path in paths for case in load_throughput_cases(path)]
@@ -140,7 +149,7 @@ class ObjectiveTable:
 
     def objective(self, params: ComputeEfficiency) -> float:
         at = tuple(index[getattr(params, field)] for index, (field, _) in zip(self.index, GRIDS, strict=True))
-        errors = FIT_THROUGHPUT.percent_errors(self.cases, self.predicted[(slice(None), *at)].tolist())
+        errors = FIT_THROUGHPUT.percent_errors(self.cases, self.predicted[(slice(None), *at)]).tolist()
         median, mean = FIT_THROUGHPUT.summary(errors)
         return round(median + mean, 6)
 
@@ -167,7 +176,8 @@ def coordinate_fit(items: list[Item], start: ComputeEfficiency) -> ComputeEffici
 
 
 def exhaustive_fit(items: list[Item], start: ComputeEfficiency) -> ComputeEfficiency:
-    params, _ = FIT_THROUGHPUT.fit_family([i.as_fit_case() for i in items])
+    predicted = np.stack([i.grid_predictions for i in items])
+    params, _ = FIT_THROUGHPUT.fit_family([i.as_fit_case() for i in items], predicted)
     return replace(start, max=params.max, half_tokens=params.half_tokens, half_width=params.half_width)
 
 
