@@ -18,10 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from planner.memory import DEFAULT_SAFETY_MARGIN, estimate_memory
-from planner.memory.model import peak_on_card, required_memory_gib, runtime_view
+from planner.memory.model import card_view_gib, memory_arrays
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
-from planner.plan import resolve
-from planner.validate.memory import load_memory_cases
+from planner.validate.memory import comparable_gib, load_memory_cases
 
 FRAGMENTATION_GRID = [round(0.01 * i, 2) for i in range(0, 31)]
 """0-30%: the steady-state range reported for LLM training (the 2.1x RL-trainer case is an outlier)."""
@@ -29,31 +28,40 @@ NCCL_GRID = [round(0.64 + 0.02 * i, 2) for i in range(0, 44)]
 """0.64-1.50 GiB per communicator: NVIDIA/nccl #964 (688 MiB) to #864 (1.6 GB)."""
 
 
+def resolve_case(case) -> tuple:
+    """(case, (model, gpu, plan), (allocated GiB, FSDP1 stream blocks GiB, host RAM fits)): what the runtime
+    constants do not change, evaluated once per case."""
+    model, gpu, plan = case.resolve()
+    arrays = memory_arrays(model, plan)
+    memory = estimate_memory(model, gpu, plan)
+    stream_blocks = float(arrays.breakdown_gib["fsdp1_stream_blocks"])
+    return case, (model, gpu, plan), (float(arrays.allocated_gib), stream_blocks, memory.host_ram_fits)
+
+
+def prediction(item, overheads: RuntimeOverheads) -> tuple[float, bool]:
+    """(prediction comparable with the case's metric, predicted to fit) under `overheads`."""
+    case, (_, gpu, plan), (allocated, stream_blocks, host_fits) = item
+    reserved, peak, required = card_view_gib(allocated, stream_blocks, plan, gpu.memory_gib, overheads)
+    fits = float(required) <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
+    return comparable_gib(case.measured.metric, allocated, float(reserved), float(peak)), fits
+
+
 def evaluate(resolved, overheads: RuntimeOverheads) -> tuple[float, float, int]:
-    """(median |error| %, mean |error| %, unsafe count) of all cases under `overheads`. The allocated peak
-    does not depend on these constants, so it is computed once per case (`resolved` carries it)."""
+    """(median |error| %, mean |error| %, unsafe count) of all cases under `overheads`."""
     errors, unsafe = [], 0
-    for case, (_, gpu, plan), (allocated, host_fits) in resolved:
-        required = float(required_memory_gib(allocated, plan, overheads))
-        peak = float(peak_on_card(runtime_view(allocated, plan, overheads)[3], required, gpu.memory_gib)[0])
-        fits = required <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
-        measured = case.measured
+    for item in resolved:
+        predicted, fits = prediction(item, overheads)
+        measured = item[0].measured
         if measured.outcome == "oom":
             unsafe += fits
             continue
-        predicted = allocated if measured.metric in ("allocated", "active") else peak
         errors.append(abs(predicted - measured.peak_gib) / measured.peak_gib * 100)
     return statistics.median(errors), statistics.fmean(errors), unsafe
 
 
 def resolve_cases(cases_path: Path) -> list:
-    """(case, (model, gpu, plan), (allocated GiB, host RAM fits)) per case."""
-    out = []
-    for case in load_memory_cases(cases_path):
-        model, gpu, plan = resolve(case.request)
-        memory = estimate_memory(model, gpu, plan)
-        out.append((case, (model, gpu, plan), (memory.allocated_peak_gib, memory.host_ram_fits)))
-    return out
+    """`resolve_case` of every case in the file."""
+    return [resolve_case(case) for case in load_memory_cases(cases_path)]
 
 
 def fit(cases_path: Path) -> tuple[RuntimeOverheads, tuple[float, float, int]]:

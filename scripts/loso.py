@@ -45,8 +45,6 @@ from pathlib import Path
 import numpy as np
 
 from planner.catalog.hardware import ComputeEfficiency
-from planner.memory import DEFAULT_SAFETY_MARGIN, estimate_memory
-from planner.memory.model import peak_on_card, required_memory_gib, runtime_view
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
 from planner.performance import estimate_performance
 from planner.validate.memory import load_memory_cases
@@ -245,23 +243,13 @@ def memory_source(case) -> str:
 
 
 def memory_items(paths: list[Path] = MEMORY_CASES) -> list:
-    """(case, (model, gpu, plan), (allocated GiB, host RAM fits)), as fit_memory_overheads.py resolves them."""
-    out = []
-    for path in paths:
-        for case in load_memory_cases(path):
-            model, gpu, plan = case.resolve()
-            memory = estimate_memory(model, gpu, plan)
-            out.append((case, (model, gpu, plan), (memory.allocated_peak_gib, memory.host_ram_fits)))
-    return out
+    """Every case, resolved as fit_memory_overheads.py resolves them (`resolve_case`)."""
+    return [FIT_MEMORY.resolve_case(case) for path in paths for case in load_memory_cases(path)]
 
 
 def memory_prediction(item, overheads: RuntimeOverheads) -> tuple[float, bool]:
     """(prediction comparable with the case's metric, predicted to fit) under `overheads`."""
-    case, (_, gpu, plan), (allocated, host_fits) = item
-    required = float(required_memory_gib(allocated, plan, overheads))
-    peak = float(peak_on_card(runtime_view(allocated, plan, overheads)[3], required, gpu.memory_gib)[0])
-    fits = required <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
-    return (allocated if case.measured.metric in ("allocated", "active") else peak), fits
+    return FIT_MEMORY.prediction(item, overheads)
 
 
 def _memory_errors(items: list, overheads: RuntimeOverheads) -> list[float]:

@@ -307,6 +307,19 @@ def peak_on_card(peak_gib, required_gib, capacity_gib):
     return shown, peak_gib - shown
 
 
+def card_view_gib(
+    allocated_gib, stream_blocks_gib, plan: Plan, capacity_gib: float, overheads: RuntimeOverheads = DEFAULT_OVERHEADS
+):
+    """(reserved, nvidia-smi peak, required) GiB on a card of `capacity_gib` for an allocated peak under
+    `overheads`: `runtime_view`'s reserved and peak less the cache the allocator gives up at the cap
+    (`peak_on_card`). The allocated peak does not depend on the runtime constants, so the constant fits
+    (scripts/fit_memory_overheads.py, scripts/loso.py) evaluate it once per case and call this per point."""
+    _, _, reserved, peak = runtime_view(allocated_gib, plan, overheads, stream_blocks_gib)
+    required = required_memory_gib(allocated_gib, plan, overheads)
+    shown, given_up = peak_on_card(peak, required, capacity_gib)
+    return reserved - given_up, shown, required
+
+
 def runtime_view(
     allocated_gib, plan: Plan, overheads: RuntimeOverheads = DEFAULT_OVERHEADS, stream_blocks_gib: object = 0.0
 ):

@@ -13,8 +13,9 @@ dashes, plus `measured: {metric, peak_gib, outcome}` and optional `source` / `no
         seq_len: 4096
         measured: {metric: nvidia-smi, peak_gib: 57.0, outcome: fits}
 
-Allocated/active measurements are compared with `allocated_peak_gib`; reserved and nvidia-smi ones
-with `peak_gib`. A model path in a case is read relative to the cases file.
+Allocated/active measurements are compared with `allocated_peak_gib`, reserved ones with
+`reserved_peak_gib` and nvidia-smi ones with `peak_gib` (`comparable_gib`). A model path in a case is read
+relative to the cases file.
 """
 
 import statistics
@@ -126,9 +127,22 @@ def load_memory_cases(path: Path) -> list[MemoryCase]:
     return load_cases(path, _measured)
 
 
+def comparable_gib(metric: str, allocated_gib: float, reserved_gib: float, peak_gib: float) -> float:
+    """The prediction a measured metric is compared with. `allocated`/`active` (torch.cuda.max_memory_allocated,
+    the tensors alive at the peak) -> the allocated peak; `reserved` (torch.cuda.max_memory_reserved: the
+    caching allocator's segments, which hold neither the CUDA context nor NCCL's buffers, both allocated
+    outside it by the driver and NCCL) -> the reserved peak; `nvidia-smi` (the process's whole footprint on
+    the card) -> the peak with context and NCCL buffers."""
+    if metric in ("allocated", "active"):
+        return allocated_gib
+    return reserved_gib if metric == "reserved" else peak_gib
+
+
 def validate_case(case: MemoryCase) -> CaseResult:
     memory = estimate_memory(*case.resolve())
-    comparable = memory.allocated_peak_gib if case.measured.metric in ("allocated", "active") else memory.peak_gib
+    comparable = comparable_gib(
+        case.measured.metric, memory.allocated_peak_gib, memory.reserved_peak_gib, memory.peak_gib
+    )
     return CaseResult(case=case, memory=memory, predicted_gib=comparable)
 
 
