@@ -73,15 +73,15 @@ def test_unsafe_cases(memory):
 
 
 def test_memory_median_error_regression_bound(memory):
-    """Today: 13.5% over the 30 scored rows with a measured peak (target 10%: not met). ms-swift is under-predicted:
+    """Today: 13.3% over the 30 scored rows with a measured peak (target 10%: not met). ms-swift is under-predicted:
     its logits path (12 x V bytes per token in Qwen's code, 14 x V in ChatGLM3's, `--loss shifted`) is counted,
     the rest is not a per-token term (its reserved memory of unpacked, randomly ordered batches; see README).
     fms-acceleration, the cleanest source (allocated peaks, packed 4096-token sequences), is at 4.2% with the
     shifted fp32 copy of transformers 4.48.1's loss (6.5% without). torchtune's rows are not scored (compile,
     activation offloading: `skipped`)."""
-    assert memory.median_abs_error_pct == pytest.approx(13.49, abs=0.05)
+    assert memory.median_abs_error_pct == pytest.approx(13.29, abs=0.05)
     by_source = memory.median_abs_error_pct_by_source()
-    assert by_source["swift"] == pytest.approx(23.34, abs=0.05)
+    assert by_source["swift"] == pytest.approx(21.80, abs=0.05)
     assert by_source["fms"] == pytest.approx(4.15, abs=0.05)
     assert by_source["flagperf"] == pytest.approx(7.24, abs=0.05)
 

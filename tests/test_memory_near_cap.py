@@ -21,11 +21,11 @@ DATA = Path(__file__).parent / "data"
 def test_required_is_allocated_plus_the_cache_the_allocator_cannot_release():
     model, gpu, plan = plan_for("llama-2-7b", gpus=8, zero=3, micro_batch=1, global_batch=8)
     memory = evaluate(model, gpu, plan).memory
-    # 8 data-parallel ranks: one NCCL communicator of more than two ranks (1.48 GiB), CUDA context 0.5 GiB.
-    expected = memory.allocated_peak_gib * (1 + 0.024) + 0.5 + 1.48
+    # 8 data-parallel ranks: one NCCL communicator of more than two ranks (1.5 GiB), CUDA context 0.5 GiB.
+    expected = memory.allocated_peak_gib * (1 + 0.024) + 0.5 + 1.5
     assert DEFAULT_OVERHEADS.allocator_fragmentation_at_capacity == 0.024
     assert memory.required_gib == pytest.approx(expected, rel=1e-12)
-    assert required_memory_gib(50.0, plan) == pytest.approx(50.0 * 1.024 + 0.5 + 1.48)
+    assert required_memory_gib(50.0, plan) == pytest.approx(50.0 * 1.024 + 0.5 + 1.5)
     assert memory.fits == (memory.required_gib <= memory.usable_gib)
 
 
@@ -95,9 +95,12 @@ def test_eager_attention_adds_six_bytes_per_score_per_layer():
 
 def test_the_zero3_sequence_series_and_its_out_of_memory_run():
     for seq_len, published_gb in ((256, 64.8), (1024, 75.4)):
-        peak = _series(seq_len).peak_gib
-        # within 8% whether the published "GB" are 1e9 bytes or GiB
-        assert abs(peak / published_gb - 1) < 0.08 and abs(peak / (published_gb / 1.073741824) - 1) < 0.08
+        memory = _series(seq_len)
+        # The tool that printed the series is unknown; the ones such a run would use print binary units labelled
+        # "GB" (DeepSpeed's see_memory_usage divides by 1024**3, nvidia-smi prints MiB), so the figures are read
+        # as GiB. Whether they are the allocator's reserved peak or nvidia-smi's, both are within 8%.
+        for predicted in (memory.reserved_peak_gib, memory.peak_gib):
+            assert abs(predicted / published_gb - 1) < 0.08
         assert _series(seq_len).fits
     assert not _series(2048).fits
     # With a flash kernel the same run would fit: the attention kernel is what the plan must state.

@@ -20,18 +20,20 @@ class RuntimeOverheads:
     workspaces. 0.27 GiB for the bare context with lazy loading (pytorch PR #86509), 0.62 GiB eager,
     1.31 GiB on CUDA 11.2 (transformers' model_memory_anatomy); each cuBLAS handle and stream adds a
     32 MiB workspace on Hopper."""
-    nccl_gib_per_group: float = 1.48
+    nccl_gib_per_group: float = 1.5
     """NCCL buffers of one communicator carrying bulk traffic (more than two ranks): 688 MiB after a
     first all-reduce on 4xA100 NVLink (NVIDIA/nccl #964), about 1.6 GB on another system (#864); NCCL
     maintainers: memory grows with the channel count, which grows with link bandwidth (#986).
-    Source range 0.64-1.5 GiB; the value is fitted within it."""
+    Source range 0.64-1.5 GiB; the value is fitted within it (the fit lands on the range's top)."""
     nccl_gib_per_pair: float = 0.53
     """A two-rank communicator: 544 MiB measured (NVIDIA/nccl #964); PyTorch makes one per pipeline
     send/receive peer."""
-    allocator_fragmentation: float = 0.12
+    allocator_fragmentation: float = 0.17
     """Reserved-but-unused fraction of PyTorch's caching allocator at the peak of a run with memory to spare:
     reserved = allocated x (1 + this). Reported: 2.4% (75.3 GiB allocated, compressed-tensors PR #587) to
-    35-50% (axolotl PR #2183, torchtune #1185) and 2.1x in an RL trainer (cosmos-rl PR #388); fitted."""
+    35-50% (axolotl PR #2183, torchtune #1185) and 2.1x in an RL trainer (cosmos-rl PR #388); fitted
+    (scripts/fit_memory_overheads.py) with reserved measurements compared to the reserved peak, which holds
+    neither the CUDA context nor NCCL's buffers (`planner.validate.memory.comparable_gib`)."""
     allocator_fragmentation_at_capacity: float = 0.024
     """The part of that cache the allocator cannot give back when the card is full. On a failed cudaMalloc
     the caching allocator frees every cached block that holds no live tensor and retries (c10
