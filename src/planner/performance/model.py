@@ -389,14 +389,21 @@ def pipeline_sends_per_micro_batch(plan: Plan):
 
 
 def exposed_p2p_s(plan: Plan, p2p_s, compute_s):
-    """Pipeline point-to-point time left on the critical path. Megatron's interleaved schedule posts each
-    chunk's sends and receives asynchronously and waits for them only before the chunk that needs them, so
-    they run during the current chunk's compute (Megatron-LM --overlap-p2p-communication, on by default:
-    training/arguments.py defines only --no-overlap-p2p-communication, and forces it off for the
-    non-interleaved schedule; core/pipeline_parallel/schedules.py, forward_backward_pipelining_with_interleaving).
-    Only what exceeds the compute stays exposed there; 1F1B and the other engines wait on each transfer."""
+    """Pipeline point-to-point time left on the critical path, per micro-batch. Megatron's interleaved schedule
+    posts each chunk's sends and receives asynchronously and waits for them only before the chunk that needs
+    them, so in the steady 1F1B phase they run during the other direction's compute (Megatron-LM
+    --overlap-p2p-communication, on by default: training/arguments.py defines only --no-overlap-p2p-communication,
+    and forces it off for the non-interleaved schedule; core/pipeline_parallel/schedules.py,
+    forward_backward_pipelining_with_interleaving). The transfers of the pipeline fill and flush stay exposed
+    (NeMo docs, features/optimizations/communication_overlap.rst, "Pipeline-parallel Communication Overlap"):
+    on the first rank 2 (pp - 1) + (V - 1) pp of the step's m V chunk-forwards are warm-up, and as many
+    chunk-backwards cool-down (get_num_warmup_microbatches), so that share of the traffic is exposed and the
+    rest only where it outlasts the compute. 1F1B and the other engines wait on each transfer."""
     overlapped = (plan.engine == "megatron") & (plan.pp_schedule == "interleaved") & (plan.virtual_stages > 1)
-    return np.where(overlapped, np.maximum(0.0, p2p_s - compute_s), p2p_s)
+    v = plan.virtual_stages
+    warm_up = np.minimum(1.0, (2 * (plan.pp - 1) + (v - 1) * plan.pp) / (plan.grad_accum * v))
+    steady = (1.0 - warm_up) * p2p_s
+    return np.where(overlapped, warm_up * p2p_s + np.maximum(0.0, steady - compute_s), p2p_s)
 
 
 def stage_moe_layers(arch: Architecture, plan: Plan, stage):
