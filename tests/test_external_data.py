@@ -3,6 +3,7 @@ skipped with a reason; case values match the CSV; pending cases wait only on the
 issue 10 and are scored as soon as PlanRequest has them."""
 
 import csv
+import functools
 import importlib.util
 from dataclasses import asdict
 from pathlib import Path
@@ -128,25 +129,45 @@ def test_a_pending_case_is_scored_once_its_fields_exist(tmp_path):
     assert loaded.request.compile is True
 
 
-def test_bf16_fp8_pairs_differ_only_in_precision():
+@functools.cache
+def _precision_pairs() -> tuple:
+    """(the external_report script module, case id -> validation result, its bf16/fp8 pairs)."""
     spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "external_report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     results = {r.case.id: r for r in validate_throughput(load_throughput_cases(CASES)).results}
-    pairs = report.precision_pairs(list(results.values()))
-    assert len(pairs) >= 43  # DGX Cloud 24.09 and 25.04 tables (Llama 3.1, Nemotron-4, GPT-3), torchtitan 8B
+    return report, results, report.precision_pairs(list(results.values()))
+
+
+def _fp8_gain_misses() -> dict[str, float]:
+    """bf16 case id -> % error of the predicted fp8/bf16 gain, for the pairs more than 10% off."""
+    pairs = _precision_pairs()[2]
+    return {p.bf16_id: round(p.ratio_error_pct, 1) for p in pairs if abs(p.ratio_error_pct) > 10}
+
+
+def test_bf16_fp8_pairs_differ_only_in_precision():
+    report, results, pairs = _precision_pairs()
+    assert len(pairs) == 48  # DGX Cloud 24.09 and 25.04 tables (Llama 3.1, Nemotron-4, GPT-3), torchtitan 8B
     for pair in pairs:
         bf16, fp8 = results[pair.bf16_id], results[pair.fp8_id]
         assert (bf16.case.request.precision, fp8.case.request.precision) == ("bf16", "fp8")
         differ = {k for k, v in asdict(bf16.case.request).items() if asdict(fp8.case.request)[k] != v}
         assert differ <= report.PRECISION_KEYS and "precision" in differ
         assert 1.2 < pair.measured_ratio < 1.65  # the published fp8 gains of these tables (405B proxy: 1.61)
-    # Issue 10's target: every predicted fp8/bf16 gain within 10% of the measured one. Met by 46 of 48, a bound
-    # that may only improve; the two misses are DGX Cloud's GPT-3 175B runs on 128 and 256 GPUs (-10.1%, -10.0%),
-    # whose measured gains (1.50x) sit 4-12% above those of the same per-GPU layout on 512-2,048 GPUs.
-    misses = {p.bf16_id: round(p.ratio_error_pct, 1) for p in pairs if abs(p.ratio_error_pct) > 10}
-    assert len(pairs) == 48 and set(misses) <= {"dgxc_bench-61", "dgxc_bench-62"}, misses
-    assert all(abs(error) < 10.2 for error in misses.values()), misses
+
+
+def test_fp8_gains_within_10_percent_outside_the_gpt3_175b_pairs():
+    # The two known misses are DGX Cloud's GPT-3 175B runs on 128 and 256 GPUs (-10.1%, -10.0%), whose measured
+    # gains (1.50x) sit 4-12% above those of the same per-GPU layout on 512-2,048 GPUs (test below).
+    assert set(_fp8_gain_misses()) <= {"dgxc_bench-61", "dgxc_bench-62"}, _fp8_gain_misses()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10's target (every pair within 10%) is met by 46 of 48: GPT-3 175B at 128/256 GPUs are -10.1/-10.0%",
+)
+def test_every_fp8_gain_within_10_percent():
+    assert not _fp8_gain_misses()
 
 
 def test_validate_reads_several_files_and_names_what_is_pending():

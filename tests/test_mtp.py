@@ -159,6 +159,9 @@ def test_stated_interleaved_split_is_megatron_bridges_layout():
     [
         ({"first_stage_layers": 15}, "--first-stage-layers and --last-stage-layers go together"),
         ({"first_stage_layers": 15, "last_stage_layers": 15}, "leave 31 of the 61 blocks"),
+        # a rank without blocks would leave the model nothing to scale (0/0): at least one block per rank
+        ({"first_stage_layers": 0, "last_stage_layers": 14}, "block count from 1 to 61, got 0"),
+        ({"first_stage_layers": 30, "last_stage_layers": 30}, "leave 1 of the 61 blocks for the 2 ranks between"),
         ({"first_stage_layers": 15, "last_stage_layers": 14, "pp": 1}, "need pipeline parallelism"),
         (
             {"first_stage_layers": 15, "last_stage_layers": 14, "engine": "fsdp", "zero": 3},

@@ -679,12 +679,19 @@ def _stated_split(request: PlanRequest, num_layers: int, pp: int, engine: str) -
         raise PlanError("--first-stage-layers/--last-stage-layers need pipeline parallelism", "add --pp 2 or more")
     values = []
     for name, value in (("first_stage_layers", first), ("last_stage_layers", last)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= num_layers:
+        # At least one block: a rank with none has no block time or activations to scale (0/0 in the model).
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= num_layers:
             flag = f"--{name.replace('_', '-')}"
-            raise PlanError(f"{flag} must be a block count from 0 to {num_layers}, got {quoted(value)}", "fix it")
+            raise PlanError(f"{flag} must be a block count from 1 to {num_layers}, got {quoted(value)}", "fix it")
         values.append(value)
     rest = num_layers - first - last
-    if rest < 0 or (pp == 2 and rest) or (pp > 2 and (rest % (pp - 2) or rest == 0)):
+    if pp > 2 and rest < pp - 2:
+        raise PlanError(
+            f"--first-stage-layers {first} and --last-stage-layers {last} leave {max(rest, 0)} of the {num_layers} "
+            f"blocks for the {pp - 2} ranks between, which need at least one block each",
+            "lower --first-stage-layers/--last-stage-layers",
+        )
+    if rest < 0 or (pp == 2 and rest) or (pp > 2 and rest % (pp - 2)):
         raise PlanError(
             f"--first-stage-layers {first} and --last-stage-layers {last} leave {rest} of the {num_layers} blocks, "
             f"which do not split evenly over the {pp - 2} ranks between",
@@ -705,7 +712,8 @@ def _check_stated_chunks(split: tuple[int, int], num_layers: int, pp: int, virtu
     if middle % virtual or min(first, last) < (virtual - 1) * (middle // virtual):
         raise PlanError(
             f"with {virtual} chunks per rank the middle ranks' {middle} blocks must split into equal chunks and the "
-            f"first ({first}) and last ({last}) ranks hold at least {virtual - 1} such chunks",
+            f"first ({first}) and last ({last}) ranks hold at least {virtual - 1} such chunks "
+            f"({(virtual - 1) * (middle // virtual)} blocks)",
             "adjust --first-stage-layers/--last-stage-layers or --virtual-stages",
         )
 
@@ -784,7 +792,7 @@ def _fp8_param_gather(value: Any, engine: str, precision: str, zero: int) -> boo
         )
     if zero != 1:
         raise PlanError(
-            "--fp8-param-gather gathers the distributed optimizer's parameters, which --zero 0 does not shard",
+            f"--fp8-param-gather gathers the distributed optimizer's parameters (--zero 1), not --zero {zero}'s",
             "use --zero 1",
         )
     return True

@@ -316,8 +316,15 @@ def card_view_gib(
     (scripts/fit_memory_overheads.py, scripts/loso.py) evaluate it once per case and call this per point."""
     _, _, reserved, peak = runtime_view(allocated_gib, plan, overheads, stream_blocks_gib)
     required = required_memory_gib(allocated_gib, plan, overheads)
-    shown, given_up = peak_on_card(peak, required, capacity_gib)
-    return reserved - given_up, shown, required
+    reserved_shown, peak_shown, _ = reserved_and_peak_on_card(reserved, peak, required, capacity_gib)
+    return reserved_shown, peak_shown, required
+
+
+def reserved_and_peak_on_card(reserved_gib, peak_gib, required_gib, capacity_gib):
+    """(reserved, nvidia-smi peak, cache given up) GiB on the card: the cache the allocator gives up at the
+    cap (`peak_on_card`) leaves both the nvidia-smi view and torch's reserved figure."""
+    shown, given_up = peak_on_card(peak_gib, required_gib, capacity_gib)
+    return reserved_gib - given_up, shown, given_up
 
 
 def runtime_view(
@@ -423,8 +430,12 @@ def memory_estimate_at(
 ) -> MemoryEstimate:
     """The MemoryEstimate of one plan out of `memory_arrays` results (index None for a scalar plan)."""
     required = _at(arrays.required_gib, index)
-    peak, cache_given_up = peak_on_card(_at(arrays.peak_gib, index), required, gpu.memory_gib)
-    peak, cache_given_up = float(peak), float(cache_given_up)
+    reserved, peak, cache_given_up = (
+        float(v)
+        for v in reserved_and_peak_on_card(
+            _at(arrays.reserved_gib, index), _at(arrays.peak_gib, index), required, gpu.memory_gib
+        )
+    )
     breakdown = {k: _at(v, index) for k, v in arrays.breakdown_gib.items()}
     # What the allocator gives back at the cap: FSDP1's side-stream blocks (once their events complete), then
     # the rest of its cache down to the part it cannot release.
@@ -442,7 +453,7 @@ def memory_estimate_at(
     return MemoryEstimate(
         peak_gib=peak,
         allocated_peak_gib=_at(arrays.allocated_gib, index),
-        reserved_peak_gib=_at(arrays.reserved_gib, index) - cache_given_up,
+        reserved_peak_gib=reserved,
         capacity_gib=gpu.memory_gib,
         usable_gib=usable,
         safety_margin=safety_margin,

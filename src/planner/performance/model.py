@@ -1136,7 +1136,7 @@ def tokens_per_s_per_gpu_over_efficiencies(
     scripts/fit_throughput.py, scripts/loso.py). `constants.max`, `.half_tokens` and `.half_width` may be
     numpy arrays that broadcast against each other (a grid: shapes (a, 1, 1), (1, b, 1), (1, 1, c)); the
     result has their broadcast shape, and each entry is exactly estimate_performance's tokens_per_s_per_gpu
-    with those scalar constants on `gpu` (tests/test_performance_terms.py compares them). `plan` must be a
+    with those scalar constants on `gpu` (tests/test_efficiency_grid.py compares them). `plan` must be a
     single plan, not the search's arrays.
 
     The constants enter the model only through `efficiency`, so this is one `performance_terms` evaluation:
