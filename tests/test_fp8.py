@@ -276,3 +276,14 @@ def test_other_engines_translate_fp8_param_gather_away():
     assert request.fp8_param_gather is False and "--fp8-param-gather" in why
     same, _ = translated_request(plan, model, "megatron")
     assert same.fp8_param_gather is True
+
+
+def test_fp8_param_gather_counts_moe_blocks_linears():
+    # Mixtral-8x7B (32 MoE blocks, h 4096, 8 experts of width 14336, GQA with 8 of 32 heads, vocab 32000): a block's
+    # fp8 linears are its attention, 2 x 4096 x 4096 + 2 x 1024 x 4096 = 41,943,040, and its experts,
+    # 8 x 3 x 4096 x 14336 = 1,409,286,144; its router (8 x 4096) and two norms (2 x 4096) stay bf16. Of
+    # 32 x 1,451,270,144 + 2 x 32000 x 4096 = 46,702,788,608 parameters, 46,439,333,888 gather at 1 byte.
+    model, _, plan = plan_for(**{**MEGATRON_FP8, "model": "mixtral-8x7b", "gpus": 16, "fp8_param_gather": True})
+    linear = 32 * (2 * 4096 * 4096 + 2 * 1024 * 4096 + 8 * 3 * 4096 * 14336)
+    assert linear == 46_439_333_888
+    assert gathered_param_bytes(model.architecture, plan) == pytest.approx(2 - linear / 46_702_788_608, rel=1e-12)

@@ -15,7 +15,7 @@ from planner.catalog import load_gpu, load_model
 from planner.cli import main
 from planner.errors import CatalogError, PlanError
 from planner.memory import activations as act
-from planner.memory.stages import first_and_last_stage
+from planner.memory.stages import first_and_last_stage, rank_moe_blocks
 from planner.memory.states import stage_state_bytes, state_layout
 from planner.performance import comm
 from planner.performance import model as perf
@@ -331,7 +331,7 @@ def test_pipeline_stages_count_their_moe_blocks():
     plan = _plan("deepseek-v3", gpus=64, pp=4, ep=16)
     first, last = first_and_last_stage(v3, plan)
     assert (first.num_layers, first.moe_layers, last.num_layers, last.moe_layers) == (16, 13, 15 + 1, 15 + 1)
-    assert (perf.stage_moe_layers(v3, plan, 0), perf.stage_moe_layers(v3, plan, 3)) == (13, 15)
+    assert (rank_moe_blocks(v3, plan, 0), rank_moe_blocks(v3, plan, 3)) == (13, 15)
     assert first.local_expert_params == 16 * 3 * 2048 * 7168  # 256 / 16 experts, tp 1
 
 

@@ -20,7 +20,13 @@ from planner.errors import PlanError
 from planner.launch.megatron import megatron_arguments, stated_pipeline_layout
 from planner.memory import activations as act
 from planner.memory.model import stage_phases
-from planner.memory.stages import first_and_last_stage, stage_blocks
+from planner.memory.stages import (
+    first_and_last_stage,
+    model_chunk_blocks,
+    rank_moe_blocks,
+    second_stage,
+    stage_blocks,
+)
 from planner.performance import model as perf
 from planner.performance.flops import flops_per_token
 
@@ -130,7 +136,7 @@ def test_stated_split_places_the_recipes_blocks():
     """dgxc DeepSeek-V3 on 4 ranks: 15 blocks on the first, 14 on the last, 16 on each between."""
     m, _, plan = plan_for("deepseek-v3", **V3_PLAN, first_stage_layers=15, last_stage_layers=14)
     assert [int(stage_blocks(61, plan, s)) for s in range(4)] == [15, 16, 16, 14]
-    assert [int(perf.stage_moe_layers(m.architecture, plan, s)) for s in (0, 1, 3)] == [12, 16, 14]
+    assert [int(rank_moe_blocks(m.architecture, plan, s)) for s in (0, 1, 3)] == [12, 16, 14]
 
 
 def test_stated_interleaved_split_is_megatron_bridges_layout():
@@ -152,6 +158,27 @@ def test_stated_interleaved_split_is_megatron_bridges_layout():
     assert args[args.index("--pipeline-model-parallel-layout") + 1] == layout
     assert args[args.index("--mtp-num-layers") + 1] == "1"
     assert "--num-layers-per-virtual-pipeline-stage" not in args
+
+
+def test_interleaved_ranks_count_their_moe_blocks_chunk_by_chunk():
+    """The same H100 layout: chunk 0 holds block 0, chunks 1-30 two blocks each (chunk c from block 2c - 1), chunk
+    31 none. Rank r holds chunks r, r + 8, r + 16, r + 24: rank 0 blocks 0, 15-16, 31-32, 47-48 (1 of the 3 dense
+    blocks, 6 MoE), rank 1 blocks 1-2, 17-18, 33-34, 49-50 (2 dense, 6 MoE), rank 7 blocks 13-14, 29-30, 45-46
+    (6 MoE; the MTP depth's MoE block joins it). Memory and speed count the same."""
+    h100 = dict(gpu="H100-80GB", gpus=1024, tp=2, pp=8, ep=64, etp=1, engine="megatron", zero=1, seq_len=4096)
+    layout = dict(pp_schedule="interleaved", virtual_stages=4, first_stage_layers=7, last_stage_layers=6)
+    m, _, plan = plan_for("deepseek-v3", **h100, global_batch=8192, **layout)
+    arch = m.architecture
+    assert [int(rank_moe_blocks(arch, plan, r)) for r in (0, 1, 7)] == [6, 6, 6]
+    assert [int(model_chunk_blocks(61, plan, c)[0]) for c in (0, 1, 8, 9, 31)] == [0, 1, 15, 17, 61]
+    first, last = first_and_last_stage(arch, plan)
+    second = second_stage(arch, plan)
+    assert (first.num_layers, first.moe_layers) == (7, 6)
+    assert (second.num_layers, second.moe_layers) == (8, 6)
+    assert (last.num_layers, last.moe_layers) == (6 + 1, 6 + 1)
+    flops = flops_per_token(arch, plan)
+    causal = perf.causal_attention_fraction(arch, plan)
+    assert [perf._stage_work(flops, plan, arch, s, causal).moe_layers for s in (0, 1, 7)] == [6, 6, 6 + 1]
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from planner.catalog import ModelSpec
 from planner.catalog.models import moe_layer_count
 from planner.errors import PlannerError
-from planner.memory.stages import layers_on_stage, stage_blocks, stated_split
+from planner.memory.stages import layers_on_stage, model_chunk_blocks, stage_blocks
 from planner.plan import Plan, embedding_and_loss_as_layers
 
 FP8_FORMAT = "hybrid"
@@ -304,10 +304,7 @@ def stated_pipeline_layout(num_layers: int, plan: Plan) -> str:
     the first (with the embedding) and the last (with the MTP depths and the loss), which hold the first and
     the last rank's blocks less (V - 1) b. 'Et|(tt|)*30mL' of Megatron-Bridge's H100 DeepSeek-V3 recipe is
     pp 8, V 4, first 7, last 6."""
-    first, middle, last = (int(v) for v in stated_split(num_layers, plan))
-    v = plan.virtual_stages
-    chunk = middle // v
-    sizes = [first - (v - 1) * chunk] + [chunk] * (plan.pp * v - 2) + [last - (v - 1) * chunk]
+    sizes = [int(model_chunk_blocks(num_layers, plan, chunk)[1]) for chunk in range(plan.pp * plan.virtual_stages)]
     chunks = [f"t*{n}" if n else "" for n in sizes]
     return "E" + "|".join(chunks) + "m" * plan.mtp_layers + "L"
 

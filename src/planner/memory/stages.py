@@ -128,10 +128,49 @@ def stage_blocks(num_layers: int, plan: Plan, stage):
     return np.where(stage == 0, first, np.where(stage == plan.pp - 1, last, middle))
 
 
-def blocks_before(num_layers: int, plan: Plan, stage):
-    """Blocks on the ranks before `stage` (0, 1 or the last): where the stage's blocks start in the model."""
-    last = num_layers - stage_blocks(num_layers, plan, plan.pp - 1)
-    return np.where(stage == 0, 0, np.where(stage == plan.pp - 1, last, stage_blocks(num_layers, plan, 0)))
+def _chunk_split(num_layers: int, plan: Plan):
+    """(b, first_lighter_by, last_lighter_by, remainder) of the plan's pp x V model chunks: every chunk holds b
+    blocks, the first `remainder` one more, the first chunk (rank 0's, with the embedding) `first_lighter_by`
+    fewer and the last (the last rank's, with the loss) `last_lighter_by` fewer. Under a stated split the middle
+    ranks' blocks split into V chunks of b and the first and last rank's chunks take the difference (Megatron-Core's
+    --decoder-first/last-pipeline-num-layers with a virtual pipeline; plan._check_stated_chunks); under the
+    embedding- and loss-aware interleaved split b = (L + 2) / (pp V) and both ends hold one fewer; otherwise the
+    blocks split evenly, the earliest chunks taking the remainder (which only 1F1B leaves, see `layers_on_stage`).
+    Arrays allowed, except that a stated split is one plan's."""
+    split = stated_split(num_layers, plan)
+    if split is not None:
+        first, middle, last = split
+        b = middle // plan.virtual_stages
+        return b, plan.virtual_stages * b - first, plan.virtual_stages * b - last, 0
+    chunks = plan.pp * plan.virtual_stages
+    aware = embedding_and_loss_split(num_layers, plan)
+    b = np.where(aware, (num_layers + 2) // chunks, num_layers // chunks)
+    return b, 1 * aware, 1 * aware, np.where(aware, 0, num_layers % chunks)
+
+
+def model_chunk_blocks(num_layers: int, plan: Plan, chunk):
+    """(blocks before model chunk `chunk`, blocks in it), chunks in Megatron's order (virtual stage-major: chunk c
+    is virtual stage c // pp of rank c % pp; core/transformer/transformer_block.py, get_transformer_layer_offset),
+    for the plan's split (`_chunk_split`). Without interleaving the chunks are the ranks. Arrays allowed."""
+    b, first_lighter, last_lighter, remainder = _chunk_split(num_layers, plan)
+    last_chunk = plan.pp * plan.virtual_stages - 1
+    before = chunk * b + np.minimum(chunk, remainder) - first_lighter * (chunk > 0)
+    size = b + (chunk < remainder) - first_lighter * (chunk == 0) - last_lighter * (chunk == last_chunk)
+    return before, size
+
+
+def rank_moe_blocks(arch: Architecture, plan: Plan, rank):
+    """MoE blocks pipeline rank `rank` holds (without the MTP depths): chunk by chunk, since under interleaving
+    the rank holds model chunks rank, rank + pp, rank + 2 pp, ... (`model_chunk_blocks`), not one run of blocks.
+    DeepSeek-V3 (61 blocks, 3 dense first) stated 7/6 over pp 8 with V 4 (chunks of 1, the first chunk 7 - 3 x 2
+    = 1 block): rank 0 holds blocks 0, 16-17, 32-33, 48-49, 1 dense and 6 MoE. Arrays allowed."""
+    virtual = np.asarray(plan.virtual_stages)
+    total = 0
+    for v in range(int(virtual.max())):
+        before, size = model_chunk_blocks(arch.num_layers, plan, v * plan.pp + rank)
+        moe = moe_layer_count(arch, before + size) - moe_layer_count(arch, before)
+        total = total + moe * (v < virtual)
+    return total
 
 
 def checkpointed_blocks(num_layers_on_stage, plan: Plan):
@@ -264,27 +303,25 @@ def _blocks_and_in_flight(arch: Architecture, plan: Plan, position: str, stage):
     in_flight = in_flight_micro_batches(plan, stage)
     split = stated_split(arch.num_layers, plan)
     if split is not None and plan.pp_schedule == "interleaved":
-        return blocks, _stated_interleaved_in_flight(plan, position, stage, blocks, split)
+        return blocks, _stated_interleaved_in_flight(arch.num_layers, plan, position, stage, blocks)
     aware = embedding_and_loss_split(arch.num_layers, plan)
     if not np.any(aware):
         return blocks, in_flight
     v = plan.virtual_stages
-    per_chunk = np.maximum((arch.num_layers + 2) // (plan.pp * v), 1)
+    per_chunk = np.maximum(_chunk_split(arch.num_layers, plan)[0], 1)
     light = {"first": 0, "interior": -1, "last": v - 1}[position]
     aware_blocks = v * per_chunk - (light >= 0)
     live = _live_block_micro_batches(aware, plan.pp, v, plan.grad_accum, stage, per_chunk, light)
     return np.where(aware, aware_blocks, blocks), np.where(aware, live / aware_blocks, in_flight)
 
 
-def _stated_interleaved_in_flight(plan: Plan, position: str, stage, blocks, split):
+def _stated_interleaved_in_flight(num_layers: int, plan: Plan, position: str, stage, blocks):
     """Micro-batches' worth of a rank's blocks live at once under a stated interleaved split: every chunk holds
     the middle ranks' chunk size b except the first chunk of rank 0 and the last chunk of the last rank, which
-    hold the rank's stated blocks less (V - 1) b (`interleaved_live_block_micro_batches`)."""
-    first, middle, last = (int(v) for v in split)
-    v, chunk = plan.virtual_stages, int(middle) // plan.virtual_stages
-    light, lighter_by = {"first": (0, v * chunk - first), "interior": (-1, 0), "last": (v - 1, v * chunk - last)}[
-        position
-    ]
+    hold the rank's stated blocks less (V - 1) b (`_chunk_split`, `interleaved_live_block_micro_batches`)."""
+    chunk, first_lighter, last_lighter, _ = (int(n) for n in _chunk_split(num_layers, plan))
+    v = plan.virtual_stages
+    light, lighter_by = {"first": (0, first_lighter), "interior": (-1, 0), "last": (v - 1, last_lighter)}[position]
     live = _live_block_micro_batches(True, plan.pp, v, plan.grad_accum, stage, chunk, light, lighter_by)
     return live / np.maximum(blocks, 1)
 
@@ -292,7 +329,6 @@ def _stated_interleaved_in_flight(plan: Plan, position: str, stage, blocks, spli
 def _shard(arch: Architecture, plan: Plan, position: str) -> StageShard:
     pp, tp = plan.pp, plan.tp
     single = pp == 1
-    last = position == "last"
     stage, is_first, is_last = {
         "first": (0, True, single),
         "interior": (np.minimum(1, pp - 1), False, False),
@@ -308,16 +344,7 @@ def _shard(arch: Architecture, plan: Plan, position: str) -> StageShard:
     )
     num_layers, in_flight = _blocks_and_in_flight(arch, plan, position, stage)
     if arch.is_moe:
-        # Blocks [0, n) on the first stage, [L - n, L) on the last, [n, n + m) on the second; the dense first
-        # layers sit on the first.
-        total = arch.num_layers
-        if position == "first":
-            moe = moe_layer_count(arch, num_layers)
-        elif last:
-            moe = moe_layer_count(arch, total) - moe_layer_count(arch, total - num_layers)
-        else:
-            before = _blocks_and_in_flight(arch, plan, "first", 0)[0]
-            moe = moe_layer_count(arch, before + num_layers) - moe_layer_count(arch, before)
+        moe = rank_moe_blocks(arch, plan, stage)
         local_experts, etp = arch.num_experts // plan.ep, plan.expert_tp
         fused_expert = local_experts * sum(
             t.numel for t in expert_tensors(arch) if t.is_matrix and "down" not in t.name

@@ -28,10 +28,17 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from planner.architecture import dense_layers, expert_tensors, layer_tensors, moe_layer_tensors, moe_layers
+from planner.architecture import (
+    blocks_params,
+    dense_layers,
+    expert_tensors,
+    layer_tensors,
+    moe_layer_tensors,
+    moe_layers,
+)
 from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
-from planner.catalog.models import Architecture, moe_layer_count
+from planner.catalog.models import Architecture
 from planner.memory.activations import compute_bytes, routed_copies_share, routed_load_factor
 from planner.memory.buffers import (
     DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS,
@@ -42,10 +49,16 @@ from planner.memory.buffers import (
     gradient_reduce_bytes,
 )
 from planner.memory.quantization import NF4_BITS, NF4_BLOCKSIZE
-from planner.memory.stages import blocks_before, checkpointed_fraction, first_and_last_stage, stage_blocks
+from planner.memory.stages import checkpointed_fraction, first_and_last_stage, rank_moe_blocks, stage_blocks
 from planner.memory.states import optimizer_bytes_per_param, state_layout, trained_term
 from planner.performance import comm
-from planner.performance.flops import FlopsPerToken, attention_layer_spans, block_matmul_params, flops_per_token
+from planner.performance.flops import (
+    FlopsPerToken,
+    attention_layer_spans,
+    block_matmul_params,
+    expert_matmul_params,
+    flops_per_token,
+)
 from planner.plan import Plan
 
 UNFITTED_EFFICIENCY = ComputeEfficiency(
@@ -304,6 +317,12 @@ FP8_UNCAST_MOE_LINEARS = ("router", "shared_expert_gate")
 bf16 or fp32, not a Transformer Engine module), as does Qwen2-MoE's one-output shared-expert gate."""
 
 
+def fp8_moe_block_matrices(arch: Architecture) -> list:
+    """The weight matrices of one MoE block, routed experts aside, that run in fp8: attention and shared experts,
+    not the router (FP8_UNCAST_MOE_LINEARS)."""
+    return [t for t in moe_layer_tensors(arch) if t.is_matrix and not t.name.startswith(FP8_UNCAST_MOE_LINEARS)]
+
+
 def fp8_moe_linear_elements(arch: Architecture, plan: Plan, weight_divisor=1.0, expert_weight_divisor=1.0):
     """(activation elements per token, weight elements) one GPU scales and casts per MoE block and micro-batch.
     The block's attention and shared-expert linears as in a dense block (fp8_linear_elements); no dense MLP, but
@@ -312,7 +331,7 @@ def fp8_moe_linear_elements(arch: Architecture, plan: Plan, weight_divisor=1.0, 
     expert-TP share of the inner width, and each of the rank's num_experts / ep local experts casts its weights
     once (Transformer Engine's GroupedLinear quantizes per expert; under an fp8 all-gather the shard of the
     expert-data-parallel group, `expert_weight_divisor`)."""
-    matrices = [t for t in moe_layer_tensors(arch) if t.is_matrix and not t.name.startswith(FP8_UNCAST_MOE_LINEARS)]
+    matrices = fp8_moe_block_matrices(arch)
     activations = sum(t.rows + t.cols for t in matrices) / plan.tp
     weights = sum(t.numel for t in matrices) / plan.tp / weight_divisor
     etp = plan.expert_tp
@@ -320,7 +339,7 @@ def fp8_moe_linear_elements(arch: Architecture, plan: Plan, weight_divisor=1.0, 
     per_copy = sum(t.rows / etp + t.cols if "down" not in t.name else t.rows + t.cols / etp for t in experts)
     copies = arch.experts_per_token * routed_copies_share(plan) * routed_load_factor(arch, plan)
     local = arch.num_experts // plan.ep
-    expert_weights = local * sum(t.numel for t in experts) / etp / expert_weight_divisor
+    expert_weights = local * expert_matmul_params(arch) / etp / expert_weight_divisor
     return activations + copies * per_copy, weights + expert_weights
 
 
@@ -365,13 +384,16 @@ def gathered_param_bytes(arch: Architecture, plan: Plan) -> float:
     """Bytes per parameter of the parameter all-gather (FSDP/ZeRO-3 before each use, Megatron's distributed
     optimizer after the step): the compute dtype, except the blocks' linear weights gathered in fp8 (1 byte)
     under fsdp_fp8_all_gather or Megatron's --fp8-param-gather, weighted by their share of the parameters
-    (norms, embeddings and the LM head stay bf16)."""
+    (norms, embeddings, the LM head and MoE routers stay bf16). Dense blocks' linears are their matmul weights;
+    a MoE block's are its attention and shared-expert linears and all its routed experts' matrices
+    (fp8_moe_block_matrices: Megatron-Core's router is no fp8 module). DeepSeek-V3: 669.1B of its 671.0B parameters
+    (embedding and head counted twice) are fp8 linears, 2 - 0.997 = 1.003 bytes per parameter."""
     c = compute_param_bytes(plan)
     if not (fsdp_fp8_all_gather(plan) or plan.fp8_param_gather):
         return float(c)
-    linear = arch.num_layers * block_matmul_params(arch)
-    block = arch.num_layers * sum(t.numel for t in layer_tensors(arch))
-    total = block + 2 * arch.vocab_size * arch.hidden_size
+    moe_linear = sum(t.numel for t in fp8_moe_block_matrices(arch)) + arch.num_experts * expert_matmul_params(arch)
+    linear = dense_layers(arch) * block_matmul_params(arch) + moe_layers(arch) * moe_linear
+    total = blocks_params(arch, arch.num_experts) + 2 * arch.vocab_size * arch.hidden_size
     return c - (c - 1) * linear / total
 
 
@@ -404,13 +426,6 @@ def exposed_p2p_s(plan: Plan, p2p_s, compute_s):
     warm_up = np.minimum(1.0, (2 * (plan.pp - 1) + (v - 1) * plan.pp) / (plan.grad_accum * v))
     steady = (1.0 - warm_up) * p2p_s
     return np.where(overlapped, warm_up * p2p_s + np.maximum(0.0, steady - compute_s), p2p_s)
-
-
-def stage_moe_layers(arch: Architecture, plan: Plan, stage):
-    """MoE blocks on pipeline stage `stage` (the first, the second or the last): its blocks follow those of
-    the ranks before it (planner.memory.stages.blocks_before)."""
-    before = blocks_before(arch.num_layers, plan, stage)
-    return moe_layer_count(arch, before + stage_blocks(arch.num_layers, plan, stage)) - moe_layer_count(arch, before)
 
 
 def tokens_per_expert(arch: Architecture, plan: Plan):
@@ -667,7 +682,7 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, arch: Architecture, stage, cau
         layers = layers + plan.mtp_layers * is_last
     if not arch.is_moe:
         return _StageWork(matmul, head, attention, forward / (matmul + head + attention), layers, stage == plan.pp - 1)
-    moe = stage_moe_layers(arch, plan, stage)
+    moe = rank_moe_blocks(arch, plan, stage)
     moe_share = moe / moe_layers(arch)
     experts = (flops.expert_matmuls + flops.recompute_expert_matmuls) * moe_share
     forward = forward + flops.expert_matmuls * moe_share / 3
