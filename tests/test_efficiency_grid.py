@@ -39,6 +39,9 @@ def _kind(model, plan) -> tuple:
         plan.sequence_parallel,
         plan.tp_comm_overlap,
         plan.compile,
+        plan.pp_schedule,
+        plan.first_stage_layers is not None,
+        plan.mtp_layers > 0,
         model.architecture.is_moe,
     )
 
@@ -61,6 +64,7 @@ def test_the_cases_cover_the_model_paths():
     kinds = {_kind(model, plan) for _, model, _, plan in CASES}
     assert {k[0] for k in kinds} >= {"megatron", "fsdp", "deepspeed"}
     assert any(k[-1] for k in kinds) and any(k[1] == "fp8" for k in kinds) and any(k[4] != "full" for k in kinds)
+    assert any(k[-4] == "interleaved" for k in kinds) and any(k[-3] for k in kinds) and any(k[-2] for k in kinds)
 
 
 @pytest.mark.parametrize("case_id, model, gpu, plan", CASES, ids=[c[0] for c in CASES])

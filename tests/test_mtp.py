@@ -164,21 +164,22 @@ def test_interleaved_ranks_count_their_moe_blocks_chunk_by_chunk():
     """The same H100 layout: chunk 0 holds block 0, chunks 1-30 two blocks each (chunk c from block 2c - 1), chunk
     31 none. Rank r holds chunks r, r + 8, r + 16, r + 24: rank 0 blocks 0, 15-16, 31-32, 47-48 (1 of the 3 dense
     blocks, 6 MoE), rank 1 blocks 1-2, 17-18, 33-34, 49-50 (2 dense, 6 MoE), rank 7 blocks 13-14, 29-30, 45-46
-    (6 MoE; the MTP depth's MoE block joins it). Memory and speed count the same."""
+    (6 MoE; the MTP depth's MoE block joins it), ranks 2-6 8 MoE each (rank 2: 3-4, 19-20, 35-36, 51-52). Memory and
+    speed count the same; their middle position, rank 1's 8 blocks, carries the most MoE blocks of ranks 1-6."""
     h100 = dict(gpu="H100-80GB", gpus=1024, tp=2, pp=8, ep=64, etp=1, engine="megatron", zero=1, seq_len=4096)
     layout = dict(pp_schedule="interleaved", virtual_stages=4, first_stage_layers=7, last_stage_layers=6)
     m, _, plan = plan_for("deepseek-v3", **h100, global_batch=8192, **layout)
     arch = m.architecture
-    assert [int(rank_moe_blocks(arch, plan, r)) for r in (0, 1, 7)] == [6, 6, 6]
+    assert [int(rank_moe_blocks(arch, plan, r)) for r in range(8)] == [6, 6, 8, 8, 8, 8, 8, 6]
     assert [int(model_chunk_blocks(61, plan, c)[0]) for c in (0, 1, 8, 9, 31)] == [0, 1, 15, 17, 61]
     first, last = first_and_last_stage(arch, plan)
     second = second_stage(arch, plan)
     assert (first.num_layers, first.moe_layers) == (7, 6)
-    assert (second.num_layers, second.moe_layers) == (8, 6)
+    assert (second.num_layers, second.moe_layers) == (8, 8)
     assert (last.num_layers, last.moe_layers) == (6 + 1, 6 + 1)
     flops = flops_per_token(arch, plan)
     causal = perf.causal_attention_fraction(arch, plan)
-    assert [perf._stage_work(flops, plan, arch, s, causal).moe_layers for s in (0, 1, 7)] == [6, 6, 6 + 1]
+    assert [perf._stage_work(flops, plan, arch, s, causal).moe_layers for s in (0, 1, 7)] == [6, 8, 6 + 1]
 
 
 @pytest.mark.parametrize(

@@ -173,6 +173,20 @@ def rank_moe_blocks(arch: Architecture, plan: Plan, rank):
     return total
 
 
+def stage_moe_blocks(arch: Architecture, plan: Plan, stage):
+    """MoE blocks of the first (0), the last (pp - 1) or the middle position (any other stage): the first and
+    the last rank's own (`rank_moe_blocks`); the middle position stands for every rank between them, which hold
+    as many blocks as rank 1 (`stage_blocks`) but, under interleaving, not as many MoE blocks (in the H100
+    DeepSeek-V3 layout above rank 1 holds 2 of the dense first blocks, ranks 2-6 none): the most any of them
+    holds. Arrays allowed."""
+    own = rank_moe_blocks(arch, plan, stage)
+    pp = np.asarray(plan.pp)
+    middle = 0 * own
+    for rank in range(1, int(pp.max()) - 1):
+        middle = np.maximum(middle, rank_moe_blocks(arch, plan, rank) * (rank <= pp - 2))
+    return np.where((stage == 0) | (stage == pp - 1), own, middle)
+
+
 def checkpointed_blocks(num_layers_on_stage, plan: Plan):
     """Blocks of a stage that full checkpointing recomputes: all of them, or with `checkpointing_every` N
     every N-th (torchtitan 0.1-0.2's selective layer mode counts a rank's blocks and wraps those whose count
@@ -344,7 +358,7 @@ def _shard(arch: Architecture, plan: Plan, position: str) -> StageShard:
     )
     num_layers, in_flight = _blocks_and_in_flight(arch, plan, position, stage)
     if arch.is_moe:
-        moe = rank_moe_blocks(arch, plan, stage)
+        moe = stage_moe_blocks(arch, plan, stage)
         local_experts, etp = arch.num_experts // plan.ep, plan.expert_tp
         fused_expert = local_experts * sum(
             t.numel for t in expert_tensors(arch) if t.is_matrix and "down" not in t.name

@@ -49,7 +49,7 @@ from planner.memory.buffers import (
     gradient_reduce_bytes,
 )
 from planner.memory.quantization import NF4_BITS, NF4_BLOCKSIZE
-from planner.memory.stages import checkpointed_fraction, first_and_last_stage, rank_moe_blocks, stage_blocks
+from planner.memory.stages import checkpointed_fraction, first_and_last_stage, stage_blocks, stage_moe_blocks
 from planner.memory.states import optimizer_bytes_per_param, state_layout, trained_term
 from planner.performance import comm
 from planner.performance.flops import (
@@ -682,7 +682,7 @@ def _stage_work(flops: FlopsPerToken, plan: Plan, arch: Architecture, stage, cau
         layers = layers + plan.mtp_layers * is_last
     if not arch.is_moe:
         return _StageWork(matmul, head, attention, forward / (matmul + head + attention), layers, stage == plan.pp - 1)
-    moe = rank_moe_blocks(arch, plan, stage)
+    moe = stage_moe_blocks(arch, plan, stage)
     moe_share = moe / moe_layers(arch)
     experts = (flops.expert_matmuls + flops.recompute_expert_matmuls) * moe_share
     forward = forward + flops.expert_matmuls * moe_share / 3
