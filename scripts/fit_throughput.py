@@ -12,7 +12,9 @@ and 1.1 points worse in mean), the mean alone gives up the typical case for the 
     python scripts/fit_throughput.py            # print the fit and compare with hardware/*.yaml
     python scripts/fit_throughput.py --write    # store it in hardware/*.yaml
 
-GPU types without measurements (L40S, A10G, RTX-4090, V100-32GB) get the ampere fit, marked as such.
+GPU types without measurements of their own borrow a family's fit: A10G and those whose `compute_efficiency`
+says `fitted_on: <family>` (L40S, RTX-4090, V100-32GB, B200, MI300X, ...). `--write` updates their three numbers
+too and keeps their `fitted_on` and `source` lines.
 """
 
 import re
@@ -34,7 +36,8 @@ FAMILIES = {
     "ampere": ["A100-40GB", "A100-80GB", "A800-80GB"],
     "hopper": ["H100-80GB", "H800-80GB", "H100-96GB", "H200", "H100-PCIe"],
 }
-UNMEASURED = {"ampere": ["A10G", "L40S", "RTX-4090", "V100-32GB"]}
+UNMEASURED = {"ampere": ["A10G"]}
+"""GPU types that borrow a family's fit without saying `fitted_on` in their file."""
 MAX_GRID = [round(0.30 + 0.01 * i, 2) for i in range(0, 61)]
 HALF_TOKENS_GRID = [0, 64, 128, 256, 512, 1024, 2048, 3072, 4096, 6144, 8192]
 HALF_WIDTH_GRID = [0, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096]
@@ -134,6 +137,20 @@ def _write(name: str, params: ComputeEfficiency, source: str) -> None:
     path.write_text(text + block)
 
 
+def _write_borrowed(family: str, params: ComputeEfficiency) -> None:
+    """Update the three constants of every hardware file whose compute_efficiency says `fitted_on: <family>`,
+    keeping the rest of its block (`fitted_on`, `source`) as it is."""
+    for path in sorted((ROOT / "hardware").glob("*.yaml")):
+        text = path.read_text()
+        block = re.search(r"^compute_efficiency:.*?(?=^\S|\Z)", text, flags=re.S | re.M)
+        if block is None or not re.search(rf"^  fitted_on: {re.escape(family)}\s*$", block.group(0), re.M):
+            continue
+        new_block = block.group(0)
+        for key in ("max", "half_tokens", "half_width"):
+            new_block = re.sub(rf"^  {key}: .*$", f"  {key}: {getattr(params, key)}", new_block, count=1, flags=re.M)
+        path.write_text(text[: block.start()] + new_block + text[block.end() :])
+
+
 def main() -> None:
     write = "--write" in sys.argv
     for family, names in FAMILIES.items():
@@ -152,6 +169,7 @@ def main() -> None:
                 _write(name, params, source)
             for name in UNMEASURED.get(family, []):
                 _write(name, params, f"no measurements for this GPU: the {family} fit is used")
+            _write_borrowed(family, params)
 
 
 if __name__ == "__main__":

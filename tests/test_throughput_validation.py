@@ -93,3 +93,24 @@ def test_stored_efficiency_is_a_grid_optimum():
                 if 0 <= j < len(grid):
                     neighbour = type(stored)(**{**stored.__dict__, field: grid[j]})
                     assert fit.objective(cases, neighbour) >= best, (family, field, grid[j])
+
+
+def test_fit_write_updates_borrowing_gpus_and_keeps_fitted_on(tmp_path, monkeypatch):
+    """`--write` reaches the GPU files that borrow a family's fit (`fitted_on: <family>`): their three constants
+    follow the fit, their `fitted_on` and `source` lines stay, and other families' borrowers are left alone."""
+    spec = importlib.util.spec_from_file_location("fit", ROOT / "scripts" / "fit_throughput.py")
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    (tmp_path / "hardware").mkdir()
+    block = 'compute_efficiency:\n  max: 0.73\n  half_tokens: 512\n  half_width: 512\n  fitted_on: {}\n  source: "s"\n'
+    ada = tmp_path / "hardware" / "ada.yaml"
+    ada.write_text("name: ADA\n" + block.format("ampere") + "notes: kept\n")
+    blackwell = tmp_path / "hardware" / "blackwell.yaml"
+    blackwell.write_text("name: BW\n" + block.format("hopper"))
+    monkeypatch.setattr(fit, "ROOT", tmp_path)
+    fit._write_borrowed("ampere", fit.ComputeEfficiency(max=0.77, half_tokens=1024, half_width=256))
+    assert ada.read_text() == (
+        "name: ADA\ncompute_efficiency:\n  max: 0.77\n  half_tokens: 1024\n  half_width: 256\n  fitted_on: ampere\n"
+        '  source: "s"\nnotes: kept\n'
+    )
+    assert blackwell.read_text() == "name: BW\n" + block.format("hopper")
