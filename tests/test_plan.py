@@ -56,3 +56,35 @@ def test_uneven_pipeline_split_is_allowed_and_puts_extra_layers_first():
     from planner.memory.stages import layers_on_stage
 
     assert [layers_on_stage(126, 8, s) for s in range(8)] == [16] * 6 + [15] * 2
+
+
+def _rank_blocks(plan, num_layers):
+    from planner.memory.stages import stage_blocks
+
+    return [int(stage_blocks(num_layers, plan, rank)) for rank in range(plan.pp)]
+
+
+def test_rank_blocks_come_from_the_chunk_map():
+    """Each rank's blocks are the sum of its model chunks (rank, rank + pp, ...)."""
+    # 1F1B, 126 blocks on pp 8: 126 = 8 x 15 + 6, the first 6 ranks one more (as layers_on_stage).
+    _, _, plan = plan_for(model="llama-3.1-405b", gpu="H100-80GB", gpus=64, tp=8, pp=8, engine="megatron", zero=1)
+    assert _rank_blocks(plan, 126) == [16] * 6 + [15] * 2
+    # Stated 1F1B split, 32 blocks on pp 4: first 7, last 7, the 18 between over 2 ranks = 9 each.
+    stated = dict(gpus=4, pp=4, engine="megatron", zero=1, first_stage_layers=7, last_stage_layers=7)
+    _, _, plan = plan_for(**stated)
+    assert _rank_blocks(plan, 32) == [7, 9, 9, 7]
+    # Stated interleaved split, pp 4 x V 2, first 6, last 6: the middle ranks' 10 make chunks of 5; rank 0's
+    # chunks are 6 - 5 = 1 and 5, the last rank's 5 and 1; still 6, 10, 10, 6.
+    interleaved = stated | dict(
+        first_stage_layers=6, last_stage_layers=6, pp_schedule="interleaved", virtual_stages=2, global_batch=4
+    )
+    _, _, plan = plan_for(**interleaved)
+    assert _rank_blocks(plan, 32) == [6, 10, 10, 6]
+    # Llama 3.1 405B, 126 blocks on pp 16 x V 8 (Meta's layout): 126 + 2 = 128 one-layer slots in 128 chunks,
+    # the first chunk only the embedding, the last only the loss: rank 0 holds 7 blocks, rank 15 7, the others 8
+    # (the front-loaded split would give 126 = 16 x 7 + 14: 8 on ranks 0-13, 7 on 14-15).
+    meta = dict(
+        gpus=128, tp=8, pp=16, engine="megatron", zero=1, pp_schedule="interleaved", virtual_stages=8, global_batch=16
+    )
+    _, _, plan = plan_for(model="llama-3.1-405b", gpu="H100-80GB", **meta)
+    assert _rank_blocks(plan, 126) == [7] + [8] * 14 + [7]

@@ -120,12 +120,17 @@ def stated_split(num_layers: int, plan: Plan):
 
 
 def stage_blocks(num_layers: int, plan: Plan, stage):
-    """Blocks on pipeline rank `stage`: the plan's stated split, or the front-loaded one (`layers_on_stage`)."""
-    split = stated_split(num_layers, plan)
-    if split is None:
-        return layers_on_stage(num_layers, plan.pp, stage)
-    first, middle, last = split
-    return np.where(stage == 0, first, np.where(stage == plan.pp - 1, last, middle))
+    """Blocks on pipeline rank `stage`: the sizes of its model chunks stage, stage + pp, ..., one per virtual
+    stage (`model_chunk_blocks`), so the plan's stated split, the front-loaded split (`layers_on_stage`, which
+    V chunks of an even split add up to: rank r's chunks hold V b + q + (r < s) blocks when L = pp V b + q pp + s)
+    and the embedding- and loss-aware interleaved split, where the first and the last rank hold one block fewer,
+    all come from the one chunk map. Arrays allowed (the virtual stages may differ from plan to plan)."""
+    virtual = np.asarray(plan.virtual_stages)
+    total = 0
+    for v in range(int(virtual.max())):
+        size = model_chunk_blocks(num_layers, plan, v * plan.pp + stage)[1]
+        total = total + size * (v < virtual)
+    return total
 
 
 def _chunk_split(num_layers: int, plan: Plan):
