@@ -719,7 +719,12 @@ def _check_stated_chunks(split: tuple[int, int], num_layers: int, pp: int, virtu
 
 
 def _pipeline_schedule(
-    request: PlanRequest, num_layers: int, pp: int, grad_accum: int, engine: str, stated_split=None
+    request: PlanRequest,
+    num_layers: int,
+    pp: int,
+    grad_accum: int,
+    engine: str,
+    stated_split: tuple[int, int] | None = None,
 ) -> tuple[str, int]:
     """The schedule and its virtual stages, with the rules Megatron-LM applies to interleaving
     (megatron/training/arguments.py: the layers split evenly into pp x V chunks; the micro-batches of a step

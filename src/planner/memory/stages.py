@@ -109,7 +109,7 @@ def layers_on_stage(num_layers: int, pp, stage):
     return num_layers // pp + (stage < num_layers % pp)
 
 
-def stated_split(num_layers: int, plan: Plan):
+def stated_split(num_layers: int, plan: Plan) -> tuple | None:
     """(first rank, each middle rank, last rank) blocks of the split the plan states (first_stage_layers,
     last_stage_layers); None under the planner's own split."""
     if plan.first_stage_layers is None:
@@ -133,7 +133,7 @@ def stage_blocks(num_layers: int, plan: Plan, stage):
     return total
 
 
-def _chunk_split(num_layers: int, plan: Plan):
+def _chunk_split(num_layers: int, plan: Plan) -> tuple:
     """(b, first_lighter_by, last_lighter_by, remainder) of the plan's pp x V model chunks: every chunk holds b
     blocks, the first `remainder` one more, the first chunk (rank 0's, with the embedding) `first_lighter_by`
     fewer and the last (the last rank's, with the loss) `last_lighter_by` fewer. Under a stated split the middle
@@ -153,7 +153,7 @@ def _chunk_split(num_layers: int, plan: Plan):
     return b, 1 * aware, 1 * aware, np.where(aware, 0, num_layers % chunks)
 
 
-def model_chunk_blocks(num_layers: int, plan: Plan, chunk):
+def model_chunk_blocks(num_layers: int, plan: Plan, chunk) -> tuple:
     """(blocks before model chunk `chunk`, blocks in it), chunks in Megatron's order (virtual stage-major: chunk c
     is virtual stage c // pp of rank c % pp; core/transformer/transformer_block.py, get_transformer_layer_offset),
     for the plan's split (`_chunk_split`). Without interleaving the chunks are the ranks. Arrays allowed."""

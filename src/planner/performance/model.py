@@ -606,7 +606,7 @@ def ep_overlap_exposed_s(plan: Plan, ep_s, compute_s, expert_s):
     return total - compute_s
 
 
-def astuple_shallow(work) -> tuple:
+def astuple_shallow(work: object) -> tuple:
     """The fields of a dataclass value in order, not copied (dataclasses.astuple deep-copies arrays)."""
     return tuple(getattr(work, f.name) for f in fields(work))
 
