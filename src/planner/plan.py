@@ -779,18 +779,24 @@ def _virtual_stage_choices(num_layers: int, pp: int) -> str:
     return ", ".join(map(str, values)) or "none (pp must divide the layers, or the layers + 2)"
 
 
+def _megatron_switch(value: Any, name: str, engine: str, what: str) -> bool:
+    """An on/off option only Megatron has (`what` it does, for the message): true or false, and on only with
+    --engine megatron."""
+    if not isinstance(value, bool):
+        raise PlanError(f"{name} must be true or false, got {quoted(value)}", "fix it")
+    flag = "--" + name.replace("_", "-")
+    if value and engine != "megatron":
+        raise PlanError(
+            f"{flag} is Megatron's ({what}); --engine {engine} has no such option",
+            f"drop {flag} or use --engine megatron",
+        )
+    return value
+
+
 def _fp8_param_gather(value: Any, engine: str, precision: str, zero: int) -> bool:
     """--fp8-param-gather, where it exists: Megatron in fp8 with the distributed optimizer."""
-    if not isinstance(value, bool):
-        raise PlanError(f"fp8_param_gather must be true or false, got {quoted(value)}", "fix it")
-    if not value:
+    if not _megatron_switch(value, "fp8_param_gather", engine, "fp8 parameters of the distributed optimizer"):
         return False
-    if engine != "megatron":
-        raise PlanError(
-            f"--fp8-param-gather is Megatron's (fp8 parameters of the distributed optimizer); --engine {engine} "
-            "has no such option",
-            "drop --fp8-param-gather or use --engine megatron",
-        )
     if precision != "fp8":
         raise PlanError(
             f"--fp8-param-gather keeps fp8 weights, and --precision {precision} has none", "use --precision fp8"
@@ -805,15 +811,8 @@ def _fp8_param_gather(value: Any, engine: str, precision: str, zero: int) -> boo
 
 def _tp_comm_overlap(value: Any, engine: str, tp: int, sequence_parallel: bool) -> bool:
     """--tp-comm-overlap, where it exists: Megatron with Transformer Engine, tp > 1, sequence parallelism."""
-    if not isinstance(value, bool):
-        raise PlanError(f"tp_comm_overlap must be true or false, got {quoted(value)}", "fix it")
-    if not value:
+    if not _megatron_switch(value, "tp_comm_overlap", engine, "Transformer Engine userbuffers"):
         return False
-    if engine != "megatron":
-        raise PlanError(
-            f"--tp-comm-overlap is Megatron's (Transformer Engine userbuffers); --engine {engine} has no such option",
-            "drop --tp-comm-overlap or use --engine megatron",
-        )
     if tp == 1:
         raise PlanError("--tp-comm-overlap overlaps tensor-parallel traffic, and --tp 1 has none", "use --tp 2 or more")
     if not sequence_parallel:
