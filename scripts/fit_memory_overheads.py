@@ -17,8 +17,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from planner.memory import DEFAULT_SAFETY_MARGIN, estimate_memory
-from planner.memory.model import card_view_gib, memory_arrays
+from planner.memory import DEFAULT_SAFETY_MARGIN
+from planner.memory.model import card_view_gib, host_ram_gib_per_node, memory_arrays, memory_estimate_at
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
 from planner.validate.memory import comparable_gib, load_memory_cases
 
@@ -33,7 +33,8 @@ def resolve_case(case) -> tuple:
     constants do not change, evaluated once per case."""
     model, gpu, plan = case.resolve()
     arrays = memory_arrays(model, plan)
-    memory = estimate_memory(model, gpu, plan)
+    # estimate_memory's own path from these arrays, for the host-RAM verdict (no second memory_arrays run)
+    memory = memory_estimate_at(arrays, host_ram_gib_per_node(model, plan), None, gpu, plan, DEFAULT_SAFETY_MARGIN)
     stream_blocks = float(arrays.breakdown_gib["fsdp1_stream_blocks"])
     return case, (model, gpu, plan), (float(arrays.allocated_gib), stream_blocks, memory.host_ram_fits)
 
