@@ -6,6 +6,7 @@ parameters changed as one JSON line.
     TRAIN_SCRIPT=tests/lora_smoke_train.py launch_trainer.sh --launch_folder DIR --max_steps 2 ...
 """
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -31,12 +32,21 @@ def main() -> None:
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 256, (64, SEQ_LEN), generator=generator)
     data = [{"input_ids": row, "labels": row} for row in tokens]
-    Trainer(model=wrapped, args=args, train_dataset=data).train()
+    trainer = Trainer(model=wrapped, args=args, train_dataset=data)
+    trainer.train()
     after = dict(wrapped.named_parameters())
     changed = sorted(n for n, p in before.items() if not torch.equal(p, after[n].detach()))
     trainable = sorted(n for n, p in wrapped.named_parameters() if p.requires_grad)
     if int(os.environ.get("RANK", "0")) == 0:
         print("lora-smoke " + json.dumps({"changed": changed, "trainable": trainable, "total": len(before)}))
+    # The Trainer leaves its gloo group open. As in examples/train.py: every rank finishes its collectives and the
+    # model's pending gloo work is freed before the group is destroyed; exiting with the group open let gloo abort
+    # rank 1 at exit once in CI (SIGABRT after both ranks had trained and printed).
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        del trainer, wrapped, after
+        gc.collect()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
