@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from planner.memory import DEFAULT_SAFETY_MARGIN
-from planner.memory.model import card_view_gib, host_ram_gib_per_node, memory_arrays, memory_estimate_at
+from planner.memory.model import card_view_gib, host_ram_gib_per_node, memory_arrays, memory_estimate_at, plan_fits
 from planner.memory.runtime import DEFAULT_OVERHEADS, RuntimeOverheads
 from planner.validate.memory import comparable_gib, load_memory_cases
 
@@ -43,7 +43,7 @@ def prediction(item, overheads: RuntimeOverheads) -> tuple[float, bool]:
     """(prediction comparable with the case's metric, predicted to fit) under `overheads`."""
     case, (_, gpu, plan), (allocated, stream_blocks, host_fits) = item
     reserved, peak, required = card_view_gib(allocated, stream_blocks, plan, gpu.memory_gib, overheads)
-    fits = float(required) <= gpu.memory_gib * (1 - DEFAULT_SAFETY_MARGIN) and host_fits is not False
+    fits = bool(plan_fits(float(required), gpu.memory_gib, DEFAULT_SAFETY_MARGIN, host_fits is not False))
     return comparable_gib(case.measured.metric, allocated, float(reserved), float(peak)), fits
 
 

@@ -425,6 +425,25 @@ def _at(value, index: int | None) -> float:
     return float(array if array.ndim == 0 or index is None else array[index])
 
 
+def usable_gib(capacity_gib: float, safety_margin: float) -> float:
+    """What a plan may use of a card: capacity x (1 - safety margin)."""
+    return capacity_gib * (1 - safety_margin)
+
+
+def host_ram_fits(offloading, host_gib, host_capacity_gib):
+    """Whether offloaded states fit the node's host RAM (arrays allowed): always without offload; a node whose
+    RAM is not known cannot be shown to hold them, so offload plans on it do not fit."""
+    if host_capacity_gib is None:
+        return np.logical_not(offloading)
+    return np.logical_or(np.logical_not(offloading), np.asarray(host_gib) <= host_capacity_gib)
+
+
+def plan_fits(required_gib, capacity_gib: float, safety_margin: float, host_fits):
+    """The hard constraint (arrays allowed): the required memory within the usable part of the card, and the
+    offloaded states within the host RAM. The one rule estimate, solve and the fit script share."""
+    return np.logical_and(np.asarray(required_gib) <= usable_gib(capacity_gib, safety_margin), host_fits)
+
+
 def memory_estimate_at(
     arrays: MemoryArrays, host_gib, index: int | None, gpu: GpuSpec, plan: Plan, safety_margin: float
 ) -> MemoryEstimate:
@@ -442,11 +461,10 @@ def memory_estimate_at(
     from_blocks = min(cache_given_up, breakdown["fsdp1_stream_blocks"])
     breakdown["fsdp1_stream_blocks"] -= from_blocks
     breakdown["allocator_fragmentation"] -= cache_given_up - from_blocks
-    usable = gpu.memory_gib * (1 - safety_margin)
     host = _at(host_gib, index)
     capacity = gpu.node.host_ram_gib
-    # Offloaded states must fit the node's host RAM; an unknown RAM cannot be shown to hold them (does not fit).
-    host_fits = None if plan.offload == "none" else capacity is not None and host <= capacity
+    offloading = plan.offload != "none"
+    host_fits = bool(host_ram_fits(offloading, host, capacity)) if offloading else None  # None: nothing offloaded
     phases = {k: _at(v, index) for k, v in arrays.phases_gib.items()}
     stage_peaks = [_at(v, index) for v in arrays.stage_peaks_gib]
     stage_peaks = [v for v in stage_peaks if not np.isnan(v)]
@@ -455,9 +473,9 @@ def memory_estimate_at(
         allocated_peak_gib=_at(arrays.allocated_gib, index),
         reserved_peak_gib=reserved,
         capacity_gib=gpu.memory_gib,
-        usable_gib=usable,
+        usable_gib=usable_gib(gpu.memory_gib, safety_margin),
         safety_margin=safety_margin,
-        fits=required <= usable and host_fits is not False,
+        fits=bool(plan_fits(required, gpu.memory_gib, safety_margin, host_fits is not False)),
         peak_phase=PHASES[int(_at(arrays.peak_phase, index))],
         peak_stage=int(_at(arrays.peak_stage, index)),
         breakdown_gib=breakdown,

@@ -16,6 +16,7 @@ from planner.catalog import ModelSpec, load_model
 from planner.errors import NoFeasiblePlanError, PlanError
 from planner.inputs import MAX_GLOBAL_BATCH, MAX_HOURS, MAX_USD, optional, quantity, run_figures, whole_number
 from planner.memory import DEFAULT_SAFETY_MARGIN
+from planner.memory.model import host_ram_fits, plan_fits, usable_gib
 from planner.plan import check_peft_target, method_fields_for
 from planner.progress import phase
 from planner.search.candidates import CATEGORIES, Candidates, evaluate_candidates
@@ -216,16 +217,14 @@ def solve(request: SolveRequest) -> SolveResult:
     cands = evaluate_candidates(
         model, budget, space, request.seq_len, global_batch, method_settings=request.method_settings
     )
-    usable = budget.gpu.memory_gib * (1 - request.safety_margin)
     price, price_source = _price(budget, request)
 
-    fits_gpu = cands.required_gib <= usable
-    host = budget.gpu.node.host_ram_gib
     offloading = np.array([cands.categories[g][CATEGORIES.index("offload")] != "none" for g in cands.group], dtype=bool)
-    # Host RAM is a hard limit like GPU memory: offloaded states must fit the node's RAM, and a node whose RAM
-    # is not known cannot be shown to hold them, so offload plans on it are rejected (see rejected_lines).
-    fits_host = ~offloading | (cands.host_ram_gib_per_node <= host if host is not None else False)
+    # Host RAM is a hard limit like GPU memory (see rejected_lines for how each is reported)
+    fits_host = host_ram_fits(offloading, cands.host_ram_gib_per_node, budget.gpu.node.host_ram_gib)
+    fits_gpu = plan_fits(cands.required_gib, budget.gpu.memory_gib, request.safety_margin, True)
     fits = fits_gpu & fits_host
+    usable = usable_gib(budget.gpu.memory_gib, request.safety_margin)
     within = None
     if request.tokens is not None and (request.max_cost is not None or request.max_hours is not None):
         hours = request.tokens / cands.tokens_per_s / 3600
