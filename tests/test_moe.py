@@ -312,15 +312,92 @@ def test_solve_searches_ep_for_moe_models_only():
     assert expert_parallel_degrees(space, load_model("llama-2-7b")).ep == (1,)
 
 
-def test_expert_gradients_reduce_over_the_expert_data_parallel_group():
-    """16 GPUs, EP 8: the experts' ring over 2 expert-data-parallel ranks moves 1/2 of their bytes where
-    the dp x cp ring moves 15/16; their optimizer states shard 2 ways, not 16 (8 x the work per rank)."""
-    plan = _plan(ep=8)
-    assert perf.expert_group_equivalent(1000.0, 300.0, plan) == pytest.approx(700 + 300 * (1 / 2) / (15 / 16))
-    assert perf.expert_shard_equivalent(1000.0, 300.0, plan) == 700 + 300 * 8
-    plain = _plan()  # EP 1: the experts' group is dp x cp itself
-    assert perf.expert_group_equivalent(1000.0, 300.0, plain) == pytest.approx(1000.0)
-    assert perf.expert_shard_equivalent(1000.0, 300.0, plain) == 1000.0
+def test_expert_optimizer_work_shards_over_the_expert_data_parallel_group():
+    """16 GPUs, EP 8: the experts' optimizer states shard 2 ways, not 16 (8 x the work per rank)."""
+    assert perf.expert_shard_equivalent(1000.0, 300.0, _plan(ep=8)) == 700 + 300 * 8
+    assert perf.expert_shard_equivalent(1000.0, 300.0, _plan()) == 1000.0  # EP 1: the group is dp x cp itself
+
+
+NIC_GBS = 50.0 * comm.NETWORK_BUS_EFFICIENCY
+"""One H100's own network interface (hardware/h100-80gb.yaml: 50 GB/s per GPU) at the ring's bus efficiency."""
+
+
+def _bandwidth_only(plan, dense, experts):
+    """(exposed, total) data-parallel seconds of `dense` parameters and `experts` routed-expert parameters,
+    bandwidth only (no message counts), with no compute to hide behind."""
+    share = perf.expert_data_parallel(load_model("qwen3-30b-a3b").architecture, plan, experts, 48)
+    return perf._dp_exposed_s(plan, load_gpu("H100"), dense, 0.0, 0.0, experts=share)
+
+
+def test_expert_collectives_cross_each_gpu_own_network_interface():
+    """FSDP ZeRO-3 on 2 nodes of 8 H100s with EP 8: the experts' group (expert_shard_degree 2) has its two
+    ranks 8 apart, one per node, so each GPU's expert shards go through its own NIC (45 GB/s), where the dense
+    dp x cp ring of 16 (8 ranks per node) runs at the node's NVLink-capped bus bandwidth (8 NICs, 360 GB/s).
+    Per micro-batch: the forward and backward bf16 gathers and the fp32 reduce-scatter, (n - 1) / n each."""
+    plan = _plan(engine="fsdp", zero=3, ep=8)
+    assert (plan.expert_shard_degree, perf.expert_data_parallel_stride(plan)) == (2, 8)
+    dense, experts = 1e9, 3e9
+    dense_s = (2 * 2 + 4) * dense * (15 / 16) / (360.0 * 1e9)
+    expert_s = (2 * 2 + 4) * experts * (1 / 2) / (NIC_GBS * 1e9)
+    exposed, total = _bandwidth_only(plan, dense, experts)
+    assert total == pytest.approx(dense_s + expert_s, rel=1e-12)
+    assert exposed == pytest.approx(total, rel=1e-12)
+    # EP 1: the experts stay in the dense ring (torchtitan wraps them apart only with EP), timed as before.
+    plain = _plan(engine="fsdp", zero=3)
+    assert _bandwidth_only(plain, dense + experts, experts)[1] == pytest.approx(
+        (2 * 2 + 4) * (dense + experts) * (15 / 16) / (360.0 * 1e9), rel=1e-12
+    )
+
+
+def test_expert_group_placement_follows_megatron_rank_order():
+    """32 GPUs on 8-GPU nodes: EP 4 puts the expert-data-parallel ranks 4 apart, two per node (two NICs per
+    ring); EP 16 spans two nodes and its expert group of 2 sits 16 apart, one per node."""
+    ep4 = _plan(engine="fsdp", zero=3, ep=4, gpus=32)
+    ep16 = _plan(engine="fsdp", zero=3, ep=16, gpus=32)
+    assert (ep4.expert_shard_degree, perf.expert_data_parallel_stride(ep4)) == (8, 4)
+    assert (ep16.expert_shard_degree, perf.expert_data_parallel_stride(ep16)) == (2, 16)
+    dense_s = (2 * 2 + 4) * 1e9 * (31 / 32) / (360.0 * 1e9)
+    assert _bandwidth_only(ep4, 1e9, 3e9)[1] == pytest.approx(
+        dense_s + 8 * 3e9 * (7 / 8) / (2 * NIC_GBS * 1e9), rel=1e-12
+    )
+    assert _bandwidth_only(ep16, 1e9, 3e9)[1] == pytest.approx(dense_s + 8 * 3e9 * (1 / 2) / (NIC_GBS * 1e9), rel=1e-12)
+
+
+def test_expert_collectives_once_per_step_under_the_distributed_optimizer_every_pass_under_fsdp():
+    """Megatron's distributed optimizer reduce-scatters the experts' gradients and gathers their parameters
+    once per step, whatever the accumulation; FSDP ZeRO-3 gathers and reduce-scatters them every micro-batch."""
+    for engine, zero, grows in (("megatron", 1, False), ("fsdp", 3, True)):
+        one, four = (_plan(engine=engine, zero=zero, ep=8, global_batch=16 * ga) for ga in (1, 4))
+        assert four.grad_accum == 4
+        totals = [_bandwidth_only(p, 1e9, 3e9)[1] for p in (one, four)]
+        assert totals[1] == pytest.approx(totals[0] * (4 if grows else 1), rel=1e-12)
+
+
+def test_deepseek_v3_fsdp_ep8_gathers_its_experts_through_one_nic():
+    """The worked example of the fix: DeepSeek-V3 on 256 H100s, FSDP ZeRO-3, EP 8, one 4k sequence per GPU.
+    Each GPU holds 58 MoE blocks x 32 experts x 3 x 7168 x 2048 = 81.7B expert parameters (163.5 GB in bf16);
+    its expert group has 32 ranks, one per node, so each gather moves 31/32 of them through its 45 GB/s NIC
+    (3.5 s), twice per micro-batch, and the fp32 reduce-scatter twice that: 14.1 s of the step's data-parallel
+    communication (2.36 s in all when the experts were timed on the whole dp ring). Each of the three transfers
+    is one collective per MoE block over 32 nodes, each paying NCCL's ring latency."""
+    request = PlanRequest(
+        model="deepseek-v3", gpu="H100", gpus=256, engine="fsdp", zero=3, ep=8, seq_len=4096,
+        checkpointing="full", global_batch=256,
+    )  # fmt: skip
+    model, gpu = load_model("deepseek-v3"), load_gpu("H100")
+    plan = make_plan(request, model, gpu)
+    experts = 58 * 32 * 3 * 7168 * 2048
+    assert max(s.expert_params for s in first_and_last_stage(model.architecture, plan)) == experts
+    gather_s = experts * 2 * (31 / 32) / (NIC_GBS * 1e9)
+    assert gather_s == pytest.approx(3.52, abs=0.01)
+    terms = perf.performance_terms(model, gpu, plan)
+    latency = comm.group_latency(gpu, 32, 8, 8).ring_gather_s * 58  # one gather per MoE block's experts
+    dense = max(s.params for s in first_and_last_stage(model.architecture, plan)) - experts
+    dense_total = perf._dp_exposed_s(
+        plan, gpu, dense, 0.0, 0.0, messages=perf.data_parallel_messages(model.architecture, plan, dense, 61)
+    )[1]
+    expected = dense_total + 4 * gather_s + 3 * latency
+    assert terms["data_parallel_comm_total_s"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_pipeline_stages_count_their_moe_blocks():

@@ -24,6 +24,7 @@ Per step: the pipeline runs grad_accum + (pp - 1)/V micro-batch slots (V = 1 for
 then the data-parallel communication that compute could not hide, the optimizer update and CPU offload.
 """
 
+import functools
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -380,21 +381,35 @@ def fp8_scaling_s(arch: Architecture, plan: Plan, gpu: GpuSpec, layers, moe_laye
     return elements * FP8_CAST_BYTES_PER_ELEMENT[plan.fp8_recipe] / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
 
 
-def gathered_param_bytes(arch: Architecture, plan: Plan) -> float:
+def gathered_param_bytes(arch: Architecture, plan: Plan, routed_experts: bool = True) -> float:
     """Bytes per parameter of the parameter all-gather (FSDP/ZeRO-3 before each use, Megatron's distributed
     optimizer after the step): the compute dtype, except the blocks' linear weights gathered in fp8 (1 byte)
     under fsdp_fp8_all_gather or Megatron's --fp8-param-gather, weighted by their share of the parameters
     (norms, embeddings, the LM head and MoE routers stay bf16). Dense blocks' linears are their matmul weights;
     a MoE block's are its attention and shared-expert linears and all its routed experts' matrices
     (fp8_moe_block_matrices: Megatron-Core's router is no fp8 module). DeepSeek-V3: 669.1B of its 671.0B parameters
-    (embedding and head counted twice) are fp8 linears, 2 - 0.997 = 1.003 bytes per parameter."""
+    (embedding and head counted twice) are fp8 linears, 2 - 0.997 = 1.003 bytes per parameter.
+    `routed_experts=False`: the same average over the parameters other than the routed experts (what the
+    dense data-parallel group gathers when the experts gather over their own group, expert_data_parallel)."""
     c = compute_param_bytes(plan)
     if not (fsdp_fp8_all_gather(plan) or plan.fp8_param_gather):
         return float(c)
-    moe_linear = sum(t.numel for t in fp8_moe_block_matrices(arch)) + arch.num_experts * expert_matmul_params(arch)
+    experts = arch.num_experts * expert_matmul_params(arch)
+    moe_linear = sum(t.numel for t in fp8_moe_block_matrices(arch)) + experts * routed_experts
     linear = dense_layers(arch) * block_matmul_params(arch) + moe_layers(arch) * moe_linear
     total = blocks_params(arch, arch.num_experts) + 2 * arch.vocab_size * arch.hidden_size
+    if not routed_experts:
+        total -= moe_layers(arch) * arch.num_experts * sum(t.numel for t in expert_tensors(arch))
     return c - (c - 1) * linear / total
+
+
+def expert_gathered_param_bytes(arch: Architecture, plan: Plan) -> float:
+    """Bytes per parameter of the routed experts' all-gather: their matrices in fp8 (1 byte) under the fp8
+    gathers of gathered_param_bytes, their biases (gpt-oss) in the compute dtype."""
+    c = compute_param_bytes(plan)
+    if not (fsdp_fp8_all_gather(plan) or plan.fp8_param_gather):
+        return float(c)
+    return c - (c - 1) * expert_matmul_params(arch) / sum(t.numel for t in expert_tensors(arch))
 
 
 def pipeline_bubble_slots(plan: Plan):
@@ -769,7 +784,126 @@ def data_parallel_messages(arch: Architecture, plan: Plan, params, layers) -> Da
     return DataParallelMessages(layers + 1, layers + 1)
 
 
-def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None, gather_bytes=None, messages=None):
+def expert_data_parallel_stride(plan: Plan):
+    """Rank distance between the members of an expert-data-parallel group: ep x etp. Megatron-Core builds the
+    expert layers' groups with a RankGenerator of tp = expert_tensor_parallel_size, ep, dp =
+    expert_data_parallel_size and cp = 1 in the dense order 'tp-cp-ep-dp-pp' (NVIDIA/Megatron-LM
+    megatron/core/parallel_state.py, initialize_model_parallel), so the expert-TP ranks are adjacent, then the
+    EP ranks, then the expert-data-parallel ranks, pipeline stages outermost. torchtitan's experts' FSDP mesh
+    (dp_shard_mod_ep, 'efsdp') sits outside dp_shard_in_ep x cp x tp, whose product is ep x etp as well
+    (torchtitan/distributed/parallel_dims.py). EP 8 x etp 1 on 8-GPU nodes: one member per node."""
+    return plan.ep * plan.expert_tp
+
+
+@dataclass(frozen=True)
+class ExpertDataParallel:
+    """The routed experts' share of a stage's data-parallel transfers, which run over their own
+    expert-data-parallel group (arrays allowed; `params` is 0 where they stay with the dense parameters)."""
+
+    params: object
+    """Routed-expert parameters of the stage on this rank, reduced and gathered over the expert group."""
+    messages: DataParallelMessages
+    """Collectives per transfer over that group (expert_data_parallel_messages)."""
+    gather_bytes: object
+    """Bytes per parameter of their all-gather (expert_gathered_param_bytes)."""
+
+
+def experts_apart(plan: Plan):
+    """Whether the routed experts reduce and gather over a group of their own: with EP, or an expert-TP degree
+    other than tp, their expert-data-parallel group differs from the dp x cp group. Otherwise it is the same
+    ring, and torchtitan does not even wrap them apart (apply_fsdp gives the experts their own FSDP unit only
+    when ep > 1); Megatron keeps them in separate buckets even then (parameters with allreduce=False), which
+    changes nothing but one bucket boundary, so they are timed with the dense parameters."""
+    return (np.asarray(plan.ep) > 1) | (np.asarray(plan.expert_tp) != np.asarray(plan.tp))
+
+
+def expert_data_parallel_messages(arch: Architecture, plan: Plan, experts, moe_blocks) -> DataParallelMessages:
+    """Collectives per transfer of the stage's routed experts over their group: Megatron cuts their gradient
+    buffer into buckets of the same size as the dense one (DistributedDataParallel allocates the expert buffers
+    over the expert-data-parallel group with the same ddp_config.bucket_size); torchtitan wraps each MoE block's
+    experts in an FSDP unit of their own (apply_fsdp: fully_shard(transformer_block.moe.experts,
+    mesh=edp_mesh)), one gather and one reduce-scatter per block; DDP in its 25 MiB buckets
+    (data_parallel_messages)."""
+    if plan.engine == "fsdp" and plan.zero >= 1:
+        return DataParallelMessages(moe_blocks, moe_blocks)
+    return data_parallel_messages(arch, plan, experts, moe_blocks)
+
+
+def expert_data_parallel(arch: Architecture, plan: Plan, experts, moe_blocks) -> ExpertDataParallel:
+    """The routed experts' data-parallel share (ExpertDataParallel) of a stage with `experts` routed-expert
+    parameters in `moe_blocks` MoE blocks on this rank; empty where experts_apart is false."""
+    apart = experts_apart(plan)
+    messages = expert_data_parallel_messages(arch, plan, experts, moe_blocks)
+    return ExpertDataParallel(
+        np.where(apart, experts, 0.0),
+        DataParallelMessages(*(np.where(apart, m, 0.0) for m in (messages.reduction, messages.gather))),
+        expert_gathered_param_bytes(arch, plan),
+    )
+
+
+@dataclass(frozen=True)
+class _GroupShare:
+    """One process group's part of the data-parallel transfers: its parameters, link and collectives."""
+
+    params: object
+    trainable: object
+    size: object
+    bandwidth_gbps: object
+    latency: comm.GroupLatency
+    messages: DataParallelMessages
+    gather_bytes: object
+
+
+def _group_shares(plan: Plan, gpu: GpuSpec, params, trainable, gather_bytes, messages, experts):
+    """The dense share over the dp x cp group (ranks tp apart) and, where experts_apart, the routed experts'
+    over their expert-data-parallel group (plan.expert_shard_degree ranks, ep x etp apart:
+    expert_data_parallel_stride), each placed on its links by comm.group_bandwidth_gbps / comm.group_latency. With
+    EP filling a node (EP 8 on 8-GPU nodes) the expert group has one rank per node: each GPU's expert shards
+    cross its own network interface, not NVLink nor the node's other NICs."""
+    timed = messages is not None
+    c = compute_param_bytes(plan)
+    if messages is None:
+        messages = DataParallelMessages(1, 1)
+    n, e = plan.shard_degree, plan.expert_shard_degree
+
+    def latency(size, stride):
+        return comm.group_latency(gpu, size, stride, plan.gpus_per_node) if timed else comm.NO_LATENCY
+
+    dense = _GroupShare(
+        params,
+        trainable,
+        n,
+        comm.group_bandwidth_gbps(gpu, n, plan.tp, plan.gpus_per_node),
+        latency(n, plan.tp),
+        messages,
+        c if gather_bytes is None else gather_bytes,
+    )
+    if experts is None:
+        return (dense,)
+    stride = expert_data_parallel_stride(plan)
+    expert = _GroupShare(
+        experts.params,
+        experts.params,
+        e,
+        comm.group_bandwidth_gbps(gpu, e, stride, plan.gpus_per_node),
+        latency(e, stride),
+        experts.messages if timed else DataParallelMessages(1, 1),
+        experts.gather_bytes,
+    )
+    return dense, expert
+
+
+def _dp_exposed_s(
+    plan: Plan,
+    gpu: GpuSpec,
+    params,
+    fwd_s,
+    bwd_s,
+    trainable=None,
+    gather_bytes=None,
+    messages=None,
+    experts: ExpertDataParallel | None = None,
+):
     """(per-step exposed data-parallel communication, per-step total) for the plan's engine and ZeRO stage.
 
     Volumes: DeepSpeed reduces and gathers bf16 (ZeRO-1/2: reduce-scatter + all-gather per step, ZeRO-2
@@ -782,41 +916,64 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     gather behind the next step's first forward. A group of one rank moves nothing.
     PEFT plans reduce (and, below ZeRO-3, re-gather) only the `trainable` parameters; ZeRO-3/FULL_SHARD
     still gather every frozen weight for forward and backward.
+    `params`, `trainable`, `gather_bytes` and `messages` are the dense parameters' share over the dp x cp
+    group; a MoE stage's routed experts (`experts`, ExpertDataParallel) move the same way over their own
+    group, on its own links (_group_shares): every transfer is the two groups' collectives one after the
+    other (they share the nodes' network interfaces), so Megatron's distributed optimizer reduces and
+    gathers the experts once per step and FSDP per micro-batch pass, as it does the dense parameters.
     Each transfer is cut into the engine's collectives (`messages`, data_parallel_messages), each paying
-    NCCL's latency over the group (comm.group_latency), and overlap hides all but one of them: the last
+    NCCL's latency over its group (comm.group_latency), and overlap hides all but one of them: the last
     gradient bucket is reduced after the backward has ended, the first parameters are gathered before the
     forward can start (Megatron's finish_grad_sync / first-bucket param gather, FSDP's root unshard and last
-    reduce-scatter, DeepSpeed's first module fetch). None: bandwidth only, everything hideable."""
+    reduce-scatter, DeepSpeed's first module fetch); of two groups, the longer such collective. None:
+    bandwidth only, everything hideable."""
     trainable = params if trainable is None else trainable
-    n = plan.shard_degree
-    bw = comm.group_bandwidth_gbps(gpu, n, plan.tp, plan.gpus_per_node)
+    pipelined_overlap = messages is not None
+    shares = _group_shares(plan, gpu, params, trainable, gather_bytes, messages, experts)
     c = compute_param_bytes(plan)
     ga = plan.grad_accum
-    pipelined_overlap = messages is not None
-    if messages is None:
-        latency, messages = comm.NO_LATENCY, DataParallelMessages(1, 1)
-    else:
-        latency = comm.group_latency(gpu, n, plan.tp, plan.gpus_per_node)
 
-    def last_of(comm_s, collectives):
+    def transfer(op, bytes_per_param, count, collectives):
+        """Per group: (seconds, collectives) of one transfer; bytes_per_param None = the group's gather bytes."""
+        return tuple(
+            (
+                op(
+                    getattr(g, count) * (g.gather_bytes if bytes_per_param is None else bytes_per_param),
+                    g.size,
+                    g.bandwidth_gbps,
+                    getattr(g.messages, collectives),
+                    g.latency,
+                ),
+                getattr(g.messages, collectives),
+            )
+            for g in shares
+        )
+
+    def seconds(parts):
+        return sum(s for s, _ in parts)
+
+    def last_of(parts):
         """The one collective of a transfer that no compute can hide: the last gradient bucket is reduced
         after the backward that fills it has ended, the first parameters gathered before the forward that
         needs them can start (zero without a message count)."""
-        return comm_s / collectives if pipelined_overlap else 0.0
+        if not pipelined_overlap:
+            return 0.0
+        return functools.reduce(np.maximum, (np.where(m > 0, s / np.maximum(m, 1), 0.0) for s, m in parts))
 
-    def ag(bytes_per_param, count=trainable, collectives=messages.reduction):
-        return comm.all_gather_s(count * bytes_per_param, n, bw, collectives, latency)
+    def ag(bytes_per_param):
+        """Gradient reduce-scatter (ring all-gather's volume) of the trained parameters."""
+        return transfer(comm.reduce_scatter_s, bytes_per_param, "trainable", "reduction")
 
     def ar(bytes_per_param):
-        return comm.all_reduce_s(trainable * bytes_per_param, n, bw, messages.reduction, latency)
+        return transfer(comm.all_reduce_s, bytes_per_param, "trainable", "reduction")
 
-    def gather(bytes_per_param, count=trainable):
+    def gather(bytes_per_param=None):
         """Parameter gathers of the updated (trained) parameters."""
-        return ag(bytes_per_param, count, messages.gather)
+        return transfer(comm.all_gather_s, bytes_per_param, "trainable", "gather")
 
-    def gather_all(bytes_per_param):
+    def gather_all(bytes_per_param=None):
         """ZeRO-3/FULL_SHARD parameter gathers: every parameter, trained or frozen."""
-        return gather(bytes_per_param, params)
+        return transfer(comm.all_gather_s, bytes_per_param, "params", "gather")
 
     def hidden_behind(comm_s, window_s, exposed_at_least_s=0.0):
         return np.maximum(exposed_at_least_s, comm_s - window_s)
@@ -824,42 +981,44 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     reduce_bytes = gradient_reduce_bytes(plan)
     if plan.engine == "deepspeed":
         overlap = deepspeed_overlap_comm(plan)
+        reduction, params_gather, fetch = ag(c), gather(c), gather_all(c)
         if plan.zero == 0:
-            total = ar(c)
+            total = seconds(ar(c))
             return total, total
         if plan.zero in (1, 2):
             # overlap_comm reduces each bucket while backward goes on; ZeRO-2 reduces every micro-batch.
-            per_reduction = hidden_behind(ag(c), bwd_s, last_of(ag(c), messages.reduction)) if overlap else ag(c)
+            per_reduction = seconds(reduction)
+            if overlap:
+                per_reduction = hidden_behind(per_reduction, bwd_s, last_of(reduction))
             reductions = per_reduction * (ga if plan.zero == 2 else 1)
-            total = ag(c) * (ga if plan.zero == 2 else 1) + gather(c)
-            return reductions + gather(c), total
-        total = ga * (2 * gather_all(c) + ag(c))
+            total = seconds(reduction) * (ga if plan.zero == 2 else 1) + seconds(params_gather)
+            return reductions + seconds(params_gather), total
+        total = ga * (2 * seconds(fetch) + seconds(reduction))
         if not overlap:
             return total, total
-        per_mb_exposed = hidden_behind(gather_all(c), fwd_s, last_of(gather_all(c), messages.gather)) + hidden_behind(
-            gather_all(c) + ag(c), bwd_s, last_of(ag(c), messages.reduction)
+        per_mb_exposed = hidden_behind(seconds(fetch), fwd_s, last_of(fetch)) + hidden_behind(
+            seconds(fetch) + seconds(reduction), bwd_s, last_of(reduction)
         )
         return ga * per_mb_exposed, total
     if plan.engine == "fsdp":
         if plan.zero == 0:
             grad_bytes = 4 if plan.precision in ("bf16", "fp16", "fp8", "fp32") else c
-            total = ar(grad_bytes)
-            return hidden_behind(total, bwd_s, last_of(total, messages.reduction)), total
+            reduction = ar(grad_bytes)
+            total = seconds(reduction)
+            return hidden_behind(total, bwd_s, last_of(reduction)), total
         gathers_per_mb = 2 if plan.zero == 3 else 1
-        g = c if gather_bytes is None else gather_bytes
-        forward = gather_all(g)
-        backward = gather_all(g) * (gathers_per_mb - 1) + ag(reduce_bytes)
-        first_gather = last_of(forward, messages.gather)
-        last_reduce = last_of(ag(reduce_bytes), messages.reduction)
+        fetch, reduction = gather_all(), ag(reduce_bytes)
+        forward = seconds(fetch)
+        backward = seconds(fetch) * (gathers_per_mb - 1) + seconds(reduction)
+        first_gather = last_of(fetch)
+        last_reduce = last_of(reduction)
         # Every micro-batch waits for its first gather (parameters were resharded after the last backward); the
         # last reduce-scatter of one micro-batch overlaps the next one's forward, only the step's final one waits.
         per_step = ga * hidden_behind(forward, fwd_s, first_gather) + (ga - 1) * hidden_behind(backward, bwd_s)
         per_step = per_step + hidden_behind(backward, bwd_s, last_reduce)
         # Pipelining keeps parameters unsharded and skips gradient sync until the last micro-batch.
-        pipelined = hidden_behind(gather_all(g), fwd_s, first_gather) + hidden_behind(
-            ag(reduce_bytes), bwd_s, last_reduce
-        )
-        pipelined_total = gather_all(g) + ag(reduce_bytes)
+        pipelined = hidden_behind(forward, fwd_s, first_gather) + hidden_behind(seconds(reduction), bwd_s, last_reduce)
+        pipelined_total = forward + seconds(reduction)
         return (
             np.where(plan.pp > 1, pipelined, per_step),
             np.where(plan.pp > 1, pipelined_total, ga * (forward + backward)),
@@ -868,26 +1027,14 @@ def _dp_exposed_s(plan: Plan, gpu: GpuSpec, params, fwd_s, bwd_s, trainable=None
     overlap_reduce = plan.overlap_grad_reduce is not False
     overlap_gather = plan.overlap_param_gather is not False
     if plan.zero == 0:
-        total = ar(reduce_bytes)
-        return (hidden_behind(total, bwd_s, last_of(total, messages.reduction)) if overlap_reduce else total), total
-    reduce, params_gather = ag(reduce_bytes), gather(c if gather_bytes is None else gather_bytes)
-    exposed_reduce = hidden_behind(reduce, bwd_s, last_of(reduce, messages.reduction)) if overlap_reduce else reduce
-    exposed_gather = (
-        hidden_behind(params_gather, fwd_s, last_of(params_gather, messages.gather))
-        if overlap_gather
-        else params_gather
-    )
-    return exposed_reduce + exposed_gather, reduce + params_gather
-
-
-def expert_group_equivalent(params, experts, plan: Plan):
-    """Parameters whose data-parallel collectives over dp x cp ranks move what the stage's really move: the
-    routed experts reduce and gather over their own expert-data-parallel group (dp x cp / ep ranks,
-    Megatron-Core's expert_data_parallel_group, torchtitan's FSDP mesh of the experts), whose ring moves
-    (e - 1) / e of their bytes instead of (n - 1) / n."""
-    n, e = plan.shard_degree, plan.expert_shard_degree
-    ratio = np.where(n > 1, (1 - 1 / e) / (1 - 1 / np.maximum(n, 2)), 1.0)
-    return params - experts + experts * ratio
+        reduction = ar(reduce_bytes)
+        total = seconds(reduction)
+        return (hidden_behind(total, bwd_s, last_of(reduction)) if overlap_reduce else total), total
+    reduction, params_gather = ag(reduce_bytes), gather()
+    reduce, gathered = seconds(reduction), seconds(params_gather)
+    exposed_reduce = hidden_behind(reduce, bwd_s, last_of(reduction)) if overlap_reduce else reduce
+    exposed_gather = hidden_behind(gathered, fwd_s, last_of(params_gather)) if overlap_gather else gathered
+    return exposed_reduce + exposed_gather, reduce + gathered
 
 
 def expert_shard_equivalent(params, experts, plan: Plan):
@@ -1059,13 +1206,17 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     compute_s = compute_s + dequantize_s
     micro_batch_s = micro_batch_s + dequantize_s
     local_trainable = trainable
+    gather_bytes, expert_dp = gathered_param_bytes(arch, plan), None
     if arch.is_moe:
         experts = np.maximum(*(s.expert_params for s in stages))
-        params, trainable = (expert_group_equivalent(p, experts, plan) for p in (params, trainable))
         local_trainable = expert_shard_equivalent(local_trainable, experts, plan)
+        expert_dp = expert_data_parallel(arch, plan, experts, np.maximum(*(s.moe_layers for s in stages)))
+        params, trainable = params - expert_dp.params, trainable - expert_dp.params
+        dense_gather_bytes = gathered_param_bytes(arch, plan, routed_experts=False)
+        gather_bytes = np.where(experts_apart(plan), dense_gather_bytes, gather_bytes)
     messages = data_parallel_messages(arch, plan, trainable, layers)
     dp_exposed_s, dp_total_s = _dp_exposed_s(
-        plan, gpu, params, forward_s, backward_s, trainable, gathered_param_bytes(arch, plan), messages
+        plan, gpu, params, forward_s, backward_s, trainable, gather_bytes, messages, expert_dp
     )
     optimizer_s, offload_s = _optimizer_step_s(model, plan, gpu, local_trainable)
     breakdown = {
