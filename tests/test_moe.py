@@ -105,6 +105,7 @@ def _plan(model="qwen3-30b-a3b", **changes):
         ({"ep": 3}, "--ep 3 does not divide the 128 experts"),
         ({"ep": 16, "tp": 2}, "--ep 16 does not divide dp x cp = 8"),
         ({"ep": 2, "engine": "deepspeed"}, "--engine deepspeed has no expert parallelism"),
+        ({"tp": 2, "etp": 1, "engine": "deepspeed", "zero": 2}, "--engine deepspeed has no expert tensor parallelism"),
         ({"model": "llama-2-7b", "ep": 2}, "llama-2-7b is a dense model"),
         ({"moe_capacity_factor": 1.0, "engine": "fsdp", "zero": 3}, "token dropping with a capacity factor"),
         ({"moe_capacity_factor": 0}, "--moe-capacity-factor must be a number above 0"),

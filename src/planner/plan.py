@@ -551,6 +551,11 @@ def _moe_fields(request: PlanRequest, model: ModelSpec, engine: str, dp: int, cp
         )
     if tp % etp:
         raise PlanError(f"--etp {etp} does not divide --tp {tp}", f"use an expert TP degree from {_divisors(tp)}")
+    if etp != tp and engine not in EXPERT_PARALLEL_ENGINES:  # its experts are ordinary linears, split over tp
+        raise PlanError(
+            f"--engine {engine} has no expert tensor parallelism: its experts are split over tp like every linear",
+            "leave --etp out, or use --engine megatron or fsdp (torchtitan)",
+        )
     if etp not in (1, tp) and engine != "megatron":
         raise PlanError("torchtitan's expert tensor parallelism is 1 or tp", f"use --etp 1 or {tp}")
     ranks = tp * cp * dp // etp
