@@ -65,8 +65,10 @@ def test_unsafe_cases(memory):
     """One unsafe case today: fms-16, Llama-2-70B QLoRA on 2 GPUs under FSDP1 with 4 x 4096 tokens, measured out
     of memory, predicted 51 GiB. Its 2-sequence sibling fms-14 is under-predicted by 18.4% (43.5 GiB allocated
     measured; what it holds after training, 17.94 GiB, is predicted at 17.93 with bitsandbytes' replicated
-    quantization constants): what FSDP1 + QLoRA adds at the peak there is not found yet. Every other OOM row is
-    predicted OOM."""
+    quantization constants). The source's own rows put the gap in FSDP1: per token above what it keeps, the 70B
+    QLoRA run holds 1.80 MiB on one GPU and 3.19 MiB under FSDP1 (Mistral-7B and Mixtral gain 0.1-0.3 MiB), about
+    one more bf16 hidden vector per decoder block; which tensor that is was not found (the case's notes list what is
+    ruled out). Every other OOM row is predicted OOM."""
     assert [r.case.id for r in memory.results if r.unsafe] == ["fms-16"]
     ooms = [r for r in memory.results if r.case.measured.outcome == "oom"]
     assert len(ooms) == 7 and sum(not r.memory.fits for r in ooms) == 6
@@ -75,13 +77,14 @@ def test_unsafe_cases(memory):
 def test_memory_median_error_regression_bound(memory):
     """Today: 13.3% over the 30 scored rows with a measured peak (target 10%: not met). ms-swift is under-predicted:
     its logits path (12 x V bytes per token in Qwen's code, 14 x V in ChatGLM3's, `--loss shifted`) is counted,
-    the rest is not a per-token term (its reserved memory of unpacked, randomly ordered batches; see README).
+    the rest follows the vocabulary, not the width, and not the tokens (the reserved memory of batches whose length
+    changes every step; the cases file's header gives the evidence).
     fms-acceleration, the cleanest source (allocated peaks, packed 4096-token sequences), is at 4.2% with the
     shifted fp32 copy of transformers 4.48.1's loss (6.5% without). torchtune's rows are not scored (compile,
     activation offloading: `skipped`)."""
     assert memory.median_abs_error_pct == pytest.approx(13.29, abs=0.05)
     by_source = memory.median_abs_error_pct_by_source()
-    assert by_source["swift"] == pytest.approx(21.80, abs=0.05)
+    assert by_source["swift"] == pytest.approx(21.66, abs=0.05)
     assert by_source["fms"] == pytest.approx(4.15, abs=0.05)
     assert by_source["flagperf"] == pytest.approx(7.24, abs=0.05)
 
