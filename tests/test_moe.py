@@ -264,12 +264,12 @@ def test_expert_gemm_runs_at_the_efficiency_of_its_rows_per_expert():
     rows = perf.tokens_per_expert(arch, plan)
     assert rows == pytest.approx(2048 * (1 + math.sqrt(2 * math.log(8) / (4096 * 8))), rel=1e-12)
     work = perf._stage_work(flops_per_token(arch, plan), plan, arch, 0, perf.causal_attention_fraction(arch, plan))
-    eff = perf.efficiency(gpu, rows, 2048, False, 1.0)[0]
+    eff = perf.efficiency(gpu, rows, 2048, 1.0)[0]
     flops = plan.tokens_per_micro_batch * perf.routed_load_factor(arch, plan) * work.expert_flops
     assert perf.expert_gemm_s(arch, plan, gpu, work, 989e12, 2048, 1.0) == pytest.approx(
         flops / (989e12 * eff), rel=1e-12
     )
-    assert eff == pytest.approx(0.67 * rows / (rows + 1024) * 2048 / (2048 + 1024), rel=1e-12)
+    assert eff == pytest.approx(gpu.compute_efficiency.max * rows / (rows + 1024) * 2048 / (2048 + 1024), rel=1e-12)
 
 
 def test_all_to_all_uses_nvlink_inside_the_node_and_the_nic_across():

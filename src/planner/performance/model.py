@@ -6,9 +6,11 @@ Per micro-batch on the slowest pipeline stage:
 
     compute = matmul FLOPs / (peak[matmul dtype] x eff)
               + causal share x attention FLOPs / (peak[bf16] x flash speed x eff)
+              + pointwise bytes / (HBM bandwidth x HBM_EFFICIENCY)   (norms, activation, RoPE, residual adds:
+                counted per engine's kernel set, planner.performance.pointwise)
               (+ score-matrix memory traffic for eager attention)
     eff     = max x T/(T + half_tokens) x w/(w + half_width)   (GPU-specific, fitted: hardware/*.yaml)
-              (w: pointwise_width, the hidden size whose pointwise work one GPU does per matmul FLOP)
+              (w: pointwise_width, the hidden size per matmul FLOP one GPU works on)
 
 The attention FLOPs are the convention's (whole s x s, as MFU counts them); a causal flash kernel executes
 about half (causal_attention_fraction), at the speed its FlashAttention version reaches on the GPU
@@ -60,6 +62,7 @@ from planner.performance.flops import (
     expert_matmul_params,
     flops_per_token,
 )
+from planner.performance.pointwise import pointwise_bytes_per_token
 from planner.plan import Plan
 
 UNFITTED_EFFICIENCY = ComputeEfficiency(
@@ -105,13 +108,6 @@ HOST_MEMORY_BANDWIDTH_GBPS_PER_NODE = 280.0
 
 HBM_EFFICIENCY = 0.8
 """Share of peak HBM bandwidth memory-bound kernels (optimizer update, eager softmax) reach."""
-
-COMPILE_POINTWISE_REMAINING = 0.3
-"""Share of the pointwise (norm, activation, RoPE, residual) overhead left after torch.compile fuses it:
-the width term's half_width is scaled by this. Derived from torchtitan's Llama-3.1-8B on 8 and 128 H100s
-(benchmarks/llama3_h100_202412_torchtitan.md, Tables 1 and 3; FSDP, local batch 2, seq 8192, selective
-checkpointing): 5,762 -> 6,667 and 5,605 -> 6,514 tokens/s per GPU with compile (+15.7%, +16.2%); with
-the hopper constants this value gives +16.2% for both (0.5 gave +11%)."""
 
 CUDNN_ATTENTION_ARCHITECTURES = ("hopper", "blackwell")
 """GPU families on which Transformer Engine runs attention through cuDNN's fused kernel rather than the flash-attn
@@ -250,37 +246,35 @@ def replicated_pointwise_share(arch: Architecture) -> float:
 
 
 def pointwise_width(arch: Architecture, plan: Plan):
-    """The width in the efficiency's pointwise factor. A block's pointwise work (norms, activation, RoPE,
-    residual adds) grows as T x h while its matmuls grow as T x h^2, so their ratio falls as 1/h. Tensor
-    parallelism splits the matmuls over tp GPUs, and with them the activation and RoPE regions, which work
-    on the split outputs; sequence parallelism splits the norm/dropout/residual regions too (Korthikanti et
-    al. 2022, Sec. 4.2.2), and the ratio stays that of the full width h. Without it every TP rank repeats
-    those regions on the whole sequence: with r = replicated_pointwise_share, the pointwise work per matmul
-    FLOP grows by r x tp + (1 - r) and the width is h over that. (h / tp for every TP plan put the
-    sequence-parallel TP-8 cases of tests/data 10-35% too slow; h / tp for the plans without sequence
-    parallelism, as if all their pointwise work were repeated, put Megatron's 2021 TP 8 runs 23-32% too
-    slow, where the GeLU on the split width is most of that work.)"""
+    """The width in the efficiency's width factor: the hidden size h, or without sequence parallelism h over
+    r x tp + (1 - r) with r = replicated_pointwise_share, as if the per-FLOP overhead grew like the
+    pointwise regions every TP rank repeats (Korthikanti et al. 2022, Sec. 4.2.2).
+
+    The factor used to stand for the pointwise kernels themselves; their time is now counted in bytes
+    (pointwise_s) and the factor, still fitted, keeps what shrinks with the width beyond them (the GEMMs'
+    fixed per-tile costs, epilogues and last waves, amortised over fewer FLOPs at a small width). Its width
+    kept the TP adjustment: with the plain h the Megatron 2021/2022 papers' TP-8 runs without sequence
+    parallelism improve (left out 26% -> 20%), but the A100 fit that leaves MosaicML out moves to where
+    MosaicML is predicted at 14.2% (7.7% with this width). (h / tp for every TP plan put the
+    sequence-parallel TP-8 cases of tests/data 10-35% too slow.)"""
     share = replicated_pointwise_share(arch)
     return np.where(plan.sequence_parallel, arch.hidden_size, arch.hidden_size / (share * plan.tp + 1 - share))
 
 
-def efficiency(
-    gpu: GpuSpec, tokens: float, width: float, compiled: bool = False, peak_ratio: float = 1.0
-) -> tuple[float, ComputeEfficiency]:
-    """Achieved fraction of peak for GEMMs with `tokens` rows; `width` is `pointwise_width`. The width
-    factor stands for pointwise work, whose cost relative to the matmuls falls as 1/width; torch.compile
-    fuses part of it away.
+def efficiency(gpu: GpuSpec, tokens: float, width: float, peak_ratio: float = 1.0) -> tuple[float, ComputeEfficiency]:
+    """Achieved fraction of peak for GEMMs with `tokens` rows; `width` is `pointwise_width`.
 
     `peak_ratio` is the GEMM dtype's peak over the bf16 peak the constants were fitted at (2 for fp8 on
     Hopper). Both factors have the form 1 / (1 + overhead time / matmul time): a per-GEMM fixed cost (tile
-    ramp-up, wave quantisation, epilogue, launch) for the token factor, the bf16 pointwise kernels for the
-    width factor. Neither overhead gets faster when the matmuls run on fp8 tensor cores, while the matmul
-    time divides by `peak_ratio`, so both half points scale by it: an fp8 GEMM needs `peak_ratio` times
-    the tokens (and width) to reach the same share of its own peak. That is fp8's shape-dependent
+    ramp-up, wave quantisation, epilogue, launch) for the token factor, what shrinks with the width for the
+    width factor (pointwise_width). Neither overhead gets faster when the matmuls run on fp8 tensor cores, while
+    the matmul time divides by `peak_ratio`, so both half points scale by it: an fp8 GEMM needs `peak_ratio`
+    times the tokens (and width) to reach the same share of its own peak. That is fp8's shape-dependent
     efficiency: near 2x for large shapes, much less for small ones (torchao float8 README, 'Performance':
-    the GEMM speedup approaches 2x as M, K, N grow and falls below 1 for small shapes)."""
+    the GEMM speedup approaches 2x as M, K, N grow and falls below 1 for small shapes). torch.compile does not
+    enter here: what it fuses is counted in bytes (planner.performance.pointwise)."""
     params = gpu.compute_efficiency or UNFITTED_EFFICIENCY
-    half_width = params.half_width * (COMPILE_POINTWISE_REMAINING if compiled else 1.0) * peak_ratio
+    half_width = params.half_width * peak_ratio
     half_tokens = params.half_tokens * peak_ratio
     value = params.max * tokens / (tokens + half_tokens) * width / (width + half_width)
     return value, params
@@ -379,6 +373,14 @@ def fp8_scaling_s(arch: Architecture, plan: Plan, gpu: GpuSpec, layers, moe_laye
         moe_activations, moe_weights = fp8_moe_linear_elements(arch, plan, divisor, expert_divisor)
         elements = elements + moe_layers * (tokens * moe_activations + moe_weights * casts)
     return elements * FP8_CAST_BYTES_PER_ELEMENT[plan.fp8_recipe] / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
+
+
+def pointwise_s(arch: Architecture, plan: Plan, gpu: GpuSpec, layers, moe_layers=0):
+    """Per micro-batch: the pointwise kernels of `layers` blocks (of which `moe_layers` are MoE blocks) at the
+    HBM efficiency of memory-bound kernels (planner.performance.pointwise counts their bytes per engine)."""
+    dense = (layers - moe_layers) * pointwise_bytes_per_token(arch, plan)
+    moe = moe_layers * pointwise_bytes_per_token(arch, plan, moe_block=True) if arch.is_moe else 0.0
+    return plan.tokens_per_micro_batch * (dense + moe) / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
 
 
 def gathered_param_bytes(arch: Architecture, plan: Plan, routed_experts: bool = True) -> float:
@@ -484,7 +486,7 @@ def expert_gemm_s(arch: Architecture, plan: Plan, gpu: GpuSpec, work, peak_flops
     if not arch.is_moe:
         return 0.0
     rows = tokens_per_expert(arch, plan)
-    eff = efficiency(gpu, rows, width, plan.compile, peak_ratio)[0]
+    eff = efficiency(gpu, rows, width, peak_ratio)[0]
     compute = plan.tokens_per_micro_batch * routed_load_factor(arch, plan) * work.expert_flops / plan.tp
     compute = compute / (peak_flops * eff)
     passes = 3 + work.expert_recompute_share
@@ -1104,11 +1106,11 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
     flops = flops_per_token(arch, plan)
     tokens = plan.tokens_per_micro_batch
     width = pointwise_width(arch, plan)
-    eff, eff_params = efficiency(gpu, tokens, width, plan.compile)
+    eff, eff_params = efficiency(gpu, tokens, width)
     peak_matmul = _peak_tflops(gpu, matmul_dtype(plan)) * 1e12
     peak_high = _peak_tflops(gpu, "tf32" if plan.precision == "fp32" else "bf16") * 1e12
     peak_attention = peak_high * np.where(plan.flash_attention, flash_attention_speed(gpu, plan), 1.0)
-    linear_eff = efficiency(gpu, tokens, width, plan.compile, peak_matmul / peak_high)[0]
+    linear_eff = efficiency(gpu, tokens, width, peak_matmul / peak_high)[0]
     head_eff = eff if plan.precision == "fp8" else linear_eff
     peak_head = peak_high if plan.precision == "fp8" else peak_matmul
     a = compute_bytes(plan)
@@ -1132,6 +1134,7 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
             logits = work.has_head * tokens * arch.vocab_size / plan.tp
             compute = compute + logits * SOFTCAP_PASSES * a / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
         compute = compute + fp8_scaling_s(arch, plan, gpu, work.layers, work.moe_layers)
+        compute = compute + pointwise_s(arch, plan, gpu, work.layers, work.moe_layers)
         compute = compute + expert_parts[0]
         compute = compute + expert_parts[1]
         if not plan.flash_attention:
