@@ -13,7 +13,9 @@ from planner.launch.cluster import PER_NODE_SCRIPTS
 
 @pytest.fixture(scope="module")
 def folder():
-    return planner.solve("13b", "16xA100").launch_files(1, "all")  # rank 1: FSDP on 2 nodes of 8
+    solution = planner.solve("13b", "16xA100")
+    fsdp = next(rank for rank, e in enumerate(solution.plans, 1) if e.plan.engine == "fsdp")
+    return solution.launch_files(fsdp, "all")  # the best FSDP plan (rank 12): 2 nodes of 8, launched by torchrun
 
 
 def _directives(script: str) -> dict[str, str]:

@@ -356,8 +356,8 @@ def test_top_plans_get_all_six_configs_and_every_variant_fits(name):
 
 
 def test_each_launcher_says_which_variant_it_runs_with_its_numbers():
-    """13b on 16xA100: the plan is FSDP micro-batch 2 x 16; Accelerate FSDP and the Trainer run the HF-FSDP
-    variant (another batch split and speed), which the README's command list and the script must both say."""
+    """13b on 16xA100: the plan is Megatron TP 4, micro-batch 4 x 16; Accelerate FSDP and the Trainer run the
+    HF-FSDP variant (another batch split and speed), which the README's command list and the script must both say."""
     folder = top_folder("13b-16xA100")
     fsdp_hf, chosen = folder.variants["fsdp-hf"], folder.chosen.plan
     assert (fsdp_hf.plan.micro_batch, fsdp_hf.plan.grad_accum) != (chosen.micro_batch, chosen.grad_accum)
@@ -369,7 +369,7 @@ def test_each_launcher_says_which_variant_it_runs_with_its_numbers():
         assert "fsdp-hf variant" in folder.files[script] and batch in folder.files[script]
         assert f"micro-batch {chosen.micro_batch} x accumulation {chosen.grad_accum}" in folder.files[script]
         assert f"**{label}**" in folder.files["README.md"]
-    assert "Runs the ranked plan: micro-batch 2 x accumulation 16" in folder.files["launch_torchrun.sh"]
+    assert "Runs the ranked plan: micro-batch 4 x accumulation 16" in folder.files["launch_megatron.sh"]
 
 
 def test_launch_scripts_are_valid_bash_and_run_from_any_directory(tmp_path):

@@ -39,7 +39,7 @@ def test_terminal_shows_sequence_parallelism_and_headroom_to_the_fit_limit(solve
         # a plan listed as fitting never shows a negative margin (it did when headroom was taken from the
         # nvidia-smi peak, which includes cache the allocator releases at the cap)
         assert headroom >= 0
-    assert (sol.plans[0].plan.tp, sol.plans[0].plan.sequence_parallel) == (2, True)
+    assert (sol.plans[0].plan.tp, sol.plans[0].plan.sequence_parallel) == (4, True)
 
 
 def test_nearest_rejected_plan_shows_a_peak_over_the_limit(solved):
