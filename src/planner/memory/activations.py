@@ -40,6 +40,9 @@ LSE_BYTES_PER_HEAD = 4
 RSTD_BYTES = 4
 """RMSNorm keeps one fp32 reciprocal root-mean-square per token for its backward."""
 
+FP32_BYTES = 4
+"""Bytes of one fp32 element (context-parallel accumulators and merges)."""
+
 MASK_BYTES = 1
 """A dropout mask is stored as one byte (bool) per element (Korthikanti et al. 2022, Table 1 notes)."""
 
@@ -614,8 +617,6 @@ def backward_workspace_bytes(arch: Architecture, plan: Plan) -> float:
     the residual stream entering and leaving the block (2 h-wide). A MoE block: those of every routed copy
     (k x the busiest rank's load) and of the shared experts, plus the token dispatcher's buffers."""
     a = compute_bytes(plan)
-    sp_divisor = sequence_shards(plan)
-    residual = 2 * residual_bytes(plan) * arch.hidden_size / sp_divisor
     per_tensor = 3 if arch.mlp == "swiglu" else 2
 
     def block(moe: bool):
@@ -625,13 +626,40 @@ def backward_workspace_bytes(arch: Architecture, plan: Plan) -> float:
         inner = per_tensor * a * (routed + arch.shared_expert_ffn_hidden_size) / plan.tp
         return inner + dispatch_buffer_bytes(arch, plan)
 
-    return _largest_block(arch, plan, block) + residual
+    return _largest_block(arch, plan, block) + residual_gradient_bytes(arch, plan)
+
+
+def residual_gradient_bytes(arch: Architecture, plan: Plan) -> float:
+    """Per-token gradients of the residual stream entering and leaving the block being back-propagated
+    (2 h-wide, sequence-parallel shards), alive through the whole block's backward."""
+    return 2 * residual_bytes(plan) * arch.hidden_size / sequence_shards(plan)
+
+
+TORCH_CP_BACKWARD_FP32_TENSORS = 2
+"""fp32 dK/dV copies in flight in PyTorch's ring-attention backward besides the accumulators: the concatenated
+buffer a rank sends to its neighbour and the one it receives (_templated_ring_attention_backward: torch.cat of
+grad_key and grad_value, then the dkv rotater's permute_tensor)."""
 
 
 def context_parallel_buffer_bytes(arch: Architecture, plan: Plan) -> float:
-    """Ring attention double-buffers the key/value block it receives from its neighbour: 2 x (k + v)
-    per local token (TransformerEngine's AttnFuncWithCP)."""
-    return (plan.cp > 1) * 2 * 2 * compute_bytes(plan) * arch.kv_width / plan.tp
+    """Per local token, the context-parallel attention's buffers alive in one block's backward.
+    Transformer Engine's p2p ring (Megatron) double-buffers the key/value block it receives from its neighbour:
+    2 x (k + v) (AttnFuncWithCPAndKVP2P).
+    PyTorch's ring attention (FSDP engine; torch.distributed.tensor.experimental._attention, all-gather rotation,
+    torchtitan's default context_parallel_rotate_method) all-gathers the whole sequence's K and V (cp x (k + v)
+    per local token), accumulates dQ, dK and dV in fp32 (_cp_options.convert_to_f32) and passes the fp32 dK/dV
+    around the ring (TORCH_CP_BACKWARD_FP32_TENSORS more copies of them).
+    Both exchange the grouped-query K and V (kv_width), as torchtitan since #2259 (ff0829c, Jan 2026: SDPA with
+    enable_gqa) and Meta's all-gather CP (Llama 3 paper, Sec. 3.3.2) do. torchtitan's Llama before that expanded K
+    and V to the query heads with repeat_kv before SDPA (models/llama/model.py @9dec370), so its runs of 2024-25
+    moved and gathered num_heads / num_kv_heads times more; that model-code version is not a plan field."""
+    a = compute_bytes(plan)
+    width = arch.kv_width
+    ring = 2 * 2 * a * width
+    gathered = plan.cp * 2 * a * width
+    accumulators = FP32_BYTES * (arch.q_width + 2 * width) + TORCH_CP_BACKWARD_FP32_TENSORS * FP32_BYTES * 2 * width
+    per_token = np.where(plan.engine == "fsdp", gathered + accumulators, ring)
+    return (plan.cp > 1) * per_token / plan.tp
 
 
 def final_norm_bytes(arch: Architecture, plan: Plan) -> float:

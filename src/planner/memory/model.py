@@ -203,10 +203,12 @@ def stage_phases(
     saved = saved + stage.is_last * act.final_norm_bytes(arch, plan) * tokens
     mtp_depths = stage.is_last * plan.mtp_layers  # their blocks are in the stage's blocks (memory.stages)
     saved = saved + in_flight * mtp_depths * act.mtp_prelude_bytes(arch, plan) * tokens
+    # The MLP's gradients are freed before the attention's backward starts, when the context-parallel buffers
+    # appear: the larger of the two moments, each with the residual stream's gradients.
+    attention_backward = act.residual_gradient_bytes(arch, plan) + act.context_parallel_buffer_bytes(arch, plan)
     block_backward = (
         act.recompute_bytes(arch, plan) * traced_no_recompute
-        + act.backward_workspace_bytes(arch, plan)
-        + act.context_parallel_buffer_bytes(arch, plan)
+        + np.maximum(act.backward_workspace_bytes(arch, plan), attention_backward)
     ) * tokens
 
     always_buckets, backward_buckets = deepspeed_bucket_bytes(plan)

@@ -165,6 +165,13 @@ def all_gather_s(full_buffer_bytes, size, bandwidth_gbps, messages=1, latency: G
 reduce_scatter_s = all_gather_s
 
 
+def send_recv_s(buffer_bytes, bandwidth_gbps, latency_s=0.0):
+    """One step of a point-to-point ring (each rank sends `buffer_bytes` to the next rank while it receives as
+    much from the previous one, as ring attention passes key/value blocks): the buffer over the link's bus
+    bandwidth plus `latency_s`, one ring hop (`group_latency` of the two neighbours' group, ring_gather_s)."""
+    return latency_s + buffer_bytes / (bandwidth_gbps * 1e9)
+
+
 def all_to_all_s(send_bytes, size, stride, gpu: GpuSpec, gpus_per_node):
     """All-to-all in which each of `size` ranks (spaced `stride` apart) sends `send_bytes` spread evenly over
     the group (1/size stays local). NCCL runs it as point-to-point sends on every link at once (nccl-tests

@@ -42,7 +42,12 @@ from planner.architecture import (
 from planner.catalog import GpuSpec, ModelSpec
 from planner.catalog.hardware import ComputeEfficiency
 from planner.catalog.models import Architecture
-from planner.memory.activations import compute_bytes, routed_copies_share, routed_load_factor
+from planner.memory.activations import (
+    FP32_BYTES,
+    compute_bytes,
+    routed_copies_share,
+    routed_load_factor,
+)
 from planner.memory.buffers import (
     DEEPSPEED_ALLGATHER_BUCKET_ELEMENTS,
     DEEPSPEED_PARAM_PERSISTENCE_THRESHOLD,
@@ -1099,6 +1104,113 @@ def dequantization_s(gpu: GpuSpec, plan: Plan, quantized_params) -> float:
     return dequantization_passes(plan) * bytes_per_pass / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
 
 
+TORCH_CP_MERGE_STEP_FP32_BYTES = 32
+"""HBM bytes per element of the local attention output that PyTorch's ring attention moves to fold one more
+step's block into the running output, in fp32 (_SDPAMerger with _cp_options.convert_to_f32, pytorch/pytorch
+torch/distributed/tensor/experimental/_attention.py): out - block_out (read 8, write 4), the sigmoid of the
+log-sum-exp difference times that (read 4, write 4; the log-sum-exp factor is one value per row, 1/head_dim of
+the traffic, left out), out minus the product (read 8, write 4). Three eager kernels: the ring runs outside
+torch.compile's fused graph. The block's upcast to fp32 (read a, write 4) comes on top."""
+
+
+def ring_hop_latency_s(gpu: GpuSpec, plan: Plan):
+    """NCCL latency of one ring-attention hop between neighbouring context-parallel ranks: a two-rank exchange
+    (comm.group_latency), across the network when the cp group leaves the NVLink domain (the ring waits for its
+    slowest hop)."""
+    domain = gpu.nvlink_domain(plan.gpus_per_node)
+    stride = np.where(plan.cp * plan.tp > domain, domain, plan.tp)
+    return comm.group_latency(gpu, 2, stride, plan.gpus_per_node).ring_gather_s
+
+
+def context_parallel_comm_s(
+    arch: Architecture, plan: Plan, gpu: GpuSpec, forward_step_s, backward_step_s, forward_passes, layers
+):
+    """Exposed key/value exchange of context-parallel attention per micro-batch, on a stage of `layers` blocks.
+    `forward_step_s` and `backward_step_s` are one ring step's attention kernels in one block: both engines split
+    the causal sequence into 2 cp chunks and give rank r chunks r and 2cp-1-r (PyTorch's round-robin load
+    balancer; TE's AttnFuncWithCPAndKVP2P), so each of the cp steps computes the same half block and no masked
+    work. `forward_passes`: forward runs of the attention per micro-batch (2 under full checkpointing, which
+    repeats the exchange). K and V are the grouped-query ones (memory.activations.context_parallel_buffer_bytes
+    says which engine versions that covers).
+
+    Transformer Engine's p2p ring (Megatron's default --cp-comm-type p2p) sends the next step's K and V while the
+    current step's kernel runs: each of the cp - 1 hops is exposed only where it
+    outlasts a step's kernel. In backward each step also passes the dK/dV accumulated so far (bf16), and the last
+    hop, which brings them home, has no kernel left to hide behind.
+
+    PyTorch's ring attention (FSDP engine; torchtitan's default context_parallel_rotate_method 'allgather',
+    _cp_options.rotate_method ALL_GATHER) all-gathers every rank's K and V once, issued before step 0's kernel
+    and waited for at step 1: only the first step's kernel hides it. Backward gathers them again the same way and
+    passes the fp32 dK/dV (convert_to_f32) to the next rank after every step (the dkv rotater is always
+    ALL_TO_ALL, a permute), each hidden by the next step's kernel, the last one exposed."""
+    a = compute_bytes(plan)
+    chunk = 2 * arch.kv_width * plan.tokens_per_micro_batch * a / plan.tp
+    bandwidth = comm.group_bandwidth_gbps(gpu, plan.cp, plan.tp, plan.gpus_per_node)
+    hop = ring_hop_latency_s(gpu, plan)
+    steps = plan.cp - 1
+    kv_hop = comm.send_recv_s(chunk, bandwidth, hop)
+    te = (
+        forward_passes * steps * np.maximum(0.0, kv_hop - forward_step_s)
+        + steps * np.maximum(0.0, 2 * kv_hop - backward_step_s)
+        + kv_hop
+    )
+    latency = comm.group_latency(gpu, plan.cp, plan.tp, plan.gpus_per_node)
+    gather = comm.all_gather_s(plan.cp * chunk, plan.cp, bandwidth, latency=latency)
+    dkv_hop = comm.send_recv_s(chunk * FP32_BYTES / a, bandwidth, hop)
+    torch = (
+        forward_passes * np.maximum(0.0, gather - forward_step_s)
+        + np.maximum(0.0, gather - backward_step_s)
+        + steps * np.maximum(0.0, dkv_hop - backward_step_s)
+        + dkv_hop
+    )
+    return np.where(plan.cp > 1, layers * np.where(plan.engine == "fsdp", torch, te), 0.0)
+
+
+def context_parallel_merge_bytes(arch: Architecture, plan: Plan):
+    """(per forward pass, per backward) HBM bytes of one block's context-parallel bookkeeping per micro-batch:
+    the memory-bound kernels around the cp per-step attention kernels, which merge each step's partial output
+    and accumulate each step's gradients.
+
+    Transformer Engine (AttnFuncWithCPAndKVP2P, bf16): after the ring, one fused correction per step rescales
+    that step's output by exp(lse_step - lse) into the output (the first writes it: read a, write a; the
+    others read the step's output and read and write the output: 3a); backward accumulates dQ, dK and dV in
+    place per step the same way (copy_ then add_).
+
+    PyTorch (_templated_ring_attention and its backward, convert_to_f32): the first block's output is upcast
+    (read a, write 4), every further step upcasts its block and merges it (TORCH_CP_MERGE_STEP_FP32_BYTES), the
+    result is cast back (read 4, write a), and each step but the last copies K and V into one send buffer
+    (torch.cat: read a, write a each). Backward zero-fills fp32 dQ, dK, dV (write 4 each), adds each step's
+    bf16 gradients into them (read 4 + a, write 4), concatenates dK and dV into the fp32 send buffer every step
+    (read 4, write 4), copies K and V as forward does, and casts the three back at the end (read 4, write a).
+    The per-row log-sum-exp merges are 1/head_dim of this and left out."""
+    a = compute_bytes(plan)
+    fp32 = FP32_BYTES
+    cp = plan.cp
+    query = plan.tokens_per_micro_batch * arch.q_width / plan.tp
+    kv = plan.tokens_per_micro_batch * arch.kv_width / plan.tp  # of K, and of V
+    te_pass = 2 * a + (cp - 1) * 3 * a
+    te = (query * te_pass, (query + 2 * kv) * te_pass)
+    upcast, downcast, accumulate = a + fp32, fp32 + a, fp32 + a + fp32
+    torch_forward = query * (upcast + (cp - 1) * (upcast + TORCH_CP_MERGE_STEP_FP32_BYTES) + downcast)
+    torch_forward = torch_forward + (cp - 1) * 2 * kv * 2 * a
+    torch_backward = query * (fp32 + cp * accumulate + downcast) + 2 * kv * (
+        fp32 + cp * accumulate + cp * 2 * fp32 + (cp - 1) * 2 * a + downcast
+    )
+    fsdp = plan.engine == "fsdp"
+    on = plan.cp > 1
+    return (
+        np.where(on, np.where(fsdp, torch_forward, te[0]), 0.0),
+        np.where(on, np.where(fsdp, torch_backward, te[1]), 0.0),
+    )
+
+
+def context_parallel_merge_s(arch: Architecture, plan: Plan, gpu: GpuSpec, forward_passes, layers):
+    """Time of the context-parallel merge kernels (context_parallel_merge_bytes) per micro-batch on a stage of
+    `layers` blocks: memory-bound, at the HBM efficiency of other memory-bound kernels."""
+    forward, backward = context_parallel_merge_bytes(arch, plan)
+    return layers * (forward_passes * forward + backward) / (gpu.hbm_bandwidth_gbps * 1e9 * HBM_EFFICIENCY)
+
+
 def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, object]:
     """Every quantity of the performance model; values are arrays when the plan's numeric fields are
     (the search's bulk evaluation), floats otherwise."""
@@ -1174,11 +1286,24 @@ def performance_terms(model: ModelSpec, gpu: GpuSpec, plan: Plan) -> dict[str, o
         linear_s = tokens / plan.tp * np.where(slowest_is_first, first.matmul_flops, last.matmul_flops)
         tp_s = exposed_tp_comm_s(tp_s, linear_s / (peak_matmul * linear_eff))
 
-    cp_bw = comm.group_bandwidth_gbps(gpu, plan.cp, plan.tp, plan.gpus_per_node)
-    kv_bytes = 2 * arch.kv_width * tokens * a / plan.tp
-    ring = layers * 3 * (plan.cp - 1) * kv_bytes / (cp_bw * 1e9)  # forward k,v; backward k,v and dk,dv
+    # The stage's attention kernels split into one forward pass, its recomputations and the backward.
     attention_s = tokens / plan.tp * attention_flops / (peak_attention * eff)
-    cp_s = np.maximum(0.0, ring - attention_s)
+    forward_attention = flops.attention * flops.forward_fraction
+    executed_attention = flops.attention + flops.flash_backward_recompute + flops.recompute_attention
+    forward_passes = 1 + flops.recompute_attention / forward_attention
+    attention_forward_s = attention_s * forward_attention / executed_attention
+    attention_backward_s = attention_s - forward_passes * attention_forward_s
+    cp_s = context_parallel_comm_s(
+        arch,
+        plan,
+        gpu,
+        attention_forward_s / (layers * plan.cp),
+        attention_backward_s / (layers * plan.cp),
+        forward_passes,
+        layers,
+    )
+    cp_merge_s = context_parallel_merge_s(arch, plan, gpu, forward_passes, layers)
+    compute_s = compute_s + cp_merge_s
 
     # Sequence parallelism, and Megatron's scatter/gather of the boundary tensor across TP ranks (on by
     # default), send 1/tp of the activation per GPU.
