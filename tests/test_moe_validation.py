@@ -128,8 +128,10 @@ def test_throughput_regression_bound(throughput):
     layouts in 25.09 and 26.02.01, and the first GB200 DeepSeek-V3 recipe (DGX Cloud 25.05, 10% MFU).
     With the pointwise kernels timed in bytes (performance/pointwise.py) and the Hopper max refitted 0.67 -> 0.70:
     19.7% overall and 11.9% on the Hopper rows; NeMo AutoModel's two rows run Transformer Engine kernels under
-    FSDP2, which the fsdp engine times as eager PyTorch's (20.5% -> 32.7%)."""
-    assert throughput.median_abs_error_pct <= 19.7
+    FSDP2, which the fsdp engine times as eager PyTorch's (20.5% -> 32.7%). With context-parallel attention timed
+    per engine, which tips the Hopper max to 0.69 (by 0.0004 points of the fit's objective): 20.5% overall (most
+    rows under-predicted), 10.5% on the Hopper rows."""
+    assert throughput.median_abs_error_pct <= 20.6
     assert throughput.source_figures()["mbridge_moe"]["spearman"] >= 0.95
     hopper = [abs(r.error_pct) for r in throughput.results if r.case.resolve()[1].architecture == "hopper"]
-    assert len(hopper) == 19 and statistics.median(hopper) <= 11.9
+    assert len(hopper) == 19 and statistics.median(hopper) <= 10.6
